@@ -1,0 +1,247 @@
+//! Which Spark configuration keys a user may set.
+//!
+//! Some keys are Rucat's own wiring (a user value would break or bypass it); others would let a
+//! user escape their engine (another namespace, identity, pod spec, image, volume or secret).
+//! Both are refused, naming the key. Operators may deny more keys, restrict users to an allow
+//! list, and list the container images users may pick.
+
+use serde::Deserialize;
+
+use super::SparkConf;
+
+/// Keys Rucat sets itself. No configuration can make them user-settable.
+pub const RESERVED: &[&str] = &[
+    "spark.master",
+    "spark.submit.deployMode",
+    "spark.driver.host",
+    "spark.driver.bindAddress",
+    "spark.app.id",
+    "spark.connect.grpc.binding.port",
+    "spark.connect.grpc.binding.address",
+    "spark.connect.authenticate.token",
+    "spark.kubernetes.driver.pod.name",
+    "spark.kubernetes.executor.podNamePrefix",
+    "spark.kubernetes.executor.deleteOnTermination",
+];
+
+/// Keys that would let a user leave their engine's sandbox; denied unless an operator removes
+/// them from `policy.deny` (which replaces this list when given).
+pub const DEFAULT_DENY: &[&str] = &[
+    "spark.kubernetes.namespace",
+    "spark.kubernetes.context",
+    "spark.kubernetes.authenticate.*",
+    "spark.kubernetes.*serviceAccountName",
+    "spark.kubernetes.*.podTemplateFile",
+    "spark.kubernetes.*.podTemplateContainerName",
+    "spark.kubernetes.*.volumes.*",
+    "spark.kubernetes.*.secrets.*",
+    "spark.kubernetes.*.secretKeyRef.*",
+    "spark.kubernetes.*.label.*",
+    "spark.kubernetes.*.annotation.*",
+    "spark.kubernetes.container.image.*",
+    "spark.kubernetes.file.upload.path",
+];
+
+/// Keys that pick a container image: allowed only with a value from `policy.allowed_images`.
+const IMAGE_KEYS: &[&str] = &[
+    "spark.kubernetes.container.image",
+    "spark.kubernetes.driver.container.image",
+    "spark.kubernetes.executor.container.image",
+];
+
+/// The operator's policy, as written in the configuration file's `[policy]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfPolicy {
+    /// Key patterns users may not set (`*` matches any run of characters).
+    pub deny: Vec<String>,
+    /// When given, users may set only keys matching one of these patterns.
+    pub allow: Option<Vec<String>>,
+    /// Container images users may choose with `spark.kubernetes.*container.image`.
+    pub allowed_images: Vec<String>,
+}
+
+impl Default for ConfPolicy {
+    fn default() -> Self {
+        ConfPolicy {
+            deny: DEFAULT_DENY.iter().map(|s| (*s).to_owned()).collect(),
+            allow: None,
+            allowed_images: Vec::new(),
+        }
+    }
+}
+
+/// Why a config key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("config {0:?} is set by Rucat and cannot be set by users")]
+    Reserved(String),
+    #[error("config {key:?} is not allowed: it matches the denied pattern {pattern:?}")]
+    Denied { key: String, pattern: String },
+    #[error("config {0:?} is not allowed: it matches none of the allowed patterns")]
+    NotAllowed(String),
+    #[error(
+        "config {key:?} names image {image:?}, which is not among the allowed images {allowed:?}"
+    )]
+    Image {
+        key: String,
+        image: String,
+        allowed: Vec<String>,
+    },
+}
+
+impl ConfPolicy {
+    /// Checks every key; the first refused one is named.
+    pub fn check(&self, conf: &SparkConf) -> Result<(), Refused> {
+        conf.iter()
+            .try_for_each(|(key, value)| self.check_one(key, value))
+    }
+
+    fn check_one(&self, key: &str, value: &str) -> Result<(), Refused> {
+        if RESERVED.contains(&key) {
+            return Err(Refused::Reserved(key.to_owned()));
+        }
+        if IMAGE_KEYS.contains(&key) {
+            if self.allowed_images.iter().any(|image| image == value) {
+                return Ok(());
+            }
+            return Err(Refused::Image {
+                key: key.to_owned(),
+                image: value.to_owned(),
+                allowed: self.allowed_images.clone(),
+            });
+        }
+        if let Some(pattern) = self.deny.iter().find(|p| glob_match(p, key)) {
+            return Err(Refused::Denied {
+                key: key.to_owned(),
+                pattern: pattern.clone(),
+            });
+        }
+        match &self.allow {
+            Some(allow) if !allow.iter().any(|p| glob_match(p, key)) => {
+                Err(Refused::NotAllowed(key.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `*` matches any run of characters (also none); everything else matches itself.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn conf(key: &str, value: &str) -> SparkConf {
+        SparkConf::parse(BTreeMap::from([(key.to_owned(), value.to_owned())]))
+            .expect("well-formed conf")
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match(
+            "spark.kubernetes.*.volumes.*",
+            "spark.kubernetes.driver.volumes.hostPath.x.mount.path"
+        ));
+        assert!(glob_match(
+            "spark.kubernetes.namespace",
+            "spark.kubernetes.namespace"
+        ));
+        assert!(!glob_match(
+            "spark.kubernetes.namespace",
+            "spark.kubernetes.namespaces"
+        ));
+        assert!(glob_match(
+            "spark.kubernetes.*serviceAccountName",
+            "spark.kubernetes.authenticate.driver.serviceAccountName"
+        ));
+        assert!(!glob_match("a*b", "a"));
+        assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn reserved_keys_are_refused_by_name() {
+        let policy = ConfPolicy::default();
+        for key in RESERVED {
+            assert_eq!(
+                policy.check(&conf(key, "x")),
+                Err(Refused::Reserved((*key).to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn escaping_keys_are_refused() {
+        let policy = ConfPolicy::default();
+        for key in [
+            "spark.kubernetes.namespace",
+            "spark.kubernetes.authenticate.driver.serviceAccountName",
+            "spark.kubernetes.authenticate.caCertFile",
+            "spark.kubernetes.driver.podTemplateFile",
+            "spark.kubernetes.executor.podTemplateContainerName",
+            "spark.kubernetes.driver.volumes.hostPath.data.mount.path",
+            "spark.kubernetes.executor.volumes.persistentVolumeClaim.c.options.claimName",
+            "spark.kubernetes.driver.secrets.db",
+            "spark.kubernetes.executor.secretKeyRef.PASSWORD",
+            "spark.kubernetes.driver.label.app.kubernetes.io/managed-by",
+            "spark.kubernetes.executor.annotation.x",
+            "spark.kubernetes.container.image.pullSecrets",
+        ] {
+            assert!(
+                matches!(policy.check(&conf(key, "x")), Err(Refused::Denied { key: k, .. }) if k == key),
+                "{key}"
+            );
+        }
+        assert!(policy.check(&conf("spark.executor.memory", "2g")).is_ok());
+    }
+
+    #[test]
+    fn images_only_from_the_allowed_list() {
+        let mut policy = ConfPolicy::default();
+        let key = "spark.kubernetes.container.image";
+        assert!(matches!(
+            policy.check(&conf(key, "evil/spark")),
+            Err(Refused::Image { .. })
+        ));
+        policy.allowed_images = vec!["apache/spark:4.0.0".into()];
+        assert!(policy.check(&conf(key, "apache/spark:4.0.0")).is_ok());
+        assert!(policy.check(&conf(key, "evil/spark")).is_err());
+    }
+
+    #[test]
+    fn allow_list_restricts_and_deny_still_applies() {
+        let policy = ConfPolicy {
+            allow: Some(vec!["spark.executor.*".into(), "spark.kubernetes.*".into()]),
+            ..ConfPolicy::default()
+        };
+        assert!(policy.check(&conf("spark.executor.cores", "2")).is_ok());
+        assert_eq!(
+            policy.check(&conf("spark.jars", "/etc/passwd")),
+            Err(Refused::NotAllowed("spark.jars".into()))
+        );
+        assert!(matches!(
+            policy.check(&conf("spark.kubernetes.namespace", "kube-system")),
+            Err(Refused::Denied { .. })
+        ));
+    }
+}

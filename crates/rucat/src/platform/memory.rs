@@ -1,0 +1,1 @@
+//! An in-memory platform double, with faults that tests inject.

@@ -1,0 +1,187 @@
+//! The single source of truth for engine records.
+//!
+//! Every state change is a compare-and-swap: it happens only if the engine is still in the state
+//! the caller saw, so that any number of servers and monitors can share one store.
+
+pub mod conformance;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::engine::{Engine, EngineEvent, EngineId, EngineState};
+
+/// How many events an engine's history keeps; older ones are dropped.
+pub const MAX_EVENTS: usize = 100;
+/// How many bytes of driver log are kept per engine.
+pub const MAX_KEPT_LOG: usize = 256 * 1024;
+/// The largest page a listing returns.
+pub const MAX_PAGE: u32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unreachable or failing: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("engine {0} already exists")]
+    Duplicate(EngineId),
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
+    #[error("store holds a malformed record: {0}")]
+    Corrupt(String),
+    #[error("cannot open the store at {url}: {reason}")]
+    Open { url: String, reason: String },
+}
+
+/// The result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    /// The change was made.
+    Done,
+    /// The engine was not in the expected state; nothing changed. Holds the actual state.
+    Conflict(EngineState),
+    /// There is no such engine.
+    NotFound,
+}
+
+/// A state change, applied only if the engine is in `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: EngineState,
+    pub to: EngineState,
+    /// The error message (kept in error states; cleared otherwise when `None`).
+    pub error: Option<String>,
+    /// The endpoint clients connect to; `None` clears it.
+    pub endpoint: Option<String>,
+    /// When a monitor should look at the engine next; `None` when nothing is due.
+    pub next_update_time: Option<DateTime<Utc>>,
+    /// A note for the event history.
+    pub message: Option<String>,
+}
+
+impl Transition {
+    pub fn new(from: EngineState, to: EngineState) -> Self {
+        Transition {
+            from,
+            to,
+            error: None,
+            endpoint: None,
+            next_update_time: None,
+            message: None,
+        }
+    }
+
+    pub fn due_at(mut self, at: DateTime<Utc>) -> Self {
+        self.next_update_time = Some(at);
+        self
+    }
+
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        let error = error.into();
+        self.message = Some(error.clone());
+        self.error = Some(error);
+        self
+    }
+
+    pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// What a user listing asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub owner: Option<String>,
+    pub state: Option<EngineState>,
+    /// At most this many engines (capped at [`MAX_PAGE`]).
+    pub limit: u32,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub engines: Vec<Engine>,
+    /// Pass this as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new engine and records its first event.
+    async fn insert(&self, engine: &Engine) -> Result<(), StoreError>;
+
+    async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError>;
+
+    /// A page of engines in creation order, filtered by owner and state.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Applies `transition` if the engine is in `transition.from`, recording an event.
+    async fn update_state(&self, id: &EngineId, transition: &Transition)
+        -> Result<Cas, StoreError>;
+
+    /// Sets when a monitor should look again, if the engine is still in `state`. No event.
+    async fn reschedule(
+        &self,
+        id: &EngineId,
+        state: EngineState,
+        next_update_time: Option<DateTime<Utc>>,
+    ) -> Result<Cas, StoreError>;
+
+    /// Removes the engine (with its events and logs) if it is in `expected`.
+    async fn remove(&self, id: &EngineId, expected: EngineState) -> Result<Cas, StoreError>;
+
+    /// Engines whose `next_update_time` is at or before `now`, soonest first.
+    async fn list_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Engine>, StoreError>;
+
+    /// The ids and states of all engines (for orphan clean-up).
+    async fn all_states(&self) -> Result<Vec<(EngineId, EngineState)>, StoreError>;
+
+    /// The engine's state history, oldest first; `None` if there is no such engine.
+    async fn events(&self, id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError>;
+
+    /// Keeps the tail of an engine's driver log (at most [`MAX_KEPT_LOG`] bytes are kept).
+    async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError>;
+
+    async fn logs(&self, id: &EngineId) -> Result<Option<String>, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Notified whenever an engine becomes due, so that monitors act at once.
+    fn wake_ups(&self) -> Arc<Notify>;
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Opens the store a database URL names, running migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Open {
+            url: url.to_owned(),
+            reason: "unsupported database URL; expected sqlite://PATH".into(),
+        })
+    }
+}

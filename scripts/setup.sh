@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what Rucat needs on a fresh machine, skipping whatever is already there:
+#   - Java 17 (Spark runs on it)
+#   - protoc (the spark-connect-rs client used by the tests compiles Spark Connect's protos)
+#   - Spark, as the `pyspark` package from PyPI in a cached virtualenv
+# Prints nothing but progress on stderr; the last line on stdout is the SPARK_HOME to use.
+set -euo pipefail
+
+PYSPARK_VERSION="${RUCAT_PYSPARK_VERSION:-4.3.0}"
+CACHE_DIR="${RUCAT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rucat}"
+VENV="$CACHE_DIR/spark-$PYSPARK_VERSION"
+
+say() { echo "setup: $*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >&2
+}
+
+if ! command -v java >/dev/null 2>&1 || ! java -version 2>&1 | grep -qE 'version "(17|21)'; then
+  say "installing Java 17"
+  apt_install openjdk-17-jre-headless
+fi
+
+if ! command -v protoc >/dev/null 2>&1; then
+  say "installing protoc"
+  apt_install protobuf-compiler
+fi
+
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pyspark' >/dev/null 2>&1; then
+  say "installing pyspark $PYSPARK_VERSION into $VENV (large download, cached afterwards)"
+  if ! python3 -m venv "$VENV" >&2 2>/dev/null; then
+    apt_install python3-venv
+    python3 -m venv "$VENV" >&2
+  fi
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION" >&2
+fi
+
+SPARK_HOME="$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
+if [ ! -x "$SPARK_HOME/sbin/start-connect-server.sh" ] || ! ls "$SPARK_HOME"/jars/spark-connect_*.jar >/dev/null 2>&1; then
+  say "pyspark at $SPARK_HOME lacks sbin/start-connect-server.sh or the Spark Connect jar"
+  exit 1
+fi
+echo "$SPARK_HOME"
