@@ -1,5 +1,15 @@
 //! Rucat: a gateway that creates, connects to and manages Spark Connect engines.
+//!
+//! The folders follow the architecture: [`engine`] (what an engine is, its state machine and
+//! configuration policy), [`store`] (engine records), [`platform`] (where engines run),
+//! [`monitor`] (the reconciler), [`server`] (the REST API), [`client`], and [`app`] (wiring).
 
+pub mod app;
+pub mod client;
+pub mod config;
 pub mod engine;
+pub mod monitor;
 pub mod platform;
+pub mod server;
+pub mod shutdown;
 pub mod store;

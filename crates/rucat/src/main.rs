@@ -1,1 +1,348 @@
-fn main() {}
+//! The `rucat` binary: the roles (`serve`, `server`, `monitor`) and the client (`engine …`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use rucat::app::{Application, Roles};
+use rucat::client::Client;
+use rucat::config::{FileConfig, Overrides, Settings};
+use rucat::engine::{Engine, EngineState};
+use rucat::shutdown;
+
+/// Rucat creates, connects to and manages Spark Connect engines, on this machine.
+///
+/// Settings come from flags, then environment variables, then the configuration file
+/// (--config, TOML), then defaults. See each subcommand's --help.
+#[derive(Debug, Parser)]
+#[command(name = "rucat", version)]
+struct Cli {
+    /// Configuration file (TOML) with any of the settings below, plus [monitor], [local] and
+    /// [policy] tables (see the README).
+    #[arg(long, env = "RUCAT_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The embedded default: REST server and monitor in one process, SQLite under the data
+    /// directory, engines on the local platform.
+    Serve(RoleArgs),
+    /// The REST server alone (for several servers and monitors sharing one store).
+    Server(RoleArgs),
+    /// The monitor alone: drives engines through their states on the platform.
+    Monitor(RoleArgs),
+    /// Manage engines through a Rucat server.
+    Engine(EngineArgs),
+}
+
+#[derive(Debug, Args)]
+struct RoleArgs {
+    /// REST listen address [default: 127.0.0.1:3000]. Without authentication only loopback
+    /// addresses are accepted.
+    #[arg(long, env = "RUCAT_LISTEN", value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Data directory: SQLite file, local engines' work directories and logs [default: ~/.rucat]
+    #[arg(long, env = "RUCAT_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Store URL [default: sqlite://<data-dir>/rucat.db]
+    #[arg(long, env = "RUCAT_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// Where engines run [default: local] [possible values: local]
+    #[arg(long, env = "RUCAT_PLATFORM")]
+    platform: Option<String>,
+    /// Spark distribution for the local platform [default: the one scripts/setup.sh installed]
+    #[arg(long, env = "SPARK_HOME", value_name = "DIR")]
+    spark_home: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Rucat server to talk to [default: http://127.0.0.1:3000]
+    #[arg(long, env = "RUCAT_SERVER", global = true, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for the server
+    #[arg(long, env = "RUCAT_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: EngineCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EngineCommand {
+    /// Ask for a new Spark engine; prints its id (and, with --wait, its progress and endpoint).
+    Create {
+        /// Engine name: 1 to 128 letters, digits, '-', '_' or '.'
+        #[arg(long)]
+        name: String,
+        /// Spark version (must be one the server offers)
+        #[arg(long = "version", value_name = "VERSION")]
+        engine_version: String,
+        /// Spark configuration, KEY=VALUE (repeatable)
+        #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = parse_conf)]
+        configs: Vec<(String, String)>,
+        /// Wait until the engine is Running and print its sc:// endpoint
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Show an engine (JSON).
+    Get { id: String },
+    /// List engines.
+    List {
+        /// Only engines in this state (e.g. Running)
+        #[arg(long)]
+        state: Option<EngineState>,
+        /// At most this many engines per page
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print the page as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an engine (its configuration is kept for a restart).
+    Stop {
+        id: String,
+        /// Wait until it is Terminated
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Restart a stopped engine with the same configuration (or cancel a pending stop).
+    Restart {
+        id: String,
+        /// Wait until it is Running
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Delete a stopped (or failed) engine.
+    Delete { id: String },
+    /// Print an engine's driver log (live, or the one kept when it stopped).
+    Logs { id: String },
+    /// Print an engine's state history.
+    Events { id: String },
+    /// Wait until an engine reaches a state.
+    Wait {
+        id: String,
+        #[arg(long, default_value = "Running")]
+        state: EngineState,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Print the Spark Connect address of a running engine.
+    Connect { id: String },
+}
+
+fn parse_conf(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUCAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn file_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    Ok(match path {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = file_config(cli.config.as_ref())?;
+    match cli.command {
+        Command::Serve(args) => run_roles(args, file, Roles::ALL).await,
+        Command::Server(args) => run_roles(args, file, Roles::SERVER).await,
+        Command::Monitor(args) => run_roles(args, file, Roles::MONITOR).await,
+        Command::Engine(args) => {
+            init_logging("warn");
+            let settings = Settings::resolve(
+                Overrides {
+                    server: args.server,
+                    token: args.token,
+                    data_dir: Some(PathBuf::new()),
+                    ..Overrides::default()
+                },
+                file,
+            )?;
+            let client = Client::new(&settings.server, settings.token);
+            engine_command(&client, args.command).await
+        }
+    }
+}
+
+async fn run_roles(args: RoleArgs, file: FileConfig, roles: Roles) -> anyhow::Result<()> {
+    init_logging("info");
+    let settings = Settings::resolve(
+        Overrides {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            database_url: args.database_url,
+            platform: args.platform,
+            spark_home: args.spark_home,
+            ..Overrides::default()
+        },
+        file,
+    )?;
+    let application = Application::build(&settings, roles).await?;
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::signal().await;
+        tracing::info!("shutdown requested; finishing requests and steps under way");
+        trigger.fire();
+    });
+    application.run(shutdown).await?;
+    Ok(())
+}
+
+fn print_progress(engine: &Engine) {
+    match &engine.error {
+        Some(error) => eprintln!("{}: {}", engine.state, error),
+        None => eprintln!("{}", engine.state),
+    }
+}
+
+async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        EngineCommand::Create {
+            name,
+            engine_version,
+            configs,
+            wait,
+            timeout,
+        } => {
+            let configs: BTreeMap<String, String> = configs.into_iter().collect();
+            let id = client.create(&name, &engine_version, &configs).await?;
+            writeln!(out, "{id}")?;
+            if wait {
+                out.flush()?;
+                let engine = client
+                    .wait(&id, EngineState::Running, Duration::from_secs(timeout), print_progress)
+                    .await?;
+                writeln!(out, "{}", engine.endpoint.unwrap_or_default())?;
+            }
+        }
+        EngineCommand::Get { id } => {
+            let engine = client.get(&id).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&engine)?)?;
+        }
+        EngineCommand::List { state, limit, json } => {
+            let page = client.list(state, limit, None).await?;
+            if json {
+                let value = serde_json::json!({"engines": page.engines, "next_cursor": page.next_cursor});
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                writeln!(out, "{:<32}  {:<24}  {:<20}  {:<8}  ENDPOINT", "ID", "NAME", "STATE", "VERSION")?;
+                for engine in page.engines {
+                    writeln!(
+                        out,
+                        "{:<32}  {:<24}  {:<20}  {:<8}  {}",
+                        engine.id,
+                        engine.name,
+                        engine.state.as_str(),
+                        engine.version,
+                        engine.endpoint.as_deref().unwrap_or("-")
+                    )?;
+                }
+                if let Some(cursor) = page.next_cursor {
+                    writeln!(out, "(more engines: the next page starts after cursor {cursor})")?;
+                }
+            }
+        }
+        EngineCommand::Stop { id, wait, timeout } => {
+            let engine = client.stop(&id).await?;
+            writeln!(out, "{}", engine.state)?;
+            if wait {
+                client
+                    .wait(&id, EngineState::Terminated, Duration::from_secs(timeout), print_progress)
+                    .await?;
+            }
+        }
+        EngineCommand::Restart { id, wait, timeout } => {
+            let engine = client.restart(&id).await?;
+            writeln!(out, "{}", engine.state)?;
+            if wait {
+                let engine = client
+                    .wait(&id, EngineState::Running, Duration::from_secs(timeout), print_progress)
+                    .await?;
+                writeln!(out, "{}", engine.endpoint.unwrap_or_default())?;
+            }
+        }
+        EngineCommand::Delete { id } => {
+            client.delete(&id).await?;
+            writeln!(out, "deleted {id}")?;
+        }
+        EngineCommand::Logs { id } => {
+            let logs = client.logs(&id).await?;
+            write!(out, "{}", logs.log)?;
+        }
+        EngineCommand::Events { id } => {
+            for event in client.events(&id).await? {
+                let from = event.from.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{}  {:<20} -> {:<20}  {}",
+                    event.time.to_rfc3339(),
+                    from,
+                    event.to.as_str(),
+                    event.message.unwrap_or_default()
+                )?;
+            }
+        }
+        EngineCommand::Wait { id, state, timeout } => {
+            let engine = client
+                .wait(&id, state, Duration::from_secs(timeout), print_progress)
+                .await?;
+            if let Some(endpoint) = engine.endpoint {
+                writeln!(out, "{endpoint}")?;
+            }
+        }
+        EngineCommand::Connect { id } => {
+            let engine = client.get(&id).await?;
+            match (engine.state, engine.endpoint) {
+                (EngineState::Running, Some(endpoint)) => writeln!(out, "{endpoint}")?,
+                (state, _) => bail!("engine {id} is {state}, not Running: no endpoint to connect to"),
+            }
+        }
+    }
+    out.flush().context("cannot write to standard output")?;
+    Ok(())
+}

@@ -1,1 +1,966 @@
 //! The store conformance suite: every backend must pass it.
+//!
+//! Each `pub async fn` here takes a fresh, empty store and panics when the store breaks the
+//! [`Store`] contract. [`store_conformance_tests!`](crate::store_conformance_tests) turns the
+//! whole suite into one `#[tokio::test]` per function for a backend:
+//!
+//! ```ignore
+//! rucat::store_conformance_tests!(|| async {
+//!     let dir = tempfile::TempDir::new().expect("temp dir");
+//!     let url = format!("sqlite://{}", dir.path().join("rucat.db").display());
+//!     let store = rucat::store::sqlite::SqliteStore::open(&url).await.expect("open");
+//!     (std::sync::Arc::new(store) as std::sync::Arc<dyn rucat::store::Store>, dir)
+//! });
+//! ```
+//!
+//! The maker returns the store and a guard that is kept alive until the test ends (a temporary
+//! directory, a database to drop, or `()`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::{
+    tail, Cas, ListQuery, Store, StoreError, Transition, MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE,
+};
+use crate::engine::{Engine, EngineEvent, EngineId, EngineState};
+
+use EngineState::*;
+
+/// Generates one `#[tokio::test]` per conformance test, each on a fresh store.
+///
+/// The argument is a closure (or any callable) taking no argument and returning a future of
+/// `(Arc<dyn Store>, guard)`; the guard lives until the end of the test.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr $(,)?) => {
+        $crate::store_conformance_tests!(@tests $make;
+            insert_and_get_round_trip,
+            timestamps_keep_milliseconds,
+            duplicate_insert_is_refused,
+            get_unknown_is_none,
+            update_state_records_event,
+            update_state_conflict_changes_nothing,
+            update_state_not_found,
+            error_message_kept_and_cleared,
+            endpoint_set_and_cleared,
+            reschedule_is_a_cas,
+            remove_is_a_cas,
+            list_due_returns_due_engines_soonest_first,
+            list_pages_in_creation_order,
+            list_filters_by_state,
+            list_filters_by_owner,
+            list_rejects_invalid_cursor,
+            all_states_lists_every_engine,
+            event_history_is_bounded,
+            logs_are_saved_bounded,
+            concurrent_transitions_have_one_winner,
+            wake_ups_when_an_engine_becomes_due,
+            ping_answers,
+        );
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (store, _guard) = ($make)().await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )*
+    };
+}
+
+/// Now, at the millisecond precision every store keeps.
+pub fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("now is in range")
+}
+
+/// A new engine in `WaitToStart`, owned by "alice", with nothing due.
+pub fn sample_engine(name: &str) -> Engine {
+    let now = now_ms();
+    Engine {
+        id: EngineId::generate(),
+        name: name.to_owned(),
+        owner: "alice".to_owned(),
+        engine_type: "Spark".to_owned(),
+        version: "3.5.3".to_owned(),
+        state: WaitToStart,
+        error: None,
+        configs: BTreeMap::from([("spark.executor.instances".to_owned(), "2".to_owned())]),
+        endpoint: None,
+        create_time: now,
+        update_time: now,
+        next_update_time: None,
+    }
+}
+
+async fn insert(store: &dyn Store, engine: Engine) -> Engine {
+    store.insert(&engine).await.expect("insert");
+    engine
+}
+
+async fn get(store: &dyn Store, id: &EngineId) -> Engine {
+    store
+        .get(id)
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("engine {id} is missing"))
+}
+
+async fn events(store: &dyn Store, id: &EngineId) -> Vec<EngineEvent> {
+    store
+        .events(id)
+        .await
+        .expect("events")
+        .unwrap_or_else(|| panic!("no events for engine {id}"))
+}
+
+async fn transition(store: &dyn Store, id: &EngineId, t: Transition) {
+    let cas = store.update_state(id, &t).await.expect("update_state");
+    assert_eq!(cas, Cas::Done, "{} -> {} on {id}", t.from, t.to);
+}
+
+fn ids(engines: &[Engine]) -> Vec<EngineId> {
+    engines.iter().map(|e| e.id.clone()).collect()
+}
+
+/// Asserts `time` lies in `[before, after]` (with `before` at millisecond precision).
+fn assert_between(time: DateTime<Utc>, before: DateTime<Utc>, after: DateTime<Utc>, what: &str) {
+    assert!(
+        before <= time && time <= after,
+        "{what} {time} is not between {before} and {after}"
+    );
+}
+
+pub async fn insert_and_get_round_trip(store: Arc<dyn Store>) {
+    let store = &*store;
+    let now = now_ms();
+    let full = Engine {
+        state: ErrorWaitToClean,
+        error: Some("driver pod failed: OOMKilled ✗".to_owned()),
+        endpoint: Some("sc://10.0.0.7:15002".to_owned()),
+        owner: "bob@example.com".to_owned(),
+        configs: BTreeMap::from([
+            ("spark.driver.memory".to_owned(), "2g".to_owned()),
+            ("spark.executor.instances".to_owned(), "4".to_owned()),
+            (
+                "spark.app.note".to_owned(),
+                "quotes \" and \\ and 日本".to_owned(),
+            ),
+        ]),
+        create_time: now - TimeDelta::milliseconds(86_400_123),
+        update_time: now - TimeDelta::milliseconds(5_001),
+        next_update_time: Some(now + TimeDelta::milliseconds(30_007)),
+        ..sample_engine("full")
+    };
+    let bare = Engine {
+        configs: BTreeMap::new(),
+        ..sample_engine("bare")
+    };
+    let old = Engine {
+        create_time: DateTime::from_timestamp_millis(1).expect("in range"),
+        update_time: DateTime::from_timestamp_millis(2).expect("in range"),
+        next_update_time: Some(DateTime::from_timestamp_millis(3).expect("in range")),
+        ..sample_engine("old")
+    };
+    for engine in [full, bare, old] {
+        insert(store, engine.clone()).await;
+        assert_eq!(get(store, &engine.id).await, engine);
+        let history = events(store, &engine.id).await;
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert_eq!(history[0].from, None);
+        assert_eq!(history[0].to, engine.state);
+        assert_eq!(history[0].message, None);
+    }
+}
+
+pub async fn timestamps_keep_milliseconds(store: Arc<dyn Store>) {
+    let store = &*store;
+    let precise = Utc::now() + TimeDelta::nanoseconds(123_456);
+    let engine = Engine {
+        create_time: precise,
+        update_time: precise,
+        next_update_time: Some(precise),
+        ..sample_engine("precise")
+    };
+    insert(store, engine.clone()).await;
+    let got = get(store, &engine.id).await;
+    for (what, time) in [
+        ("create_time", got.create_time),
+        ("update_time", got.update_time),
+        (
+            "next_update_time",
+            got.next_update_time.expect("next_update_time"),
+        ),
+    ] {
+        let drift = (time - precise).abs();
+        assert!(
+            drift < TimeDelta::milliseconds(1),
+            "{what} {time} drifted from {precise}"
+        );
+    }
+}
+
+pub async fn duplicate_insert_is_refused(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("first")).await;
+    let twin = Engine {
+        name: "second".to_owned(),
+        state: Running,
+        ..engine.clone()
+    };
+    match store.insert(&twin).await {
+        Err(StoreError::Duplicate(id)) => assert_eq!(id, engine.id),
+        other => panic!("a duplicate insert gave {other:?}"),
+    }
+    assert_eq!(get(store, &engine.id).await, engine);
+    assert_eq!(events(store, &engine.id).await.len(), 1);
+}
+
+pub async fn get_unknown_is_none(store: Arc<dyn Store>) {
+    let store = &*store;
+    insert(store, sample_engine("other")).await;
+    let unknown = EngineId::generate();
+    assert_eq!(store.get(&unknown).await.expect("get"), None);
+    assert_eq!(store.events(&unknown).await.expect("events"), None);
+    assert_eq!(store.logs(&unknown).await.expect("logs"), None);
+}
+
+pub async fn update_state_records_event(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("claimed")).await;
+    let due = now_ms() + TimeDelta::seconds(30);
+    let before = now_ms();
+    let t = Transition::new(WaitToStart, TriggerStart)
+        .due_at(due)
+        .with_message("claimed by monitor m1");
+    assert_eq!(
+        store.update_state(&engine.id, &t).await.expect("update"),
+        Cas::Done
+    );
+    let after = Utc::now();
+
+    let got = get(store, &engine.id).await;
+    assert_between(got.update_time, before, after, "update_time");
+    assert_eq!(
+        got,
+        Engine {
+            state: TriggerStart,
+            next_update_time: Some(due),
+            update_time: got.update_time,
+            ..engine.clone()
+        }
+    );
+
+    let history = events(store, &engine.id).await;
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].from, None);
+    assert_eq!(history[0].to, WaitToStart);
+    let event = &history[1];
+    assert_eq!(event.from, Some(WaitToStart));
+    assert_eq!(event.to, TriggerStart);
+    assert_eq!(event.message.as_deref(), Some("claimed by monitor m1"));
+    assert_between(event.time, before, after, "event time");
+
+    // A transition without a due time clears it.
+    transition(
+        store,
+        &engine.id,
+        Transition::new(TriggerStart, StartInProgress),
+    )
+    .await;
+    let got = get(store, &engine.id).await;
+    assert_eq!(got.state, StartInProgress);
+    assert_eq!(got.next_update_time, None);
+    let history = events(store, &engine.id).await;
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[2].message, None);
+}
+
+pub async fn update_state_conflict_changes_nothing(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("busy")).await;
+    let history = events(store, &engine.id).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let t = Transition::new(Running, WaitToTerminate)
+        .with_error("nope")
+        .with_endpoint(Some("sc://nowhere:1".to_owned()))
+        .due_at(now_ms());
+    assert_eq!(
+        store.update_state(&engine.id, &t).await.expect("update"),
+        Cas::Conflict(WaitToStart)
+    );
+    assert_eq!(get(store, &engine.id).await, engine);
+    assert_eq!(events(store, &engine.id).await, history);
+}
+
+pub async fn update_state_not_found(store: Arc<dyn Store>) {
+    let store = &*store;
+    insert(store, sample_engine("other")).await;
+    let unknown = EngineId::generate();
+    let t = Transition::new(WaitToStart, TriggerStart);
+    assert_eq!(
+        store.update_state(&unknown, &t).await.expect("update"),
+        Cas::NotFound
+    );
+    assert_eq!(store.get(&unknown).await.expect("get"), None);
+    assert_eq!(store.events(&unknown).await.expect("events"), None);
+}
+
+pub async fn error_message_kept_and_cleared(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(
+        store,
+        Engine {
+            state: Running,
+            ..sample_engine("failing")
+        },
+    )
+    .await;
+
+    let failed = Transition::new(Running, ErrorWaitToClean).with_error("executor lost");
+    transition(store, &engine.id, failed).await;
+    let got = get(store, &engine.id).await;
+    assert_eq!(got.state, ErrorWaitToClean);
+    assert_eq!(got.error.as_deref(), Some("executor lost"));
+    let last = events(store, &engine.id).await.pop().expect("an event");
+    assert_eq!(last.message.as_deref(), Some("executor lost"));
+
+    // Kept when the transition carries it on.
+    let mut claim = Transition::new(ErrorWaitToClean, ErrorTriggerClean);
+    claim.error = got.error.clone();
+    transition(store, &engine.id, claim).await;
+    let got = get(store, &engine.id).await;
+    assert_eq!(got.error.as_deref(), Some("executor lost"));
+    let last = events(store, &engine.id).await.pop().expect("an event");
+    assert_eq!(last.message, None);
+
+    // Cleared by a transition without one.
+    transition(
+        store,
+        &engine.id,
+        Transition::new(ErrorTriggerClean, WaitToStart),
+    )
+    .await;
+    assert_eq!(get(store, &engine.id).await.error, None);
+}
+
+pub async fn endpoint_set_and_cleared(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(
+        store,
+        Engine {
+            state: StartInProgress,
+            ..sample_engine("serving")
+        },
+    )
+    .await;
+    let endpoint = Some("sc://spark-driver.rucat.svc:15002".to_owned());
+
+    transition(
+        store,
+        &engine.id,
+        Transition::new(StartInProgress, Running).with_endpoint(endpoint.clone()),
+    )
+    .await;
+    assert_eq!(get(store, &engine.id).await.endpoint, endpoint);
+
+    transition(
+        store,
+        &engine.id,
+        Transition::new(Running, WaitToTerminate).with_endpoint(endpoint.clone()),
+    )
+    .await;
+    assert_eq!(get(store, &engine.id).await.endpoint, endpoint);
+
+    transition(
+        store,
+        &engine.id,
+        Transition::new(WaitToTerminate, TriggerTermination),
+    )
+    .await;
+    assert_eq!(get(store, &engine.id).await.endpoint, None);
+}
+
+pub async fn reschedule_is_a_cas(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("waiting")).await;
+    let history = events(store, &engine.id).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let later = now_ms() + TimeDelta::seconds(90);
+    assert_eq!(
+        store
+            .reschedule(&engine.id, WaitToStart, Some(later))
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    // Only the due time changes: no event, no new update time.
+    let expected = Engine {
+        next_update_time: Some(later),
+        ..engine.clone()
+    };
+    assert_eq!(get(store, &engine.id).await, expected);
+    assert_eq!(events(store, &engine.id).await, history);
+
+    assert_eq!(
+        store
+            .reschedule(&engine.id, Running, None)
+            .await
+            .expect("reschedule"),
+        Cas::Conflict(WaitToStart)
+    );
+    assert_eq!(get(store, &engine.id).await, expected);
+
+    assert_eq!(
+        store
+            .reschedule(&engine.id, WaitToStart, None)
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    assert_eq!(get(store, &engine.id).await.next_update_time, None);
+
+    assert_eq!(
+        store
+            .reschedule(&EngineId::generate(), WaitToStart, Some(later))
+            .await
+            .expect("reschedule"),
+        Cas::NotFound
+    );
+}
+
+pub async fn remove_is_a_cas(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(
+        store,
+        Engine {
+            state: Terminated,
+            ..sample_engine("done")
+        },
+    )
+    .await;
+    let neighbour = insert(store, sample_engine("neighbour")).await;
+    store
+        .save_logs(&engine.id, "driver log\n")
+        .await
+        .expect("save logs");
+    store
+        .save_logs(&neighbour.id, "neighbour log\n")
+        .await
+        .expect("save logs");
+    let history = events(store, &engine.id).await;
+
+    assert_eq!(
+        store.remove(&engine.id, Running).await.expect("remove"),
+        Cas::Conflict(Terminated)
+    );
+    assert_eq!(get(store, &engine.id).await, engine);
+    assert_eq!(events(store, &engine.id).await, history);
+    assert_eq!(
+        store.logs(&engine.id).await.expect("logs").as_deref(),
+        Some("driver log\n")
+    );
+
+    assert_eq!(
+        store.remove(&engine.id, Terminated).await.expect("remove"),
+        Cas::Done
+    );
+    assert_eq!(store.get(&engine.id).await.expect("get"), None);
+    assert_eq!(store.events(&engine.id).await.expect("events"), None);
+    assert_eq!(store.logs(&engine.id).await.expect("logs"), None);
+    assert_eq!(
+        store.remove(&engine.id, Terminated).await.expect("remove"),
+        Cas::NotFound
+    );
+
+    // The neighbour is untouched.
+    assert_eq!(get(store, &neighbour.id).await, neighbour);
+    assert_eq!(events(store, &neighbour.id).await.len(), 1);
+    assert_eq!(
+        store.logs(&neighbour.id).await.expect("logs").as_deref(),
+        Some("neighbour log\n")
+    );
+    let all = store.all_states().await.expect("all states");
+    assert_eq!(all, vec![(neighbour.id.clone(), WaitToStart)]);
+}
+
+pub async fn list_due_returns_due_engines_soonest_first(store: Arc<dyn Store>) {
+    let store = &*store;
+    let now = now_ms();
+    let due_in = |name: &str, ms: Option<i64>| Engine {
+        next_update_time: ms.map(|ms| now + TimeDelta::milliseconds(ms)),
+        ..sample_engine(name)
+    };
+    let a = insert(store, due_in("a", Some(-3_000))).await;
+    let b = insert(store, due_in("b", Some(-1_000))).await;
+    let _future = insert(store, due_in("future", Some(60_000))).await;
+    let c = insert(store, due_in("c", Some(-2_000))).await;
+    let _never = insert(store, due_in("never", None)).await;
+    let exactly = insert(store, due_in("exactly", Some(0))).await;
+
+    let due = store.list_due(now, 10).await.expect("list due");
+    assert_eq!(
+        ids(&due),
+        ids(&[a.clone(), c.clone(), b.clone(), exactly.clone()])
+    );
+    assert_eq!(due[0], a, "list_due returns whole records");
+
+    let due = store.list_due(now, 2).await.expect("list due");
+    assert_eq!(ids(&due), ids(&[a.clone(), c.clone()]));
+
+    let due = store
+        .list_due(now - TimeDelta::seconds(10), 10)
+        .await
+        .expect("list due");
+    assert!(due.is_empty(), "{due:?}");
+
+    // Rescheduling and transitions move engines in and out.
+    assert_eq!(
+        store
+            .reschedule(&a.id, WaitToStart, None)
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    transition(
+        store,
+        &c.id,
+        Transition::new(WaitToStart, TriggerStart).due_at(now + TimeDelta::seconds(60)),
+    )
+    .await;
+    let due = store.list_due(now, 10).await.expect("list due");
+    assert_eq!(ids(&due), ids(&[b, exactly]));
+}
+
+async fn collect_pages(store: &dyn Store, mut query: ListQuery) -> Vec<Vec<Engine>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = store.list(&query).await.expect("list");
+        pages.push(page.engines);
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return pages,
+        }
+        assert!(pages.len() <= 100, "the listing never ends");
+    }
+}
+
+pub async fn list_pages_in_creation_order(store: Arc<dyn Store>) {
+    let store = &*store;
+    let empty = store.list(&ListQuery::default()).await.expect("list");
+    assert!(empty.engines.is_empty());
+    assert_eq!(empty.next_cursor, None);
+
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(insert(store, sample_engine(&format!("engine-{i}"))).await);
+    }
+    // Changes after creation do not reorder the listing.
+    transition(
+        store,
+        &created[0].id,
+        Transition::new(WaitToStart, TriggerStart),
+    )
+    .await;
+    let created: Vec<Engine> = {
+        let mut fresh = Vec::new();
+        for engine in &created {
+            fresh.push(get(store, &engine.id).await);
+        }
+        fresh
+    };
+
+    let pages = collect_pages(
+        store,
+        ListQuery {
+            limit: 3,
+            ..ListQuery::default()
+        },
+    )
+    .await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![3, 3, 1]);
+    assert_eq!(pages.concat(), created, "whole records, in creation order");
+
+    // Exactly a page's worth: the last full page says there is no more.
+    let pages = collect_pages(
+        store,
+        ListQuery {
+            limit: 7,
+            ..ListQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(pages.len(), 1);
+    assert_eq!(ids(&pages[0]), ids(&created));
+
+    // No limit means a default page; a huge one is capped, not refused.
+    for limit in [0, MAX_PAGE, MAX_PAGE + 1, u32::MAX] {
+        let page = store
+            .list(&ListQuery {
+                limit,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(ids(&page.engines), ids(&created), "limit {limit}");
+        assert_eq!(page.next_cursor, None, "limit {limit}");
+    }
+}
+
+pub async fn list_filters_by_state(store: Arc<dyn Store>) {
+    let store = &*store;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(insert(store, sample_engine(&format!("engine-{i}"))).await);
+    }
+    for i in [1, 3] {
+        transition(store, &created[i].id, Transition::new(WaitToStart, Running)).await;
+    }
+    let running = ListQuery {
+        state: Some(Running),
+        limit: 1,
+        ..ListQuery::default()
+    };
+    let pages = collect_pages(store, running).await;
+    assert_eq!(pages.len(), 2);
+    let listed = pages.concat();
+    assert_eq!(ids(&listed), ids(&[created[1].clone(), created[3].clone()]));
+    assert!(listed.iter().all(|e| e.state == Running));
+
+    let waiting = store
+        .list(&ListQuery {
+            state: Some(WaitToStart),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&waiting.engines),
+        ids(&[created[0].clone(), created[2].clone(), created[4].clone()])
+    );
+    let none = store
+        .list(&ListQuery {
+            state: Some(ErrorClean),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(none.engines.is_empty());
+    assert_eq!(none.next_cursor, None);
+}
+
+pub async fn list_filters_by_owner(store: Arc<dyn Store>) {
+    let store = &*store;
+    let mut created = Vec::new();
+    for (i, owner) in ["alice", "bob", "alice", "bob", "alice"].iter().enumerate() {
+        let engine = Engine {
+            owner: (*owner).to_owned(),
+            ..sample_engine(&format!("engine-{i}"))
+        };
+        created.push(insert(store, engine).await);
+    }
+    transition(store, &created[2].id, Transition::new(WaitToStart, Running)).await;
+
+    let alice = collect_pages(
+        store,
+        ListQuery {
+            owner: Some("alice".to_owned()),
+            limit: 2,
+            ..ListQuery::default()
+        },
+    )
+    .await
+    .concat();
+    assert_eq!(
+        ids(&alice),
+        ids(&[created[0].clone(), created[2].clone(), created[4].clone()])
+    );
+
+    let bob = store
+        .list(&ListQuery {
+            owner: Some("bob".to_owned()),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&bob.engines),
+        ids(&[created[1].clone(), created[3].clone()])
+    );
+
+    let alice_running = store
+        .list(&ListQuery {
+            owner: Some("alice".to_owned()),
+            state: Some(Running),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(&alice_running.engines), ids(&[created[2].clone()]));
+
+    for owner in ["carol", "", "ALICE"] {
+        let page = store
+            .list(&ListQuery {
+                owner: Some(owner.to_owned()),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        assert!(page.engines.is_empty(), "owner {owner:?}");
+    }
+}
+
+pub async fn list_rejects_invalid_cursor(store: Arc<dyn Store>) {
+    let store = &*store;
+    insert(store, sample_engine("one")).await;
+    for cursor in ["not a cursor", "", "-1; DROP TABLE engines", "🙂"] {
+        match store
+            .list(&ListQuery {
+                cursor: Some(cursor.to_owned()),
+                ..ListQuery::default()
+            })
+            .await
+        {
+            Err(StoreError::InvalidCursor(c)) => assert_eq!(c, cursor),
+            other => panic!("cursor {cursor:?} gave {other:?}"),
+        }
+    }
+    // The store still works.
+    let page = store.list(&ListQuery::default()).await.expect("list");
+    assert_eq!(page.engines.len(), 1);
+}
+
+pub async fn all_states_lists_every_engine(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert!(store.all_states().await.expect("all states").is_empty());
+    let mut expected = HashSet::new();
+    for (i, state) in [WaitToStart, Running, ErrorCleanInProgress, Terminated]
+        .into_iter()
+        .enumerate()
+    {
+        let engine = insert(
+            store,
+            Engine {
+                state,
+                ..sample_engine(&format!("engine-{i}"))
+            },
+        )
+        .await;
+        expected.insert((engine.id, state));
+    }
+    let all: HashSet<_> = store
+        .all_states()
+        .await
+        .expect("all states")
+        .into_iter()
+        .collect();
+    assert_eq!(all, expected);
+}
+
+pub async fn event_history_is_bounded(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("flapping")).await;
+    let changes = MAX_EVENTS + 5;
+    let mut state = WaitToStart;
+    for i in 0..changes {
+        let to = if state == Running {
+            WaitToTerminate
+        } else {
+            Running
+        };
+        transition(
+            store,
+            &engine.id,
+            Transition::new(state, to).with_message(i.to_string()),
+        )
+        .await;
+        state = to;
+    }
+    let history = events(store, &engine.id).await;
+    assert_eq!(history.len(), MAX_EVENTS);
+    // The newest are kept, oldest first: the insert event and the first changes are gone.
+    let messages: Vec<String> = history
+        .iter()
+        .map(|e| e.message.clone().expect("a message"))
+        .collect();
+    let expected: Vec<String> = (changes - MAX_EVENTS..changes)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(messages, expected);
+    assert_eq!(history.last().map(|e| e.to), Some(state));
+    for pair in history.windows(2) {
+        assert_eq!(pair[0].to, pair[1].from.expect("a from state"));
+        assert!(pair[0].time <= pair[1].time);
+    }
+}
+
+pub async fn logs_are_saved_bounded(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("chatty")).await;
+    assert_eq!(store.logs(&engine.id).await.expect("logs"), None);
+
+    store
+        .save_logs(&engine.id, "starting driver\n")
+        .await
+        .expect("save logs");
+    assert_eq!(
+        store.logs(&engine.id).await.expect("logs").as_deref(),
+        Some("starting driver\n")
+    );
+
+    // A newer capture replaces the older one; only its tail is kept, cut at a character.
+    let mut big = String::from("HEAD-MARKER\n");
+    let mut line = 0;
+    while big.len() <= MAX_KEPT_LOG + 10_000 {
+        big.push_str(&format!("line {line}: ünïcödé ✓ log output\n"));
+        line += 1;
+    }
+    store.save_logs(&engine.id, &big).await.expect("save logs");
+    let kept = store
+        .logs(&engine.id)
+        .await
+        .expect("logs")
+        .expect("logs kept");
+    assert!(kept.len() <= MAX_KEPT_LOG, "{} bytes kept", kept.len());
+    assert_eq!(kept, tail(&big, MAX_KEPT_LOG));
+    assert!(!kept.contains("HEAD-MARKER"));
+    assert!(kept.ends_with(&format!("line {}: ünïcödé ✓ log output\n", line - 1)));
+
+    store.save_logs(&engine.id, "").await.expect("save logs");
+    assert_eq!(
+        store.logs(&engine.id).await.expect("logs").as_deref(),
+        Some("")
+    );
+
+    // Saving for an engine that is gone is harmless and keeps nothing.
+    let unknown = EngineId::generate();
+    store.save_logs(&unknown, "lost").await.expect("save logs");
+    assert_eq!(store.logs(&unknown).await.expect("logs"), None);
+    assert_eq!(store.get(&unknown).await.expect("get"), None);
+}
+
+pub async fn concurrent_transitions_have_one_winner(store: Arc<dyn Store>) {
+    const TASKS: usize = 16;
+    let engine = insert(&*store, sample_engine("contended")).await;
+
+    // Every task tries the same transition.
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (store, barrier, id) = (Arc::clone(&store), Arc::clone(&barrier), engine.id.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let t = Transition::new(WaitToStart, TriggerStart).with_message(format!("task {i}"));
+            store.update_state(&id, &t).await.expect("update_state")
+        }));
+    }
+    let mut done = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Cas::Done => done += 1,
+            Cas::Conflict(actual) => assert_eq!(actual, TriggerStart),
+            Cas::NotFound => panic!("engine vanished"),
+        }
+    }
+    assert_eq!(done, 1);
+    assert_eq!(events(&*store, &engine.id).await.len(), 2);
+
+    // Tasks racing to different states: one wins, the others see the winner's state.
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (store, barrier, id) = (Arc::clone(&store), Arc::clone(&barrier), engine.id.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let to = if i % 2 == 0 {
+                StartInProgress
+            } else {
+                ErrorClean
+            };
+            let cas = store
+                .update_state(&id, &Transition::new(TriggerStart, to))
+                .await
+                .expect("update_state");
+            (to, cas)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            (to, Cas::Done) => winners.push(to),
+            (_, Cas::Conflict(actual)) => seen.push(actual),
+            (_, Cas::NotFound) => panic!("engine vanished"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(seen.len(), TASKS - 1);
+    assert!(seen.iter().all(|s| *s == winners[0]), "{seen:?}");
+    assert_eq!(get(&*store, &engine.id).await.state, winners[0]);
+    assert_eq!(events(&*store, &engine.id).await.len(), 3);
+}
+
+/// Runs `write` and asserts the store's wake-ups fire within a second.
+async fn assert_wakes<F: std::future::Future>(store: &dyn Store, what: &str, write: F) {
+    let wake_ups = store.wake_ups();
+    let notified = wake_ups.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    write.await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), notified)
+            .await
+            .is_ok(),
+        "no wake-up after {what}"
+    );
+}
+
+pub async fn wake_ups_when_an_engine_becomes_due(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = Engine {
+        next_update_time: Some(now_ms() - TimeDelta::milliseconds(1)),
+        ..sample_engine("due")
+    };
+    assert_wakes(store, "inserting a due engine", async {
+        store.insert(&engine).await.expect("insert");
+    })
+    .await;
+
+    assert_wakes(store, "a transition due now", async {
+        transition(
+            store,
+            &engine.id,
+            Transition::new(WaitToStart, TriggerStart).due_at(now_ms()),
+        )
+        .await;
+    })
+    .await;
+
+    assert_eq!(
+        store
+            .reschedule(&engine.id, TriggerStart, None)
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    assert_wakes(store, "rescheduling to now", async {
+        let cas = store
+            .reschedule(&engine.id, TriggerStart, Some(now_ms()))
+            .await
+            .expect("reschedule");
+        assert_eq!(cas, Cas::Done);
+    })
+    .await;
+}
+
+pub async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+    insert(&*store, sample_engine("one")).await;
+    store.ping().await.expect("ping");
+}

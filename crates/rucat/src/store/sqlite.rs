@@ -1,55 +1,529 @@
 //! The SQLite store (embedded default).
+//!
+//! One database file, opened in WAL mode so that readers never wait for the writer. Every write of
+//! more than one statement runs in a `BEGIN IMMEDIATE` transaction: it takes the write lock first
+//! (waiting up to the busy timeout), so that concurrent writers (in this process or another) queue
+//! instead of failing when a deferred transaction tries to upgrade its read lock. A compare-and-swap
+//! is one conditional `UPDATE`/`DELETE`; only when it changes nothing is the actual state read, in
+//! the same transaction.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
 use super::*;
-pub struct SqliteStore;
+
+/// The most connections the pool opens (SQLite has one writer at a time anyway).
+const MAX_CONNECTIONS: u32 = 8;
+/// How long a statement waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The page size of a listing that asks for none.
+const DEFAULT_PAGE: u32 = 50;
+/// The statement that starts a write transaction.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
+const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, state, error, \
+                              endpoint, create_time, update_time, next_update_time";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    wake_ups: Arc<Notify>,
+}
+
 impl SqliteStore {
-    pub async fn open(_url: &str) -> Result<Self, StoreError> {
-        todo!()
+    /// Opens (creating it and its directory if missing) the database at `sqlite://PATH` and
+    /// brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let fail = |reason: String| StoreError::Open {
+            url: url.to_owned(),
+            reason,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| fail(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            let file = options.get_filename();
+            if file.as_os_str().is_empty() {
+                return Err(fail(
+                    "no database file given; expected sqlite://PATH".into(),
+                ));
+            }
+            if let Some(dir) = file.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+            }
+        }
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        tracing::debug!(url, "opened the SQLite store");
+
+        Ok(SqliteStore {
+            pool,
+            wake_ups: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Wakes the monitors of this process if `next` is due.
+    fn wake_if_due(&self, next: Option<DateTime<Utc>>) {
+        if next.is_some_and(|next| next <= Utc::now()) {
+            self.wake_ups.notify_waiters();
+        }
     }
 }
+
+fn corrupt(id: &str, what: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("engine {id}: {what}"))
+}
+
+fn column<'r, T>(row: &'r SqliteRow, id: &str, name: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|e| corrupt(id, format_args!("column {name}: {e}")))
+}
+
+fn state_from(id: &str, column: &str, state: &str) -> Result<EngineState, StoreError> {
+    state
+        .parse()
+        .map_err(|e| corrupt(id, format_args!("{column}: {e}")))
+}
+
+fn time_from(id: &str, column: &str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| corrupt(id, format_args!("{column} {millis} is out of range")))
+}
+
+fn id_from(id: String) -> Result<EngineId, StoreError> {
+    EngineId::parse(&id).ok_or_else(|| corrupt(&id, "malformed engine id"))
+}
+
+/// The row's id, before anything else is read (so that errors can name the engine).
+fn row_id(row: &SqliteRow) -> Result<String, StoreError> {
+    row.try_get("id")
+        .map_err(|e| StoreError::Corrupt(format!("engine row with an unreadable id: {e}")))
+}
+
+fn engine_from_row(row: &SqliteRow) -> Result<Engine, StoreError> {
+    let id = row_id(row)?;
+    let configs: String = column(row, &id, "configs")?;
+    let configs: BTreeMap<String, String> = serde_json::from_str(&configs)
+        .map_err(|e| corrupt(&id, format_args!("column configs: {e}")))?;
+    let state: String = column(row, &id, "state")?;
+    let next_update_time: Option<i64> = column(row, &id, "next_update_time")?;
+    Ok(Engine {
+        name: column(row, &id, "name")?,
+        owner: column(row, &id, "owner")?,
+        engine_type: column(row, &id, "engine_type")?,
+        version: column(row, &id, "version")?,
+        state: state_from(&id, "state", &state)?,
+        error: column(row, &id, "error")?,
+        configs,
+        endpoint: column(row, &id, "endpoint")?,
+        create_time: time_from(&id, "create_time", column(row, &id, "create_time")?)?,
+        update_time: time_from(&id, "update_time", column(row, &id, "update_time")?)?,
+        next_update_time: next_update_time
+            .map(|t| time_from(&id, "next_update_time", t))
+            .transpose()?,
+        id: id_from(id)?,
+    })
+}
+
+/// Records an event and drops the oldest ones beyond [`MAX_EVENTS`].
+async fn record_event(
+    conn: &mut SqliteConnection,
+    engine_seq: i64,
+    time: DateTime<Utc>,
+    from: Option<EngineState>,
+    to: EngineState,
+    message: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO engine_events (engine_seq, time, from_state, to_state, message) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(engine_seq)
+    .bind(time.timestamp_millis())
+    .bind(from.map(EngineState::as_str))
+    .bind(to.as_str())
+    .bind(message)
+    .execute(&mut *conn)
+    .await?;
+    // MAX_EVENTS is a small constant; the conversion cannot fail in practice.
+    let keep = i64::try_from(MAX_EVENTS).unwrap_or(i64::MAX);
+    sqlx::query(
+        "DELETE FROM engine_events WHERE engine_seq = ? AND seq <= \
+         (SELECT seq FROM engine_events WHERE engine_seq = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+    )
+    .bind(engine_seq)
+    .bind(engine_seq)
+    .bind(keep)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// What a compare-and-swap that changed nothing reports: the actual state, or that there is no
+/// such engine. Run inside the transaction of the failed change, so the answer is consistent.
+async fn failed_cas(conn: &mut SqliteConnection, id: &EngineId) -> Result<Cas, StoreError> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM engines WHERE id = ?")
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match state {
+        Some(state) => Ok(Cas::Conflict(state_from(id.as_str(), "state", &state)?)),
+        None => Ok(Cas::NotFound),
+    }
+}
+
+/// The due engines, soonest first. `next_update_time IS NOT NULL` lets SQLite use the partial
+/// index `engines_due`, so the cost grows with the due engines only.
+fn list_due_sql() -> String {
+    format!(
+        "SELECT {ENGINE_COLUMNS} FROM engines \
+         WHERE next_update_time IS NOT NULL AND next_update_time <= ? \
+         ORDER BY next_update_time, seq LIMIT ?"
+    )
+}
+
+/// Parses a listing cursor: the decimal `seq` of the last engine of the previous page.
+fn parse_cursor(cursor: &str) -> Result<i64, StoreError> {
+    let invalid = || StoreError::InvalidCursor(cursor.to_owned());
+    if cursor.is_empty() || !cursor.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    cursor.parse().map_err(|_| invalid())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert(&self, _engine: &Engine) -> Result<(), StoreError> {
-        todo!()
+    async fn insert(&self, engine: &Engine) -> Result<(), StoreError> {
+        let configs = serde_json::to_string(&engine.configs)
+            .map_err(|e| corrupt(engine.id.as_str(), format_args!("configs: {e}")))?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, error, \
+             endpoint, create_time, update_time, next_update_time) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(engine.id.as_str())
+        .bind(&engine.name)
+        .bind(&engine.owner)
+        .bind(&engine.engine_type)
+        .bind(&engine.version)
+        .bind(configs)
+        .bind(engine.state.as_str())
+        .bind(engine.error.as_deref())
+        .bind(engine.endpoint.as_deref())
+        .bind(engine.create_time.timestamp_millis())
+        .bind(engine.update_time.timestamp_millis())
+        .bind(engine.next_update_time.map(|t| t.timestamp_millis()))
+        .execute(&mut *tx)
+        .await;
+        let seq = match inserted {
+            Ok(done) => done.last_insert_rowid(),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::Duplicate(engine.id.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        record_event(&mut tx, seq, engine.create_time, None, engine.state, None).await?;
+        tx.commit().await?;
+        self.wake_if_due(engine.next_update_time);
+        Ok(())
     }
-    async fn get(&self, _id: &EngineId) -> Result<Option<Engine>, StoreError> {
-        todo!()
+
+    async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENGINE_COLUMNS} FROM engines WHERE id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(engine_from_row).transpose()
     }
-    async fn list(&self, _query: &ListQuery) -> Result<Page, StoreError> {
-        todo!()
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let limit = match query.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
+
+        let mut select = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {ENGINE_COLUMNS} FROM engines WHERE seq > "
+        ));
+        select.push_bind(after.unwrap_or(0));
+        if let Some(owner) = &query.owner {
+            select.push(" AND owner = ").push_bind(owner.as_str());
+        }
+        if let Some(state) = query.state {
+            select.push(" AND state = ").push_bind(state.as_str());
+        }
+        // One more than asked, to know whether there is a next page.
+        select
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = select.build().fetch_all(&self.pool).await?;
+
+        let more = rows.len() > limit as usize;
+        let mut engines = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last_seq = None;
+        for row in rows.iter().take(limit as usize) {
+            let engine = engine_from_row(row)?;
+            last_seq = Some(column::<i64>(row, engine.id.as_str(), "seq")?);
+            engines.push(engine);
+        }
+        Ok(Page {
+            engines,
+            next_cursor: if more {
+                last_seq.map(|seq| seq.to_string())
+            } else {
+                None
+            },
+        })
     }
-    async fn update_state(&self, _id: &EngineId, _t: &Transition) -> Result<Cas, StoreError> {
-        todo!()
+
+    async fn update_state(&self, id: &EngineId, t: &Transition) -> Result<Cas, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE engines SET state = ?, error = ?, endpoint = ?, next_update_time = ?, \
+             update_time = ? WHERE id = ? AND state = ? RETURNING seq",
+        )
+        .bind(t.to.as_str())
+        .bind(t.error.as_deref())
+        .bind(t.endpoint.as_deref())
+        .bind(t.next_update_time.map(|t| t.timestamp_millis()))
+        .bind(now.timestamp_millis())
+        .bind(id.as_str())
+        .bind(t.from.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(seq) = seq else {
+            let cas = failed_cas(&mut tx, id).await?;
+            tx.rollback().await?;
+            return Ok(cas);
+        };
+        record_event(&mut tx, seq, now, Some(t.from), t.to, t.message.as_deref()).await?;
+        tx.commit().await?;
+        self.wake_if_due(t.next_update_time);
+        Ok(Cas::Done)
     }
+
     async fn reschedule(
         &self,
-        _id: &EngineId,
-        _s: EngineState,
-        _n: Option<DateTime<Utc>>,
+        id: &EngineId,
+        state: EngineState,
+        next_update_time: Option<DateTime<Utc>>,
     ) -> Result<Cas, StoreError> {
-        todo!()
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let changed =
+            sqlx::query("UPDATE engines SET next_update_time = ? WHERE id = ? AND state = ?")
+                .bind(next_update_time.map(|t| t.timestamp_millis()))
+                .bind(id.as_str())
+                .bind(state.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if changed == 0 {
+            let cas = failed_cas(&mut tx, id).await?;
+            tx.rollback().await?;
+            return Ok(cas);
+        }
+        tx.commit().await?;
+        self.wake_if_due(next_update_time);
+        Ok(Cas::Done)
     }
-    async fn remove(&self, _id: &EngineId, _e: EngineState) -> Result<Cas, StoreError> {
-        todo!()
+
+    async fn remove(&self, id: &EngineId, expected: EngineState) -> Result<Cas, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // Events and logs go with the engine (ON DELETE CASCADE).
+        let removed = sqlx::query("DELETE FROM engines WHERE id = ? AND state = ?")
+            .bind(id.as_str())
+            .bind(expected.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            let cas = failed_cas(&mut tx, id).await?;
+            tx.rollback().await?;
+            return Ok(cas);
+        }
+        tx.commit().await?;
+        Ok(Cas::Done)
     }
-    async fn list_due(&self, _now: DateTime<Utc>, _limit: u32) -> Result<Vec<Engine>, StoreError> {
-        todo!()
+
+    async fn list_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Engine>, StoreError> {
+        let rows = sqlx::query(&list_due_sql())
+            .bind(now.timestamp_millis())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(engine_from_row).collect()
     }
+
     async fn all_states(&self) -> Result<Vec<(EngineId, EngineState)>, StoreError> {
-        todo!()
+        let rows = sqlx::query("SELECT id, state FROM engines ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id = row_id(row)?;
+                let state: String = column(row, &id, "state")?;
+                let state = state_from(&id, "state", &state)?;
+                Ok((id_from(id)?, state))
+            })
+            .collect()
     }
-    async fn events(&self, _id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError> {
-        todo!()
+
+    async fn events(&self, id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError> {
+        // One statement, so that the engine and its events are read from one snapshot. An engine
+        // without events yields one row of NULLs.
+        let rows = sqlx::query(
+            "SELECT ev.time, ev.from_state, ev.to_state, ev.message \
+             FROM engines e LEFT JOIN engine_events ev ON ev.engine_seq = e.seq \
+             WHERE e.id = ? ORDER BY ev.seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let id = id.as_str();
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(to) = column::<Option<String>>(row, id, "to_state")? else {
+                continue;
+            };
+            let time: i64 = column(row, id, "time")?;
+            let from: Option<String> = column(row, id, "from_state")?;
+            events.push(EngineEvent {
+                time: time_from(id, "event time", time)?,
+                from: from
+                    .map(|from| state_from(id, "event from_state", &from))
+                    .transpose()?,
+                to: state_from(id, "event to_state", &to)?,
+                message: column(row, id, "message")?,
+            });
+        }
+        Ok(Some(events))
     }
-    async fn save_logs(&self, _id: &EngineId, _logs: &str) -> Result<(), StoreError> {
-        todo!()
+
+    /// Replaces the engine's saved log with the tail of `logs`. Does nothing when there is no
+    /// such engine (it may just have been removed).
+    async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO engine_logs (engine_seq, text, time) \
+             SELECT seq, ?, ? FROM engines WHERE id = ? \
+             ON CONFLICT (engine_seq) DO UPDATE SET text = excluded.text, time = excluded.time",
+        )
+        .bind(tail(logs, MAX_KEPT_LOG))
+        .bind(Utc::now().timestamp_millis())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
-    async fn logs(&self, _id: &EngineId) -> Result<Option<String>, StoreError> {
-        todo!()
+
+    async fn logs(&self, id: &EngineId) -> Result<Option<String>, StoreError> {
+        let text = sqlx::query_scalar(
+            "SELECT l.text FROM engines e JOIN engine_logs l ON l.engine_seq = e.seq \
+             WHERE e.id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(text)
     }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        todo!()
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
+
     fn wake_ups(&self) -> Arc<Notify> {
-        todo!()
+        Arc::clone(&self.wake_ups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_decimal_sequence_numbers() {
+        assert_eq!(parse_cursor("0").ok(), Some(0));
+        assert_eq!(parse_cursor("42").ok(), Some(42));
+        for bad in ["", "-1", "+1", "1.5", "abc", " 1", "99999999999999999999"] {
+            assert!(
+                matches!(parse_cursor(bad), Err(StoreError::InvalidCursor(c)) if c == bad),
+                "{bad:?}"
+            );
+        }
+    }
+
+    async fn plan(store: &SqliteStore, sql: &str, binds: usize) -> String {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut explain_query = sqlx::query(&explain);
+        for _ in 0..binds {
+            explain_query = explain_query.bind(1_i64);
+        }
+        let rows = explain_query.fetch_all(&store.pool).await.expect("explain");
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    #[tokio::test]
+    async fn due_engines_and_filtered_listings_use_indexes() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("rucat.db").display());
+        let store = SqliteStore::open(&url).await.expect("open");
+
+        let due = plan(&store, &list_due_sql(), 2).await;
+        assert!(due.contains("engines_due"), "{due}");
+        assert!(!due.contains("TEMP B-TREE"), "{due}");
+
+        let by_state = format!(
+            "SELECT {ENGINE_COLUMNS} FROM engines WHERE seq > ? AND state = ? ORDER BY seq LIMIT ?"
+        );
+        let by_state = plan(&store, &by_state, 3).await;
+        assert!(by_state.contains("engines_state"), "{by_state}");
+        assert!(!by_state.contains("TEMP B-TREE"), "{by_state}");
+
+        let by_owner = format!(
+            "SELECT {ENGINE_COLUMNS} FROM engines WHERE seq > ? AND owner = ? ORDER BY seq LIMIT ?"
+        );
+        let by_owner = plan(&store, &by_owner, 3).await;
+        assert!(by_owner.contains("engines_owner"), "{by_owner}");
+        assert!(!by_owner.contains("TEMP B-TREE"), "{by_owner}");
     }
 }

@@ -1,0 +1,187 @@
+//! Builds and runs Rucat's roles from settings. `main` and the tests go through here, so tests
+//! run exactly what production runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{PlatformKind, Settings};
+use crate::monitor::Monitor;
+use crate::platform::local::LocalPlatform;
+use crate::platform::{Platform, PlatformError};
+use crate::server::{self, ApiContext};
+use crate::shutdown::Shutdown;
+use crate::store::{self, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error("no Spark found: set --spark-home or SPARK_HOME, or run scripts/setup.sh to install it")]
+    NoSpark,
+    #[error("refusing to listen on {0}: authentication is not configured, so Rucat listens on loopback addresses only")]
+    NotLoopback(SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the REST server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Which roles this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub server: bool,
+    pub monitor: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        server: true,
+        monitor: true,
+    };
+    pub const SERVER: Roles = Roles {
+        server: true,
+        monitor: false,
+    };
+    pub const MONITOR: Roles = Roles {
+        server: false,
+        monitor: true,
+    };
+}
+
+pub struct Application {
+    listener: Option<TcpListener>,
+    context: Option<ApiContext>,
+    monitor: Option<Monitor>,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, roles: Roles) -> Result<Self, AppError> {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
+        let store: Arc<dyn Store> = store::open(&settings.database_url).await?;
+        let (platform, versions): (Arc<dyn Platform>, Vec<String>) = match settings.platform {
+            PlatformKind::Local => {
+                let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;
+                let platform = LocalPlatform::new(
+                    spark_home,
+                    settings.data_dir.clone(),
+                    settings.local_master.clone(),
+                )?;
+                let versions = vec![platform.version().to_owned()];
+                (Arc::new(platform), versions)
+            }
+        };
+        info!(store = %redact(&settings.database_url), versions = ?versions, "store and platform ready");
+
+        let (listener, context) = if roles.server {
+            if !settings.listen.ip().is_loopback() {
+                return Err(AppError::NotLoopback(settings.listen));
+            }
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+            warn!("authentication is not configured: listening on loopback only");
+            let context = ApiContext {
+                store: store.clone(),
+                policy: Arc::new(settings.policy.clone()),
+                versions: Arc::new(versions),
+                live_logs: Some(platform.clone()),
+            };
+            (Some(listener), Some(context))
+        } else {
+            (None, None)
+        };
+        let monitor = roles
+            .monitor
+            .then(|| Monitor::new(store, platform, settings.monitor.clone()));
+        Ok(Application {
+            listener,
+            context,
+            monitor,
+        })
+    }
+
+    /// The address the REST server listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` fires; then the server finishes its requests and the monitor its
+    /// steps under way.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+        let monitor = self
+            .monitor
+            .map(|monitor| tokio::spawn(monitor.run(shutdown.clone())));
+        let served = match (self.listener, self.context) {
+            (Some(listener), Some(context)) => {
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "REST API listening");
+                }
+                server::serve(listener, context, shutdown.clone())
+                    .await
+                    .map_err(AppError::Serve)
+            }
+            _ => {
+                shutdown.wait().await;
+                Ok(())
+            }
+        };
+        if let Some(monitor) = monitor {
+            if let Err(error) = monitor.await {
+                warn!(%error, "monitor task ended abnormally");
+            }
+        }
+        served
+    }
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
+    }
+}

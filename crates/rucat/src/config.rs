@@ -1,0 +1,325 @@
+//! Settings: from the configuration file, the environment (`RUCAT_…`) and flags, each beating the
+//! one before; defaults last. The flags and environment variables are declared once, in the
+//! binary's command line; this module merges them with the file and the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::policy::ConfPolicy;
+use crate::monitor::MonitorConfig;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
+pub const DEFAULT_LOCAL_MASTER: &str = "local[*]";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid listen address {0:?}: expected HOST:PORT, e.g. 127.0.0.1:3000")]
+    Listen(String),
+    #[error("unknown platform {0:?}; supported: local")]
+    Platform(String),
+    #[error("no data directory: set --data-dir or RUCAT_DATA_DIR (HOME is not set either)")]
+    NoDataDir,
+    #[error("invalid setting {name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Settings given by flags or the environment (clap resolves those two); `None` when neither.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub platform: Option<String>,
+    pub spark_home: Option<PathBuf>,
+    pub server: Option<String>,
+    pub token: Option<String>,
+}
+
+/// The configuration file (TOML). Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub platform: Option<String>,
+    pub spark_home: Option<PathBuf>,
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub local: LocalFile,
+    pub monitor: MonitorFile,
+    pub policy: Option<ConfPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalFile {
+    /// The Spark master of local engines (default `local[*]`).
+    pub master: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorFile {
+    pub poll_interval_ms: Option<u64>,
+    pub trigger_timeout_ms: Option<u64>,
+    pub start_timeout_ms: Option<u64>,
+    pub start_check_interval_ms: Option<u64>,
+    pub health_check_interval_ms: Option<u64>,
+    pub orphan_scan_interval_ms: Option<u64>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformKind {
+    Local,
+}
+
+/// Every setting, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub platform: PlatformKind,
+    /// `None` when neither given nor installed by the setup script.
+    pub spark_home: Option<PathBuf>,
+    pub local_master: String,
+    pub monitor: MonitorConfig,
+    pub policy: ConfPolicy,
+    pub server: String,
+    pub token: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })
+    }
+}
+
+impl Settings {
+    /// Merges flags/environment over the file over the defaults.
+    pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Self, ConfigError> {
+        let listen_text = overrides
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let data_dir = match overrides.data_dir.or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
+        };
+        let database_url = overrides
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("rucat.db").display()));
+        let platform = match overrides
+            .platform
+            .or(file.platform)
+            .as_deref()
+            .unwrap_or("local")
+        {
+            "local" => PlatformKind::Local,
+            other => return Err(ConfigError::Platform(other.to_owned())),
+        };
+        let spark_home = overrides
+            .spark_home
+            .or(file.spark_home)
+            .or_else(installed_spark_home);
+        let monitor = monitor_config(&file.monitor)?;
+        Ok(Settings {
+            listen,
+            data_dir,
+            database_url,
+            platform,
+            spark_home,
+            local_master: file
+                .local
+                .master
+                .unwrap_or_else(|| DEFAULT_LOCAL_MASTER.to_owned()),
+            monitor,
+            policy: file.policy.unwrap_or_default(),
+            server: overrides
+                .server
+                .or(file.server)
+                .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+            token: overrides.token.or(file.token),
+        })
+    }
+}
+
+fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
+    let defaults = MonitorConfig::default();
+    let millis = |name: &'static str, value: Option<u64>, default: Duration| match value {
+        Some(0) => Err(ConfigError::Invalid {
+            name,
+            message: "must be greater than 0".into(),
+        }),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    };
+    Ok(MonitorConfig {
+        poll_interval: millis(
+            "monitor.poll_interval_ms",
+            file.poll_interval_ms,
+            defaults.poll_interval,
+        )?,
+        trigger_timeout: millis(
+            "monitor.trigger_timeout_ms",
+            file.trigger_timeout_ms,
+            defaults.trigger_timeout,
+        )?,
+        start_timeout: millis(
+            "monitor.start_timeout_ms",
+            file.start_timeout_ms,
+            defaults.start_timeout,
+        )?,
+        start_check_interval: millis(
+            "monitor.start_check_interval_ms",
+            file.start_check_interval_ms,
+            defaults.start_check_interval,
+        )?,
+        health_check_interval: millis(
+            "monitor.health_check_interval_ms",
+            file.health_check_interval_ms,
+            defaults.health_check_interval,
+        )?,
+        orphan_scan_interval: millis(
+            "monitor.orphan_scan_interval_ms",
+            file.orphan_scan_interval_ms,
+            defaults.orphan_scan_interval,
+        )?,
+        concurrency: match file.concurrency {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    name: "monitor.concurrency",
+                    message: "must be greater than 0".into(),
+                })
+            }
+            Some(n) => n,
+            None => defaults.concurrency,
+        },
+        batch: defaults.batch,
+    })
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    home().map(|home| home.join(".rucat"))
+}
+
+/// Where `scripts/setup.sh` caches its downloads.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("RUCAT_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|home| home.join(".cache")))?;
+    Some(cache.join("rucat"))
+}
+
+/// The Spark that `scripts/setup.sh` installed: the `pyspark` package inside a cached
+/// virtualenv (`<cache>/spark-<version>/lib/python3.X/site-packages/pyspark`). The newest wins.
+pub fn installed_spark_home() -> Option<PathBuf> {
+    let cache = cache_dir()?;
+    let mut found = Vec::new();
+    for venv in std::fs::read_dir(&cache).ok()?.flatten() {
+        if !venv.file_name().to_string_lossy().starts_with("spark-") {
+            continue;
+        }
+        let Ok(libs) = std::fs::read_dir(venv.path().join("lib")) else {
+            continue;
+        };
+        for python in libs.flatten() {
+            let home = python.path().join("site-packages").join("pyspark");
+            if home.join("bin").join("spark-submit").is_file() {
+                found.push(home);
+            }
+        }
+    }
+    found.sort();
+    found.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:4000"
+            data_dir = "/from/file"
+            server = "http://file:1"
+            [monitor]
+            poll_interval_ms = 500
+            [policy]
+            deny = ["spark.jars"]
+            "#,
+        )
+        .expect("valid file");
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:5000".into()),
+            ..Overrides::default()
+        };
+        let settings = Settings::resolve(overrides, file).expect("resolves");
+        assert_eq!(settings.listen, "127.0.0.1:5000".parse().expect("addr"));
+        assert_eq!(settings.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(settings.database_url, "sqlite:///from/file/rucat.db");
+        assert_eq!(settings.server, "http://file:1");
+        assert_eq!(settings.monitor.poll_interval, Duration::from_millis(500));
+        assert_eq!(settings.policy.deny, vec!["spark.jars".to_owned()]);
+        assert_eq!(settings.local_master, DEFAULT_LOCAL_MASTER);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = |overrides: Overrides| Settings::resolve(overrides, FileConfig::default());
+        assert!(matches!(
+            bad(Overrides {
+                listen: Some("nowhere".into()),
+                data_dir: Some("/d".into()),
+                ..Overrides::default()
+            }),
+            Err(ConfigError::Listen(_))
+        ));
+        assert!(matches!(
+            bad(Overrides {
+                platform: Some("mars".into()),
+                data_dir: Some("/d".into()),
+                ..Overrides::default()
+            }),
+            Err(ConfigError::Platform(_))
+        ));
+        assert!(toml::from_str::<FileConfig>("unknown_key = 1").is_err());
+    }
+}

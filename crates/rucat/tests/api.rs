@@ -1,0 +1,280 @@
+//! The REST API against a real SQLite store, as a user's session would use it.
+
+mod common;
+
+use common::{spawn_api, TestApp, VERSION};
+use reqwest::StatusCode;
+use rucat::engine::state::user_transition;
+use rucat::engine::{EngineState, UserOp, UserTarget};
+use serde_json::{json, Value};
+
+async fn post_json(app: &TestApp, path: &str, body: &Value) -> (StatusCode, Value) {
+    let response = app
+        .http
+        .post(app.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn post_raw(app: &TestApp, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let response = app
+        .http
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Asserts the JSON error shape and returns its message.
+fn error_message(body: &Value) -> String {
+    let code = body["error"]["code"].as_str();
+    let message = body["error"]["message"].as_str();
+    assert!(
+        code.is_some() && message.is_some(),
+        "not the error shape: {body}"
+    );
+    message.unwrap_or_default().to_owned()
+}
+
+fn spark(name: &str) -> Value {
+    json!({"name": name, "engine_type": "Spark", "version": VERSION, "configs": {"spark.executor.memory": "1g"}})
+}
+
+#[tokio::test]
+async fn create_read_list_and_events() {
+    let app = spawn_api(None).await;
+    let (status, body) = post_json(&app, "/engines", &spark("etl")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+
+    let engine: Value = app
+        .http
+        .get(app.url(&format!("/engines/{id}")))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(engine["id"], id.as_str());
+    assert_eq!(engine["name"], "etl");
+    assert_eq!(engine["owner"], "anonymous");
+    assert_eq!(engine["engine_type"], "Spark");
+    assert_eq!(engine["version"], VERSION);
+    assert_eq!(engine["state"], "WaitToStart");
+    assert_eq!(engine["configs"]["spark.executor.memory"], "1g");
+    assert!(engine.get("endpoint").is_none());
+    for time in ["create_time", "update_time"] {
+        let text = engine[time].as_str().expect("time");
+        assert!(chrono::DateTime::parse_from_rfc3339(text).is_ok(), "{text}");
+    }
+
+    let events = app.client.events(&id).await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].to, EngineState::WaitToStart);
+    let logs = app.client.logs(&id).await.expect("logs");
+    assert_eq!((logs.source.as_str(), logs.log.as_str()), ("none", ""));
+}
+
+#[tokio::test]
+async fn listing_is_paginated_and_filtered() {
+    let app = spawn_api(None).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, body) = post_json(&app, "/engines", &spark(&format!("e{i}"))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    app.client.stop(&ids[1]).await.expect("stop");
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = app
+            .client
+            .list(None, Some(2), cursor.as_deref())
+            .await
+            .expect("page");
+        assert!(page.engines.len() <= 2);
+        seen.extend(page.engines.into_iter().map(|e| e.id.to_string()));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every engine once, in creation order");
+
+    let stopped = app
+        .client
+        .list(Some(EngineState::Terminated), None, None)
+        .await
+        .expect("filtered");
+    let stopped: Vec<_> = stopped.engines.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(stopped, vec![ids[1].clone()]);
+}
+
+#[tokio::test]
+async fn bad_create_requests_are_refused_and_store_nothing() {
+    let app = spawn_api(None).await;
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        ("malformed JSON", b"{\"name\": ".to_vec(), StatusCode::BAD_REQUEST, "invalid request body"),
+        ("not an object", b"[1, 2]".to_vec(), StatusCode::BAD_REQUEST, "invalid request body"),
+        ("missing name", br#"{"engine_type": "Spark", "version": "4.3.0"}"#.to_vec(), StatusCode::BAD_REQUEST, "missing field `name`"),
+        ("missing version", br#"{"name": "a", "engine_type": "Spark"}"#.to_vec(), StatusCode::BAD_REQUEST, "missing field `version`"),
+        ("empty name", br#"{"name": "", "engine_type": "Spark", "version": "4.3.0"}"#.to_vec(), StatusCode::BAD_REQUEST, "must not be empty"),
+        ("long name", format!(r#"{{"name": "{}", "engine_type": "Spark", "version": "4.3.0"}}"#, "n".repeat(129)).into_bytes(), StatusCode::BAD_REQUEST, "at most 128"),
+        ("odd name", br#"{"name": "a/b", "engine_type": "Spark", "version": "4.3.0"}"#.to_vec(), StatusCode::BAD_REQUEST, "may only hold"),
+        ("unknown engine type", br#"{"name": "a", "engine_type": "Flink", "version": "4.3.0"}"#.to_vec(), StatusCode::BAD_REQUEST, "unknown engine type \"Flink\""),
+        ("unknown field", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "owner": "root"}"#.to_vec(), StatusCode::BAD_REQUEST, "unknown field `owner`"),
+        ("unknown version", br#"{"name": "a", "engine_type": "Spark", "version": "3.1.0"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "available: 4.3.0"),
+        ("reserved conf", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {"spark.master": "yarn"}}"#.to_vec(), StatusCode::BAD_REQUEST, "\"spark.master\""),
+        ("token conf", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {"spark.connect.authenticate.token": "x"}}"#.to_vec(), StatusCode::BAD_REQUEST, "\"spark.connect.authenticate.token\""),
+        ("escaping conf", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {"spark.kubernetes.namespace": "kube-system"}}"#.to_vec(), StatusCode::BAD_REQUEST, "\"spark.kubernetes.namespace\""),
+        ("host volume conf", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {"spark.kubernetes.driver.volumes.hostPath.root.mount.path": "/"}}"#.to_vec(), StatusCode::BAD_REQUEST, "spark.kubernetes.driver.volumes.hostPath.root.mount.path"),
+        ("non-Spark conf", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {"hadoop.x": "1"}}"#.to_vec(), StatusCode::BAD_REQUEST, "\"hadoop.x\""),
+        ("non-string conf", br#"{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {"spark.x": 1}}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid request body"),
+        ("oversized body", format!(r#"{{"name": "a", "engine_type": "Spark", "version": "4.3.0", "configs": {{"spark.x": "{}"}}}}"#, "v".repeat(70 * 1024)).into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, "larger than"),
+    ];
+    for (what, body, status, needle) in cases {
+        let (got, body) = post_raw(&app, "/engines", body).await;
+        assert_eq!(got, status, "{what}: {body}");
+        let message = error_message(&body);
+        assert!(message.contains(needle), "{what}: {message:?} lacks {needle:?}");
+    }
+    assert_eq!(app.count().await, 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn unknown_ids_and_routes_are_404_json() {
+    let app = spawn_api(None).await;
+    for path in [
+        "/engines/0123456789abcdef0123456789abcdef",
+        "/engines/not-an-id",
+        "/engines/0123456789abcdef0123456789abcdef/events",
+        "/engines/0123456789abcdef0123456789abcdef/logs",
+        "/nowhere",
+    ] {
+        let response = app.http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        error_message(&response.json().await.expect("json"));
+    }
+    for path in ["stop", "restart"] {
+        let (status, body) = post_json(
+            &app,
+            &format!("/engines/0123456789abcdef0123456789abcdef/{path}"),
+            &json!({}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        error_message(&body);
+    }
+    let response = app
+        .http
+        .delete(app.url("/engines/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    let response = app
+        .http
+        .put(app.url("/engines"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    error_message(&response.json().await.expect("json"));
+}
+
+#[tokio::test]
+async fn bad_list_queries_are_400() {
+    let app = spawn_api(None).await;
+    for query in ["state=running", "limit=0", "limit=x", "limit=100000", "cursor=zz", "color=red"] {
+        let response = app
+            .http
+            .get(app.url(&format!("/engines?{query}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        error_message(&response.json().await.expect("json"));
+    }
+}
+
+/// Every (state, user operation) pair through the API: the allowed ones lead where the state
+/// machine says, the others are 409 naming the current state and change nothing.
+#[tokio::test]
+async fn every_state_and_user_operation_pair() {
+    let app = spawn_api(None).await;
+    for state in EngineState::ALL {
+        for op in UserOp::ALL {
+            let engine = app.plant(state).await;
+            let id = engine.id.as_str();
+            let response = match op {
+                UserOp::Stop => app.http.post(app.url(&format!("/engines/{id}/stop"))),
+                UserOp::Restart => app.http.post(app.url(&format!("/engines/{id}/restart"))),
+                UserOp::Delete => app.http.delete(app.url(&format!("/engines/{id}"))),
+            }
+            .send()
+            .await
+            .expect("request");
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let after = app.store.get(&engine.id).await.expect("store");
+            match user_transition(state, op) {
+                Some(UserTarget::State(to)) => {
+                    assert_eq!(status, StatusCode::ACCEPTED, "{state} {op:?}: {body}");
+                    assert_eq!(body["state"], to.as_str());
+                    assert_eq!(after.map(|e| e.state), Some(to), "{state} {op:?}");
+                }
+                Some(UserTarget::Removed) => {
+                    assert_eq!(status, StatusCode::NO_CONTENT, "{state} {op:?}");
+                    assert_eq!(after, None, "{state} {op:?}");
+                    assert!(app.store.events(&engine.id).await.expect("events").is_none());
+                }
+                None => {
+                    assert_eq!(status, StatusCode::CONFLICT, "{state} {op:?}: {body}");
+                    let message = error_message(&body);
+                    assert!(message.contains(state.as_str()), "{message}");
+                    assert_eq!(after, Some(engine.clone()), "{state} {op:?} changed nothing");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn stop_keeps_the_endpoint_until_the_monitor_acts_and_restart_cancels() {
+    let app = spawn_api(None).await;
+    let engine = app.plant(EngineState::Running).await;
+    let id = engine.id.as_str();
+    let stopped = app.client.stop(id).await.expect("stop");
+    assert_eq!(stopped.state, EngineState::WaitToTerminate);
+    assert_eq!(stopped.endpoint, engine.endpoint);
+    let restarted = app.client.restart(id).await.expect("restart");
+    assert_eq!(restarted.state, EngineState::Running);
+    assert_eq!(restarted.endpoint, engine.endpoint);
+    let events = app.client.events(id).await.expect("events");
+    let path: Vec<_> = events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        path,
+        vec![EngineState::Running, EngineState::WaitToTerminate, EngineState::Running]
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_api(None).await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app.http.get(app.url(path)).send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Runs the real `rucat serve` on a temp data dir and a random port, and queries engines with
+//! spark-connect-rs.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use rucat::client::Client;
+use spark_connect_rs::SparkSessionBuilder;
+use tempfile::TempDir;
+
+/// The Spark version `scripts/setup.sh` installs.
+pub const SPARK_VERSION: &str = "4.3.0";
+
+pub struct Rucat {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The Spark the tests use: `SPARK_HOME`, else the one `scripts/setup.sh` installed.
+fn spark_home() -> PathBuf {
+    std::env::var_os("SPARK_HOME")
+        .map(PathBuf::from)
+        .or_else(rucat::config::installed_spark_home)
+        .expect("no Spark: run scripts/setup.sh (or set SPARK_HOME) before the end-to-end tests")
+}
+
+impl Rucat {
+    pub async fn start() -> Self {
+        let mut rucat = Rucat {
+            dir: tempfile::tempdir().expect("temp dir"),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            child: None,
+            starts: 0,
+        };
+        rucat.spawn().await;
+        rucat
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("rucat-{}.log", self.starts)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rucat"))
+            .args(["serve", "--listen", &self.addr.to_string(), "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .arg("--spark-home")
+            .arg(spark_home())
+            .env("RUCAT_LOG", "info,rucat=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start rucat serve");
+        self.child = Some(child);
+        let client = self.client();
+        for _ in 0..300 {
+            if client.list(None, Some(1), None).await.is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("rucat serve exited with {status}: {}", self.server_log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("rucat serve did not answer within 30 s: {}", self.server_log());
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("rucat-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("http://{}", self.addr), None)
+    }
+
+    /// Runs `rucat <args>` against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_rucat"))
+            .args(args)
+            .env("RUCAT_SERVER", format!("http://{}", self.addr))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the rucat CLI")
+    }
+
+    /// `kill -9` of `rucat serve`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+}
+
+impl Drop for Rucat {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM first: a graceful stop is part of what is tested.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Whatever a failed test left running under this data dir goes too.
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        for pid in processes_matching(&marker) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn processes_matching(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// The live (non-zombie) processes that belong to an engine.
+pub fn spark_processes(id: &str) -> Vec<i32> {
+    processes_matching(id)
+}
+
+pub fn port_open(endpoint: &str) -> bool {
+    let addr = endpoint.trim_start_matches("sc://");
+    let addr = addr.split('/').next().unwrap_or(addr);
+    match addr.parse::<SocketAddr>() {
+        Ok(addr) => TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Runs `SELECT 1` and `range(1_000_000).count()` on the engine with spark-connect-rs.
+pub async fn query(endpoint: &str) {
+    use arrow::array::{Array, Int32Array};
+
+    let spark = SparkSessionBuilder::remote(&format!("{endpoint}/;user_id=rucat-e2e"))
+        .build()
+        .await
+        .expect("connect with spark-connect-rs");
+    let batch = spark
+        .sql("SELECT 1 AS one")
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("collect");
+    let column = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("an int column");
+    assert_eq!((column.len(), column.value(0)), (1, 1));
+    let count = spark
+        .range(None, 1_000_000, 1, None)
+        .count()
+        .await
+        .expect("count");
+    assert_eq!(count, 1_000_000);
+}
