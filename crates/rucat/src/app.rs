@@ -21,7 +21,9 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Platform(#[from] PlatformError),
-    #[error("no Spark found: set --spark-home or SPARK_HOME, or run scripts/setup.sh to install it")]
+    #[error(
+        "no Spark found: set --spark-home or SPARK_HOME, or run scripts/setup.sh to install it"
+    )]
     NoSpark,
     #[error("refusing to listen on {0}: authentication is not configured, so Rucat listens on loopback addresses only")]
     NotLoopback(SocketAddr),
@@ -94,12 +96,13 @@ impl Application {
             if !settings.listen.ip().is_loopback() {
                 return Err(AppError::NotLoopback(settings.listen));
             }
-            let listener = TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| AppError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
+            let listener =
+                TcpListener::bind(settings.listen)
+                    .await
+                    .map_err(|source| AppError::Listen {
+                        addr: settings.listen,
+                        source,
+                    })?;
             warn!("authentication is not configured: listening on loopback only");
             let context = ApiContext {
                 store: store.clone(),

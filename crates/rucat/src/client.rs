@@ -158,7 +158,8 @@ impl Client {
         version: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<String, ClientError> {
-        let body = json!({"name": name, "engine_type": "Spark", "version": version, "configs": configs});
+        let body =
+            json!({"name": name, "engine_type": "Spark", "version": version, "configs": configs});
         let created: Created = self.call_some(Method::POST, "/engines", Some(body)).await?;
         Ok(created.id)
     }

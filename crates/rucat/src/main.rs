@@ -1,7 +1,7 @@
 //! The `rucat` binary: the roles (`serve`, `server`, `monitor`) and the client (`engine …`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -157,6 +157,7 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -255,7 +256,12 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             if wait {
                 out.flush()?;
                 let engine = client
-                    .wait(&id, EngineState::Running, Duration::from_secs(timeout), print_progress)
+                    .wait(
+                        &id,
+                        EngineState::Running,
+                        Duration::from_secs(timeout),
+                        print_progress,
+                    )
                     .await?;
                 writeln!(out, "{}", engine.endpoint.unwrap_or_default())?;
             }
@@ -267,10 +273,15 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
         EngineCommand::List { state, limit, json } => {
             let page = client.list(state, limit, None).await?;
             if json {
-                let value = serde_json::json!({"engines": page.engines, "next_cursor": page.next_cursor});
+                let value =
+                    serde_json::json!({"engines": page.engines, "next_cursor": page.next_cursor});
                 writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
             } else {
-                writeln!(out, "{:<32}  {:<24}  {:<20}  {:<8}  ENDPOINT", "ID", "NAME", "STATE", "VERSION")?;
+                writeln!(
+                    out,
+                    "{:<32}  {:<24}  {:<20}  {:<8}  ENDPOINT",
+                    "ID", "NAME", "STATE", "VERSION"
+                )?;
                 for engine in page.engines {
                     writeln!(
                         out,
@@ -283,7 +294,10 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
                     )?;
                 }
                 if let Some(cursor) = page.next_cursor {
-                    writeln!(out, "(more engines: the next page starts after cursor {cursor})")?;
+                    writeln!(
+                        out,
+                        "(more engines: the next page starts after cursor {cursor})"
+                    )?;
                 }
             }
         }
@@ -292,7 +306,12 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             writeln!(out, "{}", engine.state)?;
             if wait {
                 client
-                    .wait(&id, EngineState::Terminated, Duration::from_secs(timeout), print_progress)
+                    .wait(
+                        &id,
+                        EngineState::Terminated,
+                        Duration::from_secs(timeout),
+                        print_progress,
+                    )
                     .await?;
             }
         }
@@ -301,7 +320,12 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             writeln!(out, "{}", engine.state)?;
             if wait {
                 let engine = client
-                    .wait(&id, EngineState::Running, Duration::from_secs(timeout), print_progress)
+                    .wait(
+                        &id,
+                        EngineState::Running,
+                        Duration::from_secs(timeout),
+                        print_progress,
+                    )
                     .await?;
                 writeln!(out, "{}", engine.endpoint.unwrap_or_default())?;
             }
@@ -316,7 +340,10 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
         }
         EngineCommand::Events { id } => {
             for event in client.events(&id).await? {
-                let from = event.from.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                let from = event
+                    .from
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into());
                 writeln!(
                     out,
                     "{}  {:<20} -> {:<20}  {}",
@@ -339,7 +366,9 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             let engine = client.get(&id).await?;
             match (engine.state, engine.endpoint) {
                 (EngineState::Running, Some(endpoint)) => writeln!(out, "{endpoint}")?,
-                (state, _) => bail!("engine {id} is {state}, not Running: no endpoint to connect to"),
+                (state, _) => {
+                    bail!("engine {id} is {state}, not Running: no endpoint to connect to")
+                }
             }
         }
     }

@@ -82,7 +82,9 @@ struct Inner {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent at every await-free step, so a poisoned lock is usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn later(duration: Duration) -> DateTime<Utc> {
@@ -144,9 +146,15 @@ impl Monitor {
                 _ = shutdown.clone().wait() => break,
             }
         }
-        info!(in_flight = tasks.len(), "monitor stopping; finishing the steps under way");
+        info!(
+            in_flight = tasks.len(),
+            "monitor stopping; finishing the steps under way"
+        );
         let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
             warn!("steps still under way after 30 s; their claims time out and are retried");
         }
     }
@@ -162,7 +170,10 @@ impl Monitor {
     fn until_next_wake(&self) -> Duration {
         let poll = self.inner.config.poll_interval;
         match *lock(&self.inner.next_wake) {
-            Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(poll),
+            Some(at) => (at - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(poll),
             None => poll,
         }
     }
@@ -343,7 +354,9 @@ impl Monitor {
                 return Ok(Some(next));
             }
             ResourceState::Starting => {
-                let waited = (Utc::now() - engine.update_time).to_std().unwrap_or_default();
+                let waited = (Utc::now() - engine.update_time)
+                    .to_std()
+                    .unwrap_or_default();
                 if waited < config.start_timeout {
                     return self
                         .reschedule(engine, later(config.start_check_interval))
@@ -456,9 +469,7 @@ impl Monitor {
                     info!(engine = %id, "removing what is left of a deleted engine");
                     self.inner.platform.forget(&id).await.map(|()| true)
                 }
-                Some(state) if state.is_settled() => {
-                    self.stop_orphan(&id, *state).await
-                }
+                Some(state) if state.is_settled() => self.stop_orphan(&id, *state).await,
                 Some(_) => Ok(false),
             };
             match result {
@@ -474,7 +485,8 @@ impl Monitor {
         let Some(engine) = self.inner.store.get(id).await.ok().flatten() else {
             return Ok(false);
         };
-        if engine.state != state || self.inner.platform.state(&engine).await? == ResourceState::Gone {
+        if engine.state != state || self.inner.platform.state(&engine).await? == ResourceState::Gone
+        {
             return Ok(false);
         }
         warn!(engine = %id, %state, "a resource runs for a settled engine; stopping it");

@@ -147,7 +147,10 @@ async fn bad_create_requests_are_refused_and_store_nothing() {
         let (got, body) = post_raw(&app, "/engines", body).await;
         assert_eq!(got, status, "{what}: {body}");
         let message = error_message(&body);
-        assert!(message.contains(needle), "{what}: {message:?} lacks {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{what}: {message:?} lacks {needle:?}"
+        );
     }
     assert_eq!(app.count().await, 0, "nothing stored");
 }
@@ -184,12 +187,7 @@ async fn unknown_ids_and_routes_are_404_json() {
         .expect("delete");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
-    let response = app
-        .http
-        .put(app.url("/engines"))
-        .send()
-        .await
-        .expect("put");
+    let response = app.http.put(app.url("/engines")).send().await.expect("put");
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     error_message(&response.json().await.expect("json"));
 }
@@ -197,7 +195,14 @@ async fn unknown_ids_and_routes_are_404_json() {
 #[tokio::test]
 async fn bad_list_queries_are_400() {
     let app = spawn_api(None).await;
-    for query in ["state=running", "limit=0", "limit=x", "limit=100000", "cursor=zz", "color=red"] {
+    for query in [
+        "state=running",
+        "limit=0",
+        "limit=x",
+        "limit=100000",
+        "cursor=zz",
+        "color=red",
+    ] {
         let response = app
             .http
             .get(app.url(&format!("/engines?{query}")))
@@ -238,13 +243,22 @@ async fn every_state_and_user_operation_pair() {
                 Some(UserTarget::Removed) => {
                     assert_eq!(status, StatusCode::NO_CONTENT, "{state} {op:?}");
                     assert_eq!(after, None, "{state} {op:?}");
-                    assert!(app.store.events(&engine.id).await.expect("events").is_none());
+                    assert!(app
+                        .store
+                        .events(&engine.id)
+                        .await
+                        .expect("events")
+                        .is_none());
                 }
                 None => {
                     assert_eq!(status, StatusCode::CONFLICT, "{state} {op:?}: {body}");
                     let message = error_message(&body);
                     assert!(message.contains(state.as_str()), "{message}");
-                    assert_eq!(after, Some(engine.clone()), "{state} {op:?} changed nothing");
+                    assert_eq!(
+                        after,
+                        Some(engine.clone()),
+                        "{state} {op:?} changed nothing"
+                    );
                 }
             }
         }
@@ -266,7 +280,11 @@ async fn stop_keeps_the_endpoint_until_the_monitor_acts_and_restart_cancels() {
     let path: Vec<_> = events.iter().map(|e| e.to).collect();
     assert_eq!(
         path,
-        vec![EngineState::Running, EngineState::WaitToTerminate, EngineState::Running]
+        vec![
+            EngineState::Running,
+            EngineState::WaitToTerminate,
+            EngineState::Running
+        ]
     );
 }
 

@@ -49,7 +49,10 @@ async fn drive_until(app: &TestApp, monitor: &Monitor, id: &str, wanted: EngineS
         monitor.pass().await.expect("pass");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("engine {id} never reached {wanted}; it is {}", state(app, id).await);
+    panic!(
+        "engine {id} never reached {wanted}; it is {}",
+        state(app, id).await
+    );
 }
 
 fn eid(id: &str) -> EngineId {
@@ -118,11 +121,17 @@ async fn failed_creation_ends_in_error_clean_with_the_message() {
     drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
     let engine = app.client.get(&id).await.expect("get");
     assert!(
-        engine.error.as_deref().is_some_and(|e| e.contains("quota exceeded")),
+        engine
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("quota exceeded")),
         "{engine:?}"
     );
     assert!(!platform.exists(&eid(&id)));
-    app.client.delete(&id).await.expect("an ErrorClean engine can be deleted");
+    app.client
+        .delete(&id)
+        .await
+        .expect("an ErrorClean engine can be deleted");
 }
 
 #[tokio::test]
@@ -134,7 +143,10 @@ async fn resource_dying_while_running_is_cleaned_with_the_message() {
     platform.kill(&eid(&id), "OutOfMemoryError: Java heap space");
     drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
     let engine = app.client.get(&id).await.expect("get");
-    assert!(engine.error.as_deref().is_some_and(|e| e.contains("OutOfMemoryError")));
+    assert!(engine
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("OutOfMemoryError")));
     assert_eq!(engine.endpoint, None);
     assert!(!platform.exists(&eid(&id)), "the dead resource was cleaned");
     assert_eq!(app.client.logs(&id).await.expect("logs").source, "kept");
@@ -205,7 +217,10 @@ async fn an_engine_that_never_serves_fails_after_the_start_timeout() {
     let id = create(&app, "slow").await;
     drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
     let engine = app.client.get(&id).await.expect("get");
-    assert!(engine.error.as_deref().is_some_and(|e| e.contains("start timeout")));
+    assert!(engine
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("start timeout")));
     assert!(!platform.exists(&eid(&id)));
 }
 
@@ -230,7 +245,11 @@ async fn several_monitors_create_each_resource_once() {
         for pass in passes {
             pass.await.expect("join").expect("pass");
         }
-        let page = app.client.list(Some(EngineState::Running), Some(100), None).await.expect("list");
+        let page = app
+            .client
+            .list(Some(EngineState::Running), Some(100), None)
+            .await
+            .expect("list");
         if page.engines.len() == ids.len() {
             break;
         }

@@ -77,10 +77,11 @@ const PORT_QUARANTINE: Duration = Duration::from_secs(300);
 /// Lines of the driver log quoted in a failure message, and their bounds.
 const FAILURE_LOG_LINES: usize = 5;
 const FAILURE_LOG_LINE_CHARS: usize = 400;
-const FAILURE_LOG_BYTES: usize = 16 * 1024;
+const FAILURE_LOG_BYTES: usize = 64 * 1024;
 
 /// The HTTP/2 client connection preface, followed by an empty SETTINGS frame.
-const H2_CLIENT_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+const H2_CLIENT_HELLO: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 /// A SETTINGS acknowledgement, then a GOAWAY (last stream 0, NO_ERROR): a polite goodbye.
 const H2_SETTINGS_ACK: [u8; 9] = [0, 0, 0, 4, 1, 0, 0, 0, 0];
 const H2_GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -186,6 +187,8 @@ impl LocalPlatform {
         data_dir: PathBuf,
         default_master: String,
     ) -> Result<Self, PlatformError> {
+        // Absolute: engines start in their own work directories.
+        let spark_home = fs::canonicalize(&spark_home).unwrap_or(spark_home);
         let submit = spark_home.join("bin").join("spark-submit");
         let executable = fs::metadata(&submit)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -295,8 +298,8 @@ impl LocalPlatform {
                 )))?
                 .port();
             drop(listener);
-            if !reserved.contains_key(&port) {
-                reserved.insert(port, Instant::now());
+            if let std::collections::hash_map::Entry::Vacant(entry) = reserved.entry(port) {
+                entry.insert(Instant::now());
                 return Ok(port);
             }
         }
@@ -438,7 +441,9 @@ impl LocalPlatform {
             };
             match &status {
                 Ok(_) => info!(engine = %engine_id, pid, "Spark process {}", exit.describe()),
-                Err(e) => warn!(engine = %engine_id, pid, error = %e, "waiting for the Spark process failed"),
+                Err(e) => {
+                    warn!(engine = %engine_id, pid, error = %e, "waiting for the Spark process failed")
+                }
             }
             if let Err(e) = write_json_atomic(&exit_path, &exit) {
                 debug!(engine = %engine_id, error = %e, "cannot record the exit status");
@@ -468,7 +473,12 @@ impl LocalPlatform {
 
     /// How the recorded process ended, if known: from this process's reaper (waiting briefly
     /// for it) or from the exit status file.
-    async fn exit_of(&self, id: &EngineId, record: &ProcessRecord, dir: &Path) -> Option<ExitRecord> {
+    async fn exit_of(
+        &self,
+        id: &EngineId,
+        record: &ProcessRecord,
+        dir: &Path,
+    ) -> Option<ExitRecord> {
         let rx = self
             .children()
             .get(id)
@@ -490,7 +500,10 @@ impl LocalPlatform {
     async fn failure_message(&self, id: &EngineId, record: &ProcessRecord, dir: &Path) -> String {
         let pid = record.pid;
         let what = match self.exit_of(id, record, dir).await {
-            Some(exit) => format!("Spark process of engine {id} (pid {pid}) {}", exit.describe()),
+            Some(exit) => format!(
+                "Spark process of engine {id} (pid {pid}) {}",
+                exit.describe()
+            ),
             None => format!(
                 "Spark process of engine {id} (pid {pid}) is no longer running (its exit status is \
                  unknown: it was not started by this Rucat process)"
@@ -610,9 +623,8 @@ impl LocalPlatform {
                 .remove(&(record.pid, record.proc_start_time));
         }
         for file in [STATE_FILE, EXIT_FILE, CONF_FILE] {
-            remove_file_if_exists(&dir.join(file)).map_err(PlatformError::io(format!(
-                "removing {file} of engine {id}"
-            )))?;
+            remove_file_if_exists(&dir.join(file))
+                .map_err(PlatformError::io(format!("removing {file} of engine {id}")))?;
         }
         let scratch = dir.join(WORK_DIR).join(SCRATCH_DIR);
         let removed = blocking("removing the scratch directory", move || {
@@ -726,7 +738,11 @@ impl Platform for LocalPlatform {
             .contains(&key);
         if !verified {
             let (pid, port) = (record.pid, record.port);
-            match blocking("inspecting the engine's port", move || port_owner(pid, port)).await? {
+            match blocking("inspecting the engine's port", move || {
+                port_owner(pid, port)
+            })
+            .await?
+            {
                 PortOwner::Nobody => return Ok(ResourceState::Starting),
                 PortOwner::Other => {
                     return Ok(ResourceState::Failed(format!(
@@ -754,11 +770,13 @@ impl Platform for LocalPlatform {
 
     async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError> {
         let path = self.engine_dir(id).join(LOG_FILE);
-        blocking("reading the driver log", move || read_tail(&path, max_bytes))
-            .await?
-            .map_err(PlatformError::io(format!(
-                "reading the driver log of engine {id}"
-            )))
+        blocking("reading the driver log", move || {
+            read_tail(&path, max_bytes)
+        })
+        .await?
+        .map_err(PlatformError::io(format!(
+            "reading the driver log of engine {id}"
+        )))
     }
 
     async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
@@ -824,7 +842,7 @@ async fn probe_http2(addr: SocketAddr) -> bool {
     }
     let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
     let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-    let serves = header[3] == H2_FRAME_SETTINGS && stream_id == 0 && length % 6 == 0;
+    let serves = header[3] == H2_FRAME_SETTINGS && stream_id == 0 && length.is_multiple_of(6);
     if serves {
         let mut bye = H2_SETTINGS_ACK.to_vec();
         bye.extend_from_slice(&H2_GOAWAY);
@@ -1025,7 +1043,9 @@ fn read_tail(path: &Path, max_bytes: usize) -> io::Result<Option<String>> {
 }
 
 /// The last few meaningful lines of a driver log, for a failure message: stack frames are left
-/// out (the exception's message says more), lines are bounded.
+/// out (the exception's message says more), lines are bounded. When Spark logged an error
+/// before the last lines (it logs its whole shutdown after the error that ended it), the error
+/// and the line after it (usually the exception) come first.
 fn last_log_lines(path: &Path) -> String {
     let Ok(Some(tail)) = read_tail(path, FAILURE_LOG_BYTES) else {
         return String::new();
@@ -1035,13 +1055,25 @@ fn last_log_lines(path: &Path) -> String {
         .map(str::trim_end)
         .filter(|line| {
             let trimmed = line.trim_start();
-            !trimmed.is_empty()
-                && !trimmed.starts_with("at ")
-                && !(trimmed.starts_with("... ") && trimmed.ends_with(" more"))
+            let stack_frame = trimmed.starts_with("at ")
+                || (trimmed.starts_with("... ") && trimmed.ends_with(" more"));
+            !trimmed.is_empty() && !stack_frame
         })
         .collect();
     let first = lines.len().saturating_sub(FAILURE_LOG_LINES);
-    lines[first..]
+    let mut picked: Vec<&str> = Vec::new();
+    if let Some(error) = lines[..first]
+        .iter()
+        .rposition(|line| line.contains(" ERROR "))
+    {
+        picked.extend(&lines[error..(error + 2).min(first)]);
+        picked.push("…");
+    }
+    let rest = FAILURE_LOG_LINES
+        .saturating_sub(picked.len().saturating_sub(1))
+        .max(1);
+    picked.extend(&lines[lines.len().saturating_sub(rest)..]);
+    picked
         .iter()
         .map(|line| {
             if line.chars().count() > FAILURE_LOG_LINE_CHARS {
@@ -1089,7 +1121,10 @@ impl EngineLock {
                 }
             } else {
                 let e = io::Error::last_os_error();
-                if !matches!(e.raw_os_error(), Some(libc::EWOULDBLOCK) | Some(libc::EINTR)) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EWOULDBLOCK) | Some(libc::EINTR)
+                ) {
                     return Err(PlatformError::Io {
                         what: format!("locking engine {id}"),
                         source: e,
@@ -1284,7 +1319,12 @@ fn option_arg(args: &[String], option: &str) -> Option<String> {
 fn conf_arg(args: &[String], key: &str) -> Option<String> {
     args.windows(2)
         .filter(|pair| pair[0] == "--conf")
-        .find_map(|pair| pair[1].strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+        .find_map(|pair| {
+            pair[1]
+                .strip_prefix(key)?
+                .strip_prefix('=')
+                .map(str::to_owned)
+        })
 }
 
 /// Live processes whose command line holds `--name <name>`: the engine's Spark process, and
@@ -1470,6 +1510,40 @@ mod tests {
         }
     }
 
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            kill_leftovers(self.data.path());
+        }
+    }
+
+    /// Ends whatever engine processes a failed test left behind under `data_dir`.
+    fn kill_leftovers(data_dir: &Path) {
+        let Ok(entries) = fs::read_dir(data_dir.join(ENGINES_DIR)) else {
+            return;
+        };
+        for id in entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(EngineId::parse))
+        {
+            if let Ok(Some(record)) = read_record(&data_dir.join(ENGINES_DIR).join(id.as_str())) {
+                if liveness(record.pid, record.proc_start_time) != Liveness::Gone {
+                    signal_group(record.pgid, libc::SIGKILL);
+                }
+            }
+            for (_, stat, _) in find_engine_processes(&engine_process_name(&id)) {
+                signal_group(stat.pgrp, libc::SIGKILL);
+            }
+        }
+    }
+
+    struct KillLeftovers<'a>(&'a Path);
+
+    impl Drop for KillLeftovers<'_> {
+        fn drop(&mut self) {
+            kill_leftovers(self.0);
+        }
+    }
+
     async fn wait_for_state(
         platform: &LocalPlatform,
         engine: &Engine,
@@ -1539,7 +1613,10 @@ mod tests {
             LocalPlatform::spark_version(preview.path()).unwrap(),
             "4.0.0-preview2"
         );
-        assert_eq!(version_of_core_jar("spark-core_2.12-3.5.1.jar").as_deref(), Some("3.5.1"));
+        assert_eq!(
+            version_of_core_jar("spark-core_2.12-3.5.1.jar").as_deref(),
+            Some("3.5.1")
+        );
         assert_eq!(version_of_core_jar("spark-core_2.13-4.3.0-tests.jar"), None);
         assert_eq!(version_of_core_jar("spark-sql_2.13-4.3.0.jar"), None);
 
@@ -1578,7 +1655,8 @@ mod tests {
 
     #[test]
     fn stat_lines_are_parsed_whatever_the_command_name() {
-        let line = "4242 (java (x) y) S 1 4242 4242 0 -1 2097152 1 2 3 4 5 6 7 8 20 0 40 0 987654 1 2";
+        let line =
+            "4242 (java (x) y) S 1 4242 4242 0 -1 2097152 1 2 3 4 5 6 7 8 20 0 40 0 987654 1 2";
         let stat = parse_stat(line).unwrap();
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.pgrp, 4242);
@@ -1607,7 +1685,10 @@ mod tests {
 
     #[test]
     fn properties_are_escaped_for_java() {
-        assert_eq!(escape_property("spark.executor.memory", true), "spark.executor.memory");
+        assert_eq!(
+            escape_property("spark.executor.memory", true),
+            "spark.executor.memory"
+        );
         assert_eq!(escape_property("2g", false), "2g");
         assert_eq!(escape_property(" a=b:c\\d", false), "\\ a=b:c\\\\d");
         assert_eq!(escape_property("a b=c", true), "a\\ b\\=c");
@@ -1616,7 +1697,10 @@ mod tests {
         let id = EngineId::generate();
         let configs = BTreeMap::from([("spark.x".to_owned(), "=1".to_owned())]);
         let text = properties_file(&id, "spark.a 1", &configs);
-        assert!(text.contains("spark.a 1\n# The engine's configs:\nspark.x=\\=1\n"), "{text}");
+        assert!(
+            text.contains("spark.a 1\n# The engine's configs:\nspark.x=\\=1\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1636,6 +1720,33 @@ mod tests {
         assert_eq!(
             last_log_lines(&path),
             "INFO starting\nException in thread \"main\" java.lang.IllegalStateException: boom"
+        );
+
+        // What Spark Connect logs when it cannot bind: the error, then its whole shutdown.
+        let mut log =
+            String::from("26/11/23 09:36:30 INFO SparkContext: Running Spark version 4.3.0\n");
+        log.push_str(
+            "26/11/23 09:36:41 ERROR SparkConnectServer: Error starting Spark Connect server\n",
+        );
+        log.push_str("java.net.BindException: Failed to bind to address 999.1.1.1:15997\n");
+        log.push_str("\tat org.sparkproject.connect.grpc.Foo.bar(Foo.java:1)\n");
+        for i in 0..30 {
+            log.push_str(&format!(
+                "26/11/23 09:36:41 INFO ShutdownHookManager: step {i}\n"
+            ));
+        }
+        fs::write(&path, &log).unwrap();
+        let lines = last_log_lines(&path);
+        assert_eq!(
+            lines.lines().collect::<Vec<_>>(),
+            vec![
+                "26/11/23 09:36:41 ERROR SparkConnectServer: Error starting Spark Connect server",
+                "java.net.BindException: Failed to bind to address 999.1.1.1:15997",
+                "…",
+                "26/11/23 09:36:41 INFO ShutdownHookManager: step 27",
+                "26/11/23 09:36:41 INFO ShutdownHookManager: step 28",
+                "26/11/23 09:36:41 INFO ShutdownHookManager: step 29",
+            ]
         );
     }
 
@@ -1699,30 +1810,55 @@ mod tests {
     async fn an_engine_starts_serves_and_is_deleted() {
         let fx = Fixture::new();
         let engine = engine(&[("spark.fake.delay", "1.5"), ("spark.executor.memory", "1g")]);
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Gone);
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
 
         fx.platform.create(&engine).await.unwrap();
         let record = fx.record(&engine.id);
         assert_eq!(record.pgid, record.pid);
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Starting);
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Starting
+        );
 
-        let running = wait_for_state(&fx.platform, &engine, Duration::from_secs(20), is_running).await;
+        let running =
+            wait_for_state(&fx.platform, &engine, Duration::from_secs(20), is_running).await;
         let port = port_of(&running);
         assert_eq!(port, record.port);
         assert!(grpc_serves(loopback(port), Duration::from_secs(1)).await);
-        assert_eq!(group_members(record.pgid).len(), 2, "the server and its helper");
+        assert_eq!(
+            group_members(record.pgid).len(),
+            2,
+            "the server and its helper"
+        );
 
         // What Spark was given.
-        let log = fx.platform.logs(&engine.id, 64 * 1024).await.unwrap().unwrap();
+        let log = fx
+            .platform
+            .logs(&engine.id, 64 * 1024)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(log.contains(&format!("port={port} mode=serve")), "{log}");
         assert!(log.contains("SPARK_LOCAL_IP=127.0.0.1"), "{log}");
         let work = fs::canonicalize(fx.platform.engine_dir(&engine.id).join("work")).unwrap();
         assert!(log.contains(&format!("cwd={}", work.display())), "{log}");
         let args = read_cmdline(record.pid).unwrap();
         assert_eq!(option_arg(&args, "--master").as_deref(), Some("local[2]"));
-        assert_eq!(option_arg(&args, "--class").as_deref(), Some(CONNECT_SERVER_CLASS));
-        assert_eq!(conf_arg(&args, "spark.ui.enabled").as_deref(), Some("false"));
-        assert_eq!(conf_arg(&args, "spark.driver.host").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            option_arg(&args, "--class").as_deref(),
+            Some(CONNECT_SERVER_CLASS)
+        );
+        assert_eq!(
+            conf_arg(&args, "spark.ui.enabled").as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            conf_arg(&args, "spark.driver.host").as_deref(),
+            Some("127.0.0.1")
+        );
         assert_eq!(
             conf_arg(&args, "spark.local.dir"),
             Some(work.join("tmp").display().to_string())
@@ -1734,18 +1870,37 @@ mod tests {
         let conf_path = fx.platform.engine_dir(&engine.id).join(CONF_FILE);
         let conf = fs::read_to_string(&conf_path).unwrap();
         assert!(conf.contains("spark.executor.memory=1g\n"), "{conf}");
-        assert_eq!(fs::metadata(&conf_path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&conf_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         fx.platform.delete(&engine.id).await.unwrap();
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Gone);
-        assert!(group_members(record.pgid).is_empty(), "the whole group is gone");
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
+        assert!(
+            group_members(record.pgid).is_empty(),
+            "the whole group is gone"
+        );
         assert!(!grpc_serves(loopback(port), Duration::from_secs(1)).await);
-        assert!(tokio::net::TcpStream::connect(loopback(port)).await.is_err());
+        assert!(tokio::net::TcpStream::connect(loopback(port))
+            .await
+            .is_err());
         // The log stays readable; deleting again is fine.
-        let log = fx.platform.logs(&engine.id, 1 << 20).await.unwrap().unwrap();
+        let log = fx
+            .platform
+            .logs(&engine.id, 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(log.contains("rucat:"), "{log}");
         fx.platform.delete(&engine.id).await.unwrap();
-        assert_eq!(fx.platform.resources().await.unwrap(), vec![engine.id.clone()]);
+        assert_eq!(
+            fx.platform.resources().await.unwrap(),
+            vec![engine.id.clone()]
+        );
     }
 
     #[tokio::test]
@@ -1755,7 +1910,11 @@ mod tests {
         fx.platform.create(&engine).await.unwrap();
         let first = fx.record(&engine.id);
         fx.platform.create(&engine).await.unwrap();
-        assert_eq!(fx.record(&engine.id), first, "the running process was adopted");
+        assert_eq!(
+            fx.record(&engine.id),
+            first,
+            "the running process was adopted"
+        );
         // Concurrent creates, too.
         let (a, b) = tokio::join!(fx.platform.create(&engine), fx.platform.create(&engine));
         a.unwrap();
@@ -1782,8 +1941,14 @@ mod tests {
         assert!(message.contains(engine.id.as_str()), "{message}");
         assert!(message.contains("exited with status 3"), "{message}");
         assert!(message.contains("see the engine's logs"), "{message}");
-        assert!(message.contains("fatal error: cannot start the fake engine"), "{message}");
-        assert!(message.lines().count() <= 1 + FAILURE_LOG_LINES, "{message}");
+        assert!(
+            message.contains("fatal error: cannot start the fake engine"),
+            "{message}"
+        );
+        assert!(
+            message.lines().count() <= 2 + FAILURE_LOG_LINES,
+            "{message}"
+        );
 
         // A restarted Rucat did not reap it, but finds how it ended on disk.
         let restarted = fx.restarted();
@@ -1799,7 +1964,10 @@ mod tests {
             ResourceState::Gone
         );
         fx.platform.delete(&engine.id).await.unwrap();
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Gone);
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
     }
 
     #[tokio::test]
@@ -1818,13 +1986,22 @@ mod tests {
         let ResourceState::Failed(message) = state else {
             unreachable!()
         };
-        assert!(message.contains("killed by signal 9 (SIGKILL)"), "{message}");
-        assert!(message.contains("fake connect server: serving"), "{message}");
+        assert!(
+            message.contains("killed by signal 9 (SIGKILL)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("fake connect server: serving"),
+            "{message}"
+        );
         // The leader is gone, its helper is not: delete ends the group.
         assert_eq!(group_members(record.pgid).len(), 1);
         fx.platform.delete(&engine.id).await.unwrap();
         assert!(group_members(record.pgid).is_empty());
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Gone);
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
     }
 
     #[tokio::test]
@@ -1840,7 +2017,10 @@ mod tests {
         restarted.create(&engine).await.unwrap();
         assert_eq!(fx.record(&engine.id), record);
         assert_eq!(engine_leaders(&engine.id), vec![record.pid]);
-        assert_eq!(restarted.resources().await.unwrap(), vec![engine.id.clone()]);
+        assert_eq!(
+            restarted.resources().await.unwrap(),
+            vec![engine.id.clone()]
+        );
 
         // Rucat died after starting the process, before writing its state file.
         fs::remove_file(fx.platform.engine_dir(&engine.id).join(STATE_FILE)).unwrap();
@@ -1848,14 +2028,20 @@ mod tests {
         let again = fx.restarted();
         again.create(&engine).await.unwrap();
         let adopted = fx.record(&engine.id);
-        assert_eq!((adopted.pid, adopted.port, adopted.proc_start_time), (record.pid, record.port, record.proc_start_time));
+        assert_eq!(
+            (adopted.pid, adopted.port, adopted.proc_start_time),
+            (record.pid, record.port, record.proc_start_time)
+        );
         assert_eq!(adopted.master, "local[2]");
         assert!(is_running(&again.state(&engine).await.unwrap()));
         assert_eq!(engine_leaders(&engine.id), vec![record.pid]);
 
         again.delete(&engine.id).await.unwrap();
         assert!(group_members(record.pgid).is_empty());
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Gone);
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
     }
 
     #[tokio::test]
@@ -1882,7 +2068,10 @@ mod tests {
         };
         assert!(message.contains("no longer running"), "{message}");
         fx.platform.delete(&engine.id).await.unwrap(); // and it does not kill us
-        assert_eq!(fx.platform.state(&engine).await.unwrap(), ResourceState::Gone);
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
     }
 
     #[tokio::test]
@@ -1933,29 +2122,40 @@ mod tests {
             spark_home.display()
         );
         let data = tempfile::tempdir().unwrap();
-        let platform = LocalPlatform::new(
-            spark_home,
-            data.path().to_owned(),
-            "local[2]".to_owned(),
-        )
-        .unwrap();
+        let _cleanup = KillLeftovers(data.path());
+        let platform =
+            LocalPlatform::new(spark_home, data.path().to_owned(), "local[2]".to_owned()).unwrap();
         let engine = engine(&[("spark.sql.shuffle.partitions", "4")]);
         let started = Instant::now();
         platform.create(&engine).await.unwrap();
-        let record = read_record(&platform.engine_dir(&engine.id)).unwrap().unwrap();
-        let running = wait_for_state(&platform, &engine, Duration::from_secs(120), is_running).await;
-        eprintln!("real Spark Connect server serving after {:?}", started.elapsed());
+        let record = read_record(&platform.engine_dir(&engine.id))
+            .unwrap()
+            .unwrap();
+        let running =
+            wait_for_state(&platform, &engine, Duration::from_secs(120), is_running).await;
+        eprintln!(
+            "real Spark Connect server serving after {:?}",
+            started.elapsed()
+        );
         let port = port_of(&running);
         assert!(grpc_serves(loopback(port), Duration::from_secs(1)).await);
         let args = read_cmdline(record.pid).unwrap();
-        assert!(args.iter().any(|a| a == &engine_process_name(&engine.id)), "{args:?}");
+        assert!(
+            args.iter().any(|a| a == &engine_process_name(&engine.id)),
+            "{args:?}"
+        );
 
         let stopping = Instant::now();
         platform.delete(&engine.id).await.unwrap();
-        eprintln!("real Spark Connect server stopped in {:?}", stopping.elapsed());
+        eprintln!(
+            "real Spark Connect server stopped in {:?}",
+            stopping.elapsed()
+        );
         assert_eq!(platform.state(&engine).await.unwrap(), ResourceState::Gone);
         assert!(group_members(record.pgid).is_empty());
-        assert!(tokio::net::TcpStream::connect(loopback(port)).await.is_err());
+        assert!(tokio::net::TcpStream::connect(loopback(port))
+            .await
+            .is_err());
         let log = platform.logs(&engine.id, 1 << 20).await.unwrap().unwrap();
         assert!(log.contains("Spark Connect server started"), "{log}");
     }

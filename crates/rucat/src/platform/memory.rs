@@ -38,7 +38,9 @@ impl MemoryPlatform {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A test that panicked while holding the lock has failed already; keep the data.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every create from now on fails with `message` (`None` heals it).
@@ -143,7 +145,11 @@ impl Platform for MemoryPlatform {
         })
     }
 
-    async fn logs(&self, id: &EngineId, _max_bytes: usize) -> Result<Option<String>, PlatformError> {
+    async fn logs(
+        &self,
+        id: &EngineId,
+        _max_bytes: usize,
+    ) -> Result<Option<String>, PlatformError> {
         Ok(self
             .lock()
             .resources

@@ -42,7 +42,11 @@ fn parse_id(id: &str) -> Result<EngineId, ApiError> {
 
 async fn load(context: &ApiContext, id: &str) -> Result<Engine, ApiError> {
     let id = parse_id(id)?;
-    context.store.get(&id).await?.ok_or_else(|| not_found(id.as_str()))
+    context
+        .store
+        .get(&id)
+        .await?
+        .ok_or_else(|| not_found(id.as_str()))
 }
 
 fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<EngineRequest, ApiError> {
@@ -56,8 +60,9 @@ fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<EngineRequest, A
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&body)
-        .map_err(|error| ApiError::bad_request("invalid_body", format!("invalid request body: {error}")))
+    serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request("invalid_body", format!("invalid request body: {error}"))
+    })
 }
 
 #[derive(Serialize)]
@@ -88,7 +93,11 @@ async fn create(
         version: request.version,
         state: CREATED,
         error: None,
-        configs: request.configs.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        configs: request
+            .configs
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         endpoint: None,
         create_time: now,
         update_time: now,
@@ -118,8 +127,8 @@ async fn list(
     State(context): State<ApiContext>,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EnginePage>, ApiError> {
-    let Query(params) =
-        params.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let Query(params) = params
+        .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
     let mut query = ListQuery {
         owner: None,
         state: None,
@@ -129,9 +138,9 @@ async fn list(
     for (key, value) in params {
         match key.as_str() {
             "state" => {
-                let state = value.parse::<EngineState>().map_err(|error| {
-                    ApiError::bad_request("invalid_query", error.to_string())
-                })?;
+                let state = value
+                    .parse::<EngineState>()
+                    .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
                 query.state = Some(state);
             }
             "limit" => {
@@ -184,8 +193,11 @@ async fn apply(context: &ApiContext, id: &str, op: UserOp) -> Result<Option<Engi
         let outcome = match target {
             UserTarget::Removed => context.store.remove(&id, engine.state).await?,
             UserTarget::State(to) => {
-                let mut transition = Transition::new(engine.state, to)
-                    .with_message(format!("{} requested by {}", op.as_str(), ANONYMOUS));
+                let mut transition = Transition::new(engine.state, to).with_message(format!(
+                    "{} requested by {}",
+                    op.as_str(),
+                    ANONYMOUS
+                ));
                 if !to.is_settled() {
                     transition = transition.due_at(Utc::now());
                 }
@@ -248,12 +260,16 @@ async fn logs(
         match platform.logs(&engine.id, MAX_KEPT_LOG).await {
             Ok(Some(log)) => return Ok(Json(json!({"source": "live", "log": log}))),
             Ok(None) => {}
-            Err(error) => warn!(engine = %engine.id, %error, "cannot read the live log; serving the kept one"),
+            Err(error) => {
+                warn!(engine = %engine.id, %error, "cannot read the live log; serving the kept one")
+            }
         }
     }
     let kept = context.store.logs(&engine.id).await?;
     let source = if kept.is_some() { "kept" } else { "none" };
-    Ok(Json(json!({"source": source, "log": kept.unwrap_or_default()})))
+    Ok(Json(
+        json!({"source": source, "log": kept.unwrap_or_default()}),
+    ))
 }
 
 #[derive(Serialize)]

@@ -76,5 +76,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
     );
-    (StatusCode::METHOD_NOT_ALLOWED, error.into_response().into_body())
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        error.into_response().into_body(),
+    )
 }

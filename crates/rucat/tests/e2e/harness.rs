@@ -71,7 +71,10 @@ impl Rucat {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("rucat serve did not answer within 30 s: {}", self.server_log());
+        panic!(
+            "rucat serve did not answer within 30 s: {}",
+            self.server_log()
+        );
     }
 
     pub fn server_log(&self) -> String {

@@ -20,7 +20,9 @@ async fn rest_lifecycle_with_queries() {
         .await
         .expect("create");
     let engine = client
-        .wait(&id, EngineState::Running, START, |e| eprintln!("{id}: {}", e.state))
+        .wait(&id, EngineState::Running, START, |e| {
+            eprintln!("{id}: {}", e.state)
+        })
         .await
         .expect("engine runs");
     let endpoint = engine.endpoint.expect("a running engine has an endpoint");
@@ -35,10 +37,17 @@ async fn rest_lifecycle_with_queries() {
         .expect("engine stops");
     assert_eq!(engine.endpoint, None);
     assert!(spark_processes(&id).is_empty(), "the Spark process is gone");
-    assert!(!harness::port_open(&endpoint), "the Spark Connect port is closed");
+    assert!(
+        !harness::port_open(&endpoint),
+        "the Spark Connect port is closed"
+    );
     let logs = client.logs(&id).await.expect("logs");
     assert_eq!(logs.source, "kept");
-    assert!(logs.log.contains("SparkConnectServer") || logs.log.contains("Spark Connect"), "{}", logs.log);
+    assert!(
+        logs.log.contains("SparkConnectServer") || logs.log.contains("Spark Connect"),
+        "{}",
+        logs.log
+    );
 
     client.restart(&id).await.expect("restart");
     let engine = client
@@ -66,8 +75,15 @@ async fn cli_lifecycle() {
     let rucat = Rucat::start().await;
 
     let created = rucat.cli(&[
-        "engine", "create", "--name", "e2e-cli", "--version", SPARK_VERSION, "--conf",
-        "spark.sql.shuffle.partitions=4", "--wait",
+        "engine",
+        "create",
+        "--name",
+        "e2e-cli",
+        "--version",
+        SPARK_VERSION,
+        "--conf",
+        "spark.sql.shuffle.partitions=4",
+        "--wait",
     ]);
     assert!(created.status.success(), "{created:?}");
     let stdout = String::from_utf8_lossy(&created.stdout);
@@ -82,7 +98,12 @@ async fn cli_lifecycle() {
     let listed = rucat.cli(&["engine", "list"]);
     assert!(listed.status.success());
     let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.lines().any(|l| l.contains(&id) && l.contains("Running")), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("Running")),
+        "{listed}"
+    );
 
     let connect = rucat.cli(&["engine", "connect", &id]);
     assert_eq!(String::from_utf8_lossy(&connect.stdout).trim(), endpoint);
@@ -97,14 +118,29 @@ async fn cli_lifecycle() {
     assert!(deleted.status.success(), "{deleted:?}");
     let gone = rucat.cli(&["engine", "get", &id]);
     assert!(!gone.status.success());
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("no engine"), "{gone:?}");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no engine"),
+        "{gone:?}"
+    );
 
     // Bad input: a clear message and a non-zero exit, nothing stored.
     let bad = rucat.cli(&["engine", "create", "--name", "x", "--version", "9.9.9"]);
     assert!(!bad.status.success());
     let message = String::from_utf8_lossy(&bad.stderr);
-    assert!(message.contains("9.9.9") && message.contains(SPARK_VERSION), "{message}");
-    let bad = rucat.cli(&["engine", "create", "--name", "x", "--version", SPARK_VERSION, "--conf", "spark.master=yarn"]);
+    assert!(
+        message.contains("9.9.9") && message.contains(SPARK_VERSION),
+        "{message}"
+    );
+    let bad = rucat.cli(&[
+        "engine",
+        "create",
+        "--name",
+        "x",
+        "--version",
+        SPARK_VERSION,
+        "--conf",
+        "spark.master=yarn",
+    ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("spark.master"));
     let listed = rucat.cli(&["engine", "list", "--json"]);
@@ -146,10 +182,16 @@ async fn killed_rucat_adopts_or_cleans_its_engines() {
     let engine = client.get(&survivor).await.expect("get");
     assert_eq!(engine.state, EngineState::Running);
     query(&engine.endpoint.expect("endpoint")).await;
-    assert_eq!(spark_processes(&survivor).len(), 1, "adopted, not started twice");
+    assert_eq!(
+        spark_processes(&survivor).len(),
+        1,
+        "adopted, not started twice"
+    );
 
     let engine = client
-        .wait(&victim, EngineState::ErrorClean, START, |e| eprintln!("victim: {}", e.state))
+        .wait(&victim, EngineState::ErrorClean, START, |e| {
+            eprintln!("victim: {}", e.state)
+        })
         .await
         .expect("the dead engine is cleaned and marked");
     assert!(engine.error.is_some(), "{engine:?}");
