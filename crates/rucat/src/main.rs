@@ -233,11 +233,27 @@ async fn run_roles(args: RoleArgs, file: FileConfig, roles: Roles) -> anyhow::Re
     Ok(())
 }
 
-fn print_progress(engine: &Engine) {
-    match &engine.error {
+/// Waits until the engine is in `state`, showing each state it passes on standard error, then
+/// prints its endpoint (if it has one) on standard output.
+async fn wait_for(
+    client: &Client,
+    id: &str,
+    state: EngineState,
+    timeout_secs: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    out.flush()?;
+    let show = |engine: &Engine| match &engine.error {
         Some(error) => eprintln!("{}: {}", engine.state, error),
         None => eprintln!("{}", engine.state),
+    };
+    let engine = client
+        .wait(id, state, Duration::from_secs(timeout_secs), show)
+        .await?;
+    if let Some(endpoint) = engine.endpoint {
+        writeln!(out, "{endpoint}")?;
     }
+    Ok(())
 }
 
 async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Result<()> {
@@ -254,16 +270,7 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             let id = client.create(&name, &engine_version, &configs).await?;
             writeln!(out, "{id}")?;
             if wait {
-                out.flush()?;
-                let engine = client
-                    .wait(
-                        &id,
-                        EngineState::Running,
-                        Duration::from_secs(timeout),
-                        print_progress,
-                    )
-                    .await?;
-                writeln!(out, "{}", engine.endpoint.unwrap_or_default())?;
+                wait_for(client, &id, EngineState::Running, timeout, &mut out).await?;
             }
         }
         EngineCommand::Get { id } => {
@@ -305,29 +312,14 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             let engine = client.stop(&id).await?;
             writeln!(out, "{}", engine.state)?;
             if wait {
-                client
-                    .wait(
-                        &id,
-                        EngineState::Terminated,
-                        Duration::from_secs(timeout),
-                        print_progress,
-                    )
-                    .await?;
+                wait_for(client, &id, EngineState::Terminated, timeout, &mut out).await?;
             }
         }
         EngineCommand::Restart { id, wait, timeout } => {
             let engine = client.restart(&id).await?;
             writeln!(out, "{}", engine.state)?;
             if wait {
-                let engine = client
-                    .wait(
-                        &id,
-                        EngineState::Running,
-                        Duration::from_secs(timeout),
-                        print_progress,
-                    )
-                    .await?;
-                writeln!(out, "{}", engine.endpoint.unwrap_or_default())?;
+                wait_for(client, &id, EngineState::Running, timeout, &mut out).await?;
             }
         }
         EngineCommand::Delete { id } => {
@@ -355,12 +347,7 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             }
         }
         EngineCommand::Wait { id, state, timeout } => {
-            let engine = client
-                .wait(&id, state, Duration::from_secs(timeout), print_progress)
-                .await?;
-            if let Some(endpoint) = engine.endpoint {
-                writeln!(out, "{endpoint}")?;
-            }
+            wait_for(client, &id, state, timeout, &mut out).await?;
         }
         EngineCommand::Connect { id } => {
             let engine = client.get(&id).await?;

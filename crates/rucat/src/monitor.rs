@@ -304,17 +304,25 @@ impl Monitor {
         Ok(advanced.then(Utc::now))
     }
 
-    async fn start(&self, engine: &Engine) -> Result<Next, MonitorError> {
+    /// Claims a `WaitTo*` engine for this monitor until the trigger timeout. Returns the claimed
+    /// (`Trigger*`) state, or `None` when another actor got there first.
+    async fn claim(&self, engine: &Engine) -> Result<Option<EngineState>, MonitorError> {
+        let Some(claimed) = monitor_transition(engine.state, MonitorStep::Claim) else {
+            return Ok(None);
+        };
         let claim_until = later(self.inner.config.trigger_timeout);
-        if !self
+        let won = self
             .advance(engine, engine.state, MonitorStep::Claim, |t| {
                 t.due_at(claim_until)
             })
-            .await?
-        {
+            .await?;
+        Ok(won.then_some(claimed))
+    }
+
+    async fn start(&self, engine: &Engine) -> Result<Next, MonitorError> {
+        let Some(claimed) = self.claim(engine).await? else {
             return Ok(None);
-        }
-        let claimed = EngineState::TriggerStart;
+        };
         match self.inner.platform.create(engine).await {
             Ok(()) => {
                 let advanced = self
@@ -399,18 +407,9 @@ impl Monitor {
 
     /// `WaitToTerminate` or `ErrorWaitToClean`: claim, keep the log, delete the resource.
     async fn terminate(&self, engine: &Engine) -> Result<Next, MonitorError> {
-        let Some(claimed) = monitor_transition(engine.state, MonitorStep::Claim) else {
+        let Some(claimed) = self.claim(engine).await? else {
             return Ok(None);
         };
-        let claim_until = later(self.inner.config.trigger_timeout);
-        if !self
-            .advance(engine, engine.state, MonitorStep::Claim, |t| {
-                t.due_at(claim_until)
-            })
-            .await?
-        {
-            return Ok(None);
-        }
         self.keep_logs(&engine.id).await;
         if let Err(error) = self.inner.platform.delete(&engine.id).await {
             warn!(engine = %engine.id, %error, "delete failed; the claim times out and is retried");

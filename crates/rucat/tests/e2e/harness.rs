@@ -104,6 +104,23 @@ impl Rucat {
         }
     }
 
+    /// SIGTERM to `rucat serve`; its exit status once it stopped (within 30 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("rucat serve is running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!(
+            "rucat serve did not stop within 30 s of SIGTERM: {}",
+            self.server_log()
+        );
+    }
+
     pub async fn restart(&mut self) {
         self.spawn().await;
     }

@@ -72,7 +72,7 @@ async fn rest_lifecycle_with_queries() {
 
 #[tokio::test]
 async fn cli_lifecycle() {
-    let rucat = Rucat::start().await;
+    let mut rucat = Rucat::start().await;
 
     let created = rucat.cli(&[
         "engine",
@@ -146,6 +146,10 @@ async fn cli_lifecycle() {
     let listed = rucat.cli(&["engine", "list", "--json"]);
     let page: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
     assert_eq!(page["engines"].as_array().map(Vec::len), Some(0));
+
+    // SIGTERM: a graceful stop, exit status 0.
+    let status = rucat.terminate();
+    assert!(status.success(), "{status}: {}", rucat.server_log());
 }
 
 /// `kill -9` of `rucat serve`: a Running engine whose Spark process survived is adopted (still
