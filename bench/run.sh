@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
+# Usage: bench/run.sh [claim_latency|get_throughput|engine_start]...   (default: all three)
+# engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
+# (which installs what is missing).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+cargo build --release -p rucat --bin rucat -p rucat-bench
+
+benches=("$@")
+if [ "${#benches[@]}" = 0 ]; then
+  benches=(claim_latency get_throughput engine_start)
+fi
+
+for bench in "${benches[@]}"; do
+  case "$bench" in
+    claim_latency | get_throughput)
+      target/release/"$bench"
+      ;;
+    engine_start)
+      if [ -z "${SPARK_HOME:-}" ]; then
+        SPARK_HOME="$(bash scripts/setup.sh)"
+        export SPARK_HOME
+      fi
+      target/release/engine_start
+      ;;
+    *)
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput or engine_start)" >&2
+      exit 2
+      ;;
+  esac
+  echo
+done

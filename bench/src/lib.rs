@@ -1,0 +1,93 @@
+//! What the benchmarks share: flags, statistics, markdown output, free ports.
+//!
+//! Benchmarks talk only to 127.0.0.1, bound every loop in count and time, and assert nothing on
+//! timings: they print what they measured.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The value of `--name VALUE` or `--name=VALUE` on the command line, else `default`.
+/// Exits with a message when the value does not parse.
+pub fn flag<T: FromStr>(name: &str, default: T) -> T {
+    match flag_str(name) {
+        None => default,
+        Some(value) => value.parse().unwrap_or_else(|_| {
+            eprintln!("invalid value {value:?} for --{name}");
+            std::process::exit(2)
+        }),
+    }
+}
+
+/// The raw value of `--name VALUE` or `--name=VALUE`, if given.
+pub fn flag_str(name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    let with_eq = format!("--{name}=");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for (i, arg) in args.iter().enumerate() {
+        if let Some(value) = arg.strip_prefix(&with_eq) {
+            return Some(value.to_owned());
+        }
+        if *arg == long {
+            return args.get(i + 1).cloned();
+        }
+    }
+    None
+}
+
+/// Milliseconds, as a float.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The nearest-rank percentile `p` (0–100) of `values`; 0 when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The median (the mean of the two middle values for an even count); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+/// Prints a markdown table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    println!("| {} |", headers.join(" | "));
+    println!("|{}", headers.iter().map(|_| " --- |").collect::<String>());
+    for row in rows {
+        println!("| {} |", row.join(" | "));
+    }
+}
+
+/// A one-line description of when and where a benchmark ran.
+pub fn machine_line() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!(
+        "{} UTC, {cores} cores",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M")
+    )
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    Ok(listener.local_addr()?.port())
+}
