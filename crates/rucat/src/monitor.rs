@@ -179,11 +179,19 @@ impl Monitor {
     }
 
     async fn dispatch(&self, tasks: &mut JoinSet<()>) -> Result<(), MonitorError> {
-        *lock(&self.inner.next_wake) = None;
+        // A hint already due is acted on by this pass; a later one (set by a step that just
+        // finished) must survive, or the loop would sleep the whole poll interval.
+        let now = Utc::now();
+        {
+            let mut wake = lock(&self.inner.next_wake);
+            if wake.is_some_and(|at| at <= now) {
+                *wake = None;
+            }
+        }
         let due = self
             .inner
             .store
-            .list_due(Utc::now(), self.inner.config.batch)
+            .list_due(now, self.inner.config.batch)
             .await?;
         for engine in due {
             if !lock(&self.inner.in_flight).insert(engine.id.clone()) {

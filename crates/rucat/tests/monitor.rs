@@ -265,12 +265,14 @@ async fn several_monitors_create_each_resource_once() {
 }
 
 #[tokio::test]
-async fn a_new_request_is_acted_on_at_once_not_at_the_next_poll() {
+async fn a_new_request_and_its_start_checks_are_acted_on_at_once_not_at_the_next_poll() {
     let config = MonitorConfig {
         poll_interval: Duration::from_secs(3600),
         ..fast_config()
     };
-    let (app, _platform, monitor) = setup(config).await;
+    let (app, platform, monitor) = setup(config).await;
+    // Starting checks are rescheduled at the start-check interval, not the poll interval.
+    platform.set_polls_until_ready(3);
     let (trigger, shutdown) = rucat::shutdown::channel();
     let running = tokio::spawn(monitor.run(shutdown));
     tokio::time::sleep(Duration::from_millis(100)).await;
