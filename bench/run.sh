@@ -6,7 +6,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-cargo build --release -p rucat --bin rucat -p rucat-bench
+# Two builds: a `--bin` filter would apply to both packages and skip the benchmarks.
+cargo build --release -p rucat --bin rucat
+cargo build --release -p rucat-bench
 
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then

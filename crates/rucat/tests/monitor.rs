@@ -268,6 +268,7 @@ async fn several_monitors_create_each_resource_once() {
 async fn a_new_request_and_its_start_checks_are_acted_on_at_once_not_at_the_next_poll() {
     let config = MonitorConfig {
         poll_interval: Duration::from_secs(3600),
+        start_check_interval: Duration::from_millis(100),
         ..fast_config()
     };
     let (app, platform, monitor) = setup(config).await;
