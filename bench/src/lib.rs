@@ -91,3 +91,41 @@ pub fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     Ok(listener.local_addr()?.port())
 }
+
+/// What `POST /engines` answered, with when it was sent and answered.
+pub struct Posted {
+    pub id: String,
+    pub sent: std::time::Instant,
+    pub answered: std::time::Instant,
+}
+
+/// Asks the Rucat server at `base` for a Spark engine named `bench`; anything but 201 with an
+/// id is an error naming what came back.
+pub async fn post_engine(
+    http: &reqwest::Client,
+    base: &str,
+    version: &str,
+) -> Result<Posted, Box<dyn std::error::Error + Send + Sync>> {
+    let body = serde_json::json!({"name": "bench", "engine_type": "Spark", "version": version});
+    let sent = std::time::Instant::now();
+    let response = http
+        .post(format!("{base}/engines"))
+        .json(&body)
+        .send()
+        .await?;
+    let answered = std::time::Instant::now();
+    let status = response.status();
+    if status != reqwest::StatusCode::CREATED {
+        return Err(format!(
+            "POST /engines answered {status}: {}",
+            response.text().await?
+        )
+        .into());
+    }
+    let created: serde_json::Value = response.json().await?;
+    let id = created["id"]
+        .as_str()
+        .ok_or("POST /engines answered no id")?
+        .to_owned();
+    Ok(Posted { id, sent, answered })
+}

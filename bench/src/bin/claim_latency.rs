@@ -29,7 +29,7 @@ use rucat::server::{self, ApiContext};
 use rucat::shutdown;
 use rucat::store::sqlite::SqliteStore;
 use rucat::store::Store;
-use rucat_bench::{flag, machine_line, ms, percentile, print_table};
+use rucat_bench::{flag, machine_line, ms, percentile, post_engine, print_table, Posted};
 use tokio::sync::mpsc;
 
 const VERSION: &str = "4.3.0";
@@ -92,23 +92,8 @@ struct Bench {
 
 impl Bench {
     async fn one(&mut self) -> Result<Sample, Error> {
-        let body = serde_json::json!({"name": "bench", "engine_type": "Spark", "version": VERSION});
-        let sent = Instant::now();
-        let response = self
-            .http
-            .post(format!("{}/engines", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        let answered = Instant::now();
-        if response.status() != reqwest::StatusCode::CREATED {
-            return Err(format!("POST /engines answered {}", response.status()).into());
-        }
-        let created: serde_json::Value = response.json().await?;
-        let id = created["id"]
-            .as_str()
-            .and_then(EngineId::parse)
-            .ok_or("POST /engines answered no id")?;
+        let Posted { id, sent, answered } = post_engine(&self.http, &self.base, VERSION).await?;
+        let id = EngineId::parse(&id).ok_or("POST /engines answered a malformed id")?;
 
         let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
             while let Some((created, at)) = self.created.recv().await {
@@ -133,19 +118,8 @@ impl Bench {
 
     /// POST sent → the engine is `Running` (read from the store every millisecond).
     async fn until_running(&mut self) -> Result<Duration, Error> {
-        let body = serde_json::json!({"name": "bench", "engine_type": "Spark", "version": VERSION});
-        let sent = Instant::now();
-        let response = self
-            .http
-            .post(format!("{}/engines", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        let created: serde_json::Value = response.json().await?;
-        let id = created["id"]
-            .as_str()
-            .and_then(EngineId::parse)
-            .ok_or("POST /engines answered no id")?;
+        let Posted { id, sent, .. } = post_engine(&self.http, &self.base, VERSION).await?;
+        let id = EngineId::parse(&id).ok_or("POST /engines answered a malformed id")?;
         let running = tokio::time::timeout(RUNNING_TIMEOUT, async {
             loop {
                 let engine = self.store.get(&id).await?.ok_or("engine vanished")?;

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use rucat::engine::{Engine, EngineEvent, EngineState};
 use rucat::platform::local::grpc_serves;
-use rucat_bench::{flag, flag_str, free_port, machine_line, median, print_table};
+use rucat_bench::{
+    flag, flag_str, free_port, machine_line, median, post_engine, print_table, Posted,
+};
 use tokio::process::{Child, Command};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -216,24 +218,9 @@ impl Rucat {
     }
 
     async fn start(&self) -> Result<RucatStart, Error> {
-        let body = serde_json::json!({"name": "bench", "engine_type": "Spark", "version": "4.3.0"});
-        let started = Instant::now();
-        let response = self
-            .http
-            .post(format!("{}/engines", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        if response.status() != reqwest::StatusCode::CREATED {
-            let status = response.status();
-            return Err(format!(
-                "POST /engines answered {status}: {}",
-                response.text().await?
-            )
-            .into());
-        }
-        let created: serde_json::Value = response.json().await?;
-        let id = created["id"].as_str().ok_or("no id")?.to_owned();
+        let Posted {
+            id, sent: started, ..
+        } = post_engine(&self.http, &self.base, "4.3.0").await?;
         let result = self
             .wait_for(&id, EngineState::Running, START_TIMEOUT)
             .await;
