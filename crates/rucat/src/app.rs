@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use crate::config::{PlatformKind, Settings};
 use crate::monitor::Monitor;
 use crate::platform::local::LocalPlatform;
+use crate::platform::simulated::SimulatedPlatform;
 use crate::platform::{Platform, PlatformError};
 use crate::server::{self, ApiContext};
 use crate::shutdown::Shutdown;
@@ -77,7 +78,7 @@ impl Application {
             path: settings.data_dir.display().to_string(),
             source,
         })?;
-        let store: Arc<dyn Store> = store::open(&settings.database_url).await?;
+        let store: Arc<dyn Store> = store::open(&settings.database_url, &settings.store).await?;
         let (platform, versions): (Arc<dyn Platform>, Vec<String>) = match settings.platform {
             PlatformKind::Local => {
                 let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;
@@ -89,8 +90,15 @@ impl Application {
                 let versions = vec![platform.version().to_owned()];
                 (Arc::new(platform), versions)
             }
+            PlatformKind::Simulated => {
+                let platform =
+                    SimulatedPlatform::new(&settings.data_dir, settings.simulated.clone())?;
+                warn!("platform \"simulated\": engines run nowhere; creates and deletes are only written down");
+                let versions = platform.versions().to_vec();
+                (Arc::new(platform), versions)
+            }
         };
-        info!(store = %redact(&settings.database_url), versions = ?versions, "store and platform ready");
+        info!(store = %store::redact(&settings.database_url), versions = ?versions, "store and platform ready");
 
         let (listener, context) = if roles.server {
             if !settings.listen.ip().is_loopback() {
@@ -155,36 +163,5 @@ impl Application {
             }
         }
         served
-    }
-}
-
-/// A database URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(super::redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
     }
 }

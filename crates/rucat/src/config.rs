@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use crate::engine::policy::ConfPolicy;
 use crate::monitor::MonitorConfig;
+use crate::platform::simulated::SimulatedConfig;
+use crate::store::StoreOptions;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
@@ -27,7 +29,7 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid listen address {0:?}: expected HOST:PORT, e.g. 127.0.0.1:3000")]
     Listen(String),
-    #[error("unknown platform {0:?}; supported: local")]
+    #[error("unknown platform {0:?}; supported: local, simulated")]
     Platform(String),
     #[error("no data directory: set --data-dir or RUCAT_DATA_DIR (HOME is not set either)")]
     NoDataDir,
@@ -41,6 +43,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    pub database_max_connections: Option<u32>,
     pub platform: Option<String>,
     pub spark_home: Option<PathBuf>,
     pub server: Option<String>,
@@ -59,8 +62,29 @@ pub struct FileConfig {
     pub server: Option<String>,
     pub token: Option<String>,
     pub local: LocalFile,
+    pub simulated: SimulatedFile,
+    pub database: DatabaseFile,
     pub monitor: MonitorFile,
     pub policy: Option<ConfPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseFile {
+    /// The most connections each process opens to the store.
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a free connection before it is answered 503.
+    pub acquire_timeout_ms: Option<u64>,
+    /// Whether monitors hear of new work through LISTEN/NOTIFY on PostgreSQL (default true).
+    pub push_wake_ups: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatedFile {
+    pub versions: Option<Vec<String>>,
+    pub create_delay_ms: Option<u64>,
+    pub start_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,6 +109,9 @@ pub struct MonitorFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlatformKind {
     Local,
+    /// Engines that run nowhere, every create and delete written down (see
+    /// [`crate::platform::simulated`]).
+    Simulated,
 }
 
 /// Every setting, resolved.
@@ -93,10 +120,12 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    pub store: StoreOptions,
     pub platform: PlatformKind,
     /// `None` when neither given nor installed by the setup script.
     pub spark_home: Option<PathBuf>,
     pub local_master: String,
+    pub simulated: SimulatedConfig,
     pub monitor: MonitorConfig,
     pub policy: ConfPolicy,
     pub server: String,
@@ -141,8 +170,11 @@ impl Settings {
             .unwrap_or("local")
         {
             "local" => PlatformKind::Local,
+            "simulated" => PlatformKind::Simulated,
             other => return Err(ConfigError::Platform(other.to_owned())),
         };
+        let store = store_options(overrides.database_max_connections, &file.database)?;
+        let simulated = simulated_config(&file.simulated)?;
         let spark_home = overrides
             .spark_home
             .or(file.spark_home)
@@ -152,12 +184,14 @@ impl Settings {
             listen,
             data_dir,
             database_url,
+            store,
             platform,
             spark_home,
             local_master: file
                 .local
                 .master
                 .unwrap_or_else(|| DEFAULT_LOCAL_MASTER.to_owned()),
+            simulated,
             monitor,
             policy: file.policy.unwrap_or_default(),
             server: overrides
@@ -167,6 +201,54 @@ impl Settings {
             token: overrides.token.or(file.token),
         })
     }
+}
+
+fn store_options(
+    max_connections: Option<u32>,
+    file: &DatabaseFile,
+) -> Result<StoreOptions, ConfigError> {
+    let defaults = StoreOptions::default();
+    let max_connections = max_connections.or(file.max_connections);
+    if max_connections == Some(0) {
+        return Err(ConfigError::Invalid {
+            name: "database.max_connections",
+            message: "must be greater than 0".into(),
+        });
+    }
+    Ok(StoreOptions {
+        max_connections,
+        acquire_timeout: match file.acquire_timeout_ms {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    name: "database.acquire_timeout_ms",
+                    message: "must be greater than 0".into(),
+                })
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => defaults.acquire_timeout,
+        },
+        push_wake_ups: file.push_wake_ups.unwrap_or(defaults.push_wake_ups),
+    })
+}
+
+fn simulated_config(file: &SimulatedFile) -> Result<SimulatedConfig, ConfigError> {
+    let defaults = SimulatedConfig::default();
+    let versions = file.versions.clone().unwrap_or(defaults.versions);
+    if versions.is_empty() || versions.iter().any(|v| v.trim().is_empty()) {
+        return Err(ConfigError::Invalid {
+            name: "simulated.versions",
+            message: "must list at least one non-empty version".into(),
+        });
+    }
+    Ok(SimulatedConfig {
+        versions,
+        create_delay: file
+            .create_delay_ms
+            .map_or(defaults.create_delay, Duration::from_millis),
+        start_delay: file
+            .start_delay_ms
+            .map_or(defaults.start_delay, Duration::from_millis),
+    })
 }
 
 fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
@@ -321,5 +403,61 @@ mod tests {
             Err(ConfigError::Platform(_))
         ));
         assert!(toml::from_str::<FileConfig>("unknown_key = 1").is_err());
+        assert!(matches!(
+            bad(Overrides {
+                database_max_connections: Some(0),
+                data_dir: Some("/d".into()),
+                ..Overrides::default()
+            }),
+            Err(ConfigError::Invalid {
+                name: "database.max_connections",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn database_and_simulated_tables() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            platform = "simulated"
+            data_dir = "/d"
+            [database]
+            max_connections = 4
+            acquire_timeout_ms = 250
+            push_wake_ups = false
+            [simulated]
+            versions = ["3.5.3", "4.0.0"]
+            create_delay_ms = 30
+            "#,
+        )
+        .expect("valid file");
+        let overrides = Overrides {
+            database_max_connections: Some(6),
+            ..Overrides::default()
+        };
+        let settings = Settings::resolve(overrides, file).expect("resolves");
+        assert_eq!(settings.platform, PlatformKind::Simulated);
+        assert_eq!(settings.store.max_connections, Some(6));
+        assert_eq!(settings.store.acquire_timeout, Duration::from_millis(250));
+        assert!(!settings.store.push_wake_ups);
+        assert_eq!(settings.simulated.versions, ["3.5.3", "4.0.0"]);
+        assert_eq!(settings.simulated.create_delay, Duration::from_millis(30));
+        assert_eq!(settings.simulated.start_delay, Duration::ZERO);
+
+        let empty: FileConfig = toml::from_str("[simulated]\nversions = []").expect("valid toml");
+        assert!(matches!(
+            Settings::resolve(
+                Overrides {
+                    data_dir: Some("/d".into()),
+                    ..Overrides::default()
+                },
+                empty
+            ),
+            Err(ConfigError::Invalid {
+                name: "simulated.versions",
+                ..
+            })
+        ));
     }
 }

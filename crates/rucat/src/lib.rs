@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod monitor;
 pub mod platform;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -52,10 +52,22 @@ struct RoleArgs {
     /// Data directory: SQLite file, local engines' work directories and logs [default: ~/.rucat]
     #[arg(long, env = "RUCAT_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Store URL [default: sqlite://<data-dir>/rucat.db]
-    #[arg(long, env = "RUCAT_DATABASE_URL", value_name = "URL")]
+    /// Store URL: sqlite://PATH, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB to share one store
+    /// between several servers and monitors [default: sqlite://<data-dir>/rucat.db]
+    #[arg(
+        long,
+        env = "RUCAT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
-    /// Where engines run [default: local] [possible values: local]
+    /// Most connections this process opens to the store [default: 8 for SQLite, 10 for
+    /// PostgreSQL]
+    #[arg(long, env = "RUCAT_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    database_max_connections: Option<u32>,
+    /// Where engines run: local (Spark processes on this machine) or simulated (engines run
+    /// nowhere; every create and delete is written to <data-dir>/simulated/journal)
+    /// [default: local] [possible values: local, simulated]
     #[arg(long, env = "RUCAT_PLATFORM")]
     platform: Option<String>,
     /// Spark distribution for the local platform [default: the one scripts/setup.sh installed]
@@ -216,6 +228,7 @@ async fn run_roles(args: RoleArgs, file: FileConfig, roles: Roles) -> anyhow::Re
             listen: args.listen,
             data_dir: args.data_dir,
             database_url: args.database_url,
+            database_max_connections: args.database_max_connections,
             platform: args.platform,
             spark_home: args.spark_home,
             ..Overrides::default()

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::engine::state::monitor_transition;
 use crate::engine::{Engine, EngineId, EngineState, MonitorStep};
 use crate::platform::{Platform, PlatformError, ResourceState};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use crate::store::{Cas, Store, StoreError, Transition, MAX_KEPT_LOG};
 
@@ -112,6 +113,11 @@ impl Monitor {
         let wake_ups = self.inner.store.wake_ups();
         let mut tasks = JoinSet::new();
         let mut last_orphan_scan: Option<tokio::time::Instant> = None;
+        // While the store is unreachable, passes are retried ever less often, up to this cap.
+        let mut backoff = Backoff::new(
+            Duration::from_millis(250).min(config.poll_interval),
+            Duration::from_secs(30).max(config.poll_interval),
+        );
         info!(
             poll_interval = ?config.poll_interval,
             concurrency = config.concurrency,
@@ -129,10 +135,14 @@ impl Monitor {
                 }
             }
             let mut pause = match self.dispatch(&mut tasks).await {
-                Ok(()) => self.until_next_wake(),
+                Ok(()) => {
+                    backoff.reset();
+                    self.until_next_wake()
+                }
                 Err(error) => {
-                    warn!(%error, "cannot read due engines; retrying");
-                    config.poll_interval
+                    let wait = backoff.next_wait();
+                    warn!(%error, retry_in = ?wait, "cannot read due engines; retrying");
+                    wait
                 }
             };
             while tasks.try_join_next().is_some() {}

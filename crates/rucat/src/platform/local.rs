@@ -24,8 +24,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -42,6 +41,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::flock::FileLock;
 use super::{Platform, PlatformError, ResourceState};
 use crate::engine::{Engine, EngineId};
 
@@ -680,7 +680,7 @@ impl Platform for LocalPlatform {
         fs::create_dir_all(dir.join(WORK_DIR)).map_err(PlatformError::io(format!(
             "creating the directory of engine {id}"
         )))?;
-        let _lock = EngineLock::acquire(&dir, id).await?;
+        let _lock = lock_engine(&dir, id).await?;
 
         let record = match read_record(&dir) {
             Ok(record) => record,
@@ -715,7 +715,7 @@ impl Platform for LocalPlatform {
             // removed by hand.
             return self.stop_processes(id, None).await;
         }
-        let _lock = EngineLock::acquire(&dir, id).await?;
+        let _lock = lock_engine(&dir, id).await?;
         self.delete_locked(id, &dir).await
     }
 
@@ -805,7 +805,7 @@ impl Platform for LocalPlatform {
         if !dir.is_dir() {
             return self.stop_processes(id, None).await;
         }
-        let _lock = EngineLock::acquire(&dir, id).await?;
+        let _lock = lock_engine(&dir, id).await?;
         self.delete_locked(id, &dir).await?;
         let target = dir.clone();
         blocking("removing the engine directory", move || {
@@ -1087,59 +1087,14 @@ fn last_log_lines(path: &Path) -> String {
         .join("\n")
 }
 
-/// An exclusive `flock` on the engine's lock file, held until dropped.
-struct EngineLock {
-    _file: fs::File,
-}
-
-impl EngineLock {
-    async fn acquire(dir: &Path, id: &EngineId) -> Result<Self, PlatformError> {
-        let path = dir.join(LOCK_FILE);
-        let deadline = Instant::now() + LOCK_TIMEOUT;
-        loop {
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(PlatformError::io(format!(
-                    "opening the lock file of engine {id}"
-                )))?;
-            // SAFETY: flock on a file descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                // `forget` may have removed the file between our open and our lock: then the
-                // lock guards nothing, try again.
-                let same = match (fs::metadata(&path), file.metadata()) {
-                    (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-                    _ => false,
-                };
-                if same {
-                    return Ok(EngineLock { _file: file });
-                }
-            } else {
-                let e = io::Error::last_os_error();
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EWOULDBLOCK) | Some(libc::EINTR)
-                ) {
-                    return Err(PlatformError::Io {
-                        what: format!("locking engine {id}"),
-                        source: e,
-                    });
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(PlatformError::Inspect(format!(
-                    "engine {id} is busy: another create, delete or forget held its lock for \
-                     {LOCK_TIMEOUT:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// Holds the engine's lock file while an engine is created, deleted or forgotten.
+async fn lock_engine(dir: &Path, id: &EngineId) -> Result<FileLock, PlatformError> {
+    FileLock::acquire(
+        &dir.join(LOCK_FILE),
+        &format!("engine {id} (another create, delete or forget)"),
+        LOCK_TIMEOUT,
+    )
+    .await
 }
 
 async fn blocking<T, F>(what: &str, f: F) -> Result<T, PlatformError>

@@ -1,8 +1,10 @@
 //! Where engines run. A platform creates and deletes an engine's resource (a process, a pod),
 //! tells what state it is in, and gives its driver log.
 
+mod flock;
 pub mod local;
 pub mod memory;
+pub mod simulated;
 
 use async_trait::async_trait;
 

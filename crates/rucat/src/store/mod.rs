@@ -4,9 +4,12 @@
 //! the caller saw, so that any number of servers and monitors can share one store.
 
 pub mod conformance;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -174,14 +177,87 @@ pub fn tail(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
-/// Opens the store a database URL names, running migrations.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+/// What a log keeps of `text`: its last [`MAX_KEPT_LOG`] bytes, without NUL characters (which
+/// PostgreSQL text cannot hold).
+pub fn kept_log(text: &str) -> String {
+    tail(text, MAX_KEPT_LOG).replace('\0', "")
+}
+
+/// How a store connects; every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The most connections the pool opens (default: 8 for SQLite, 10 for PostgreSQL).
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a connection before failing (and being answered 503).
+    pub acquire_timeout: Duration,
+    /// Whether a PostgreSQL store listens for wake-ups (LISTEN/NOTIFY). Off for a connection
+    /// pooler that does not support LISTEN; monitors then rely on polling.
+    pub push_wake_ups: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: None,
+            acquire_timeout: Duration::from_secs(5),
+            push_wake_ups: true,
+        }
+    }
+}
+
+/// Opens the store a database URL names (`sqlite://PATH` or `postgres://…`), running
+/// migrations.
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open_with(url, options).await?,
+        ))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(postgres::PostgresStore::open(url, options).await?))
     } else {
         Err(StoreError::Open {
-            url: url.to_owned(),
-            reason: "unsupported database URL; expected sqlite://PATH".into(),
+            url: redact(url),
+            reason: "unsupported database URL; expected sqlite://PATH or postgres://USER@HOST/DB"
+                .into(),
         })
+    }
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
+    }
+
+    #[test]
+    fn kept_logs_are_bounded_and_without_nul() {
+        assert_eq!(super::kept_log("a\0b"), "ab");
+        let long = "x".repeat(super::MAX_KEPT_LOG + 10);
+        assert_eq!(super::kept_log(&long).len(), super::MAX_KEPT_LOG);
     }
 }

@@ -7,31 +7,24 @@
 //! is one conditional `UPDATE`/`DELETE`; only when it changes nothing is the actual state read, in
 //! the same transaction.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
+use super::rows::*;
 use super::*;
 
 /// The most connections the pool opens (SQLite has one writer at a time anyway).
 const MAX_CONNECTIONS: u32 = 8;
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The page size of a listing that asks for none.
-const DEFAULT_PAGE: u32 = 50;
 /// The statement that starts a write transaction.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-
-/// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
-const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, state, error, \
-                              endpoint, create_time, update_time, next_update_time";
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -42,11 +35,17 @@ impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database at `sqlite://PATH` and
     /// brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`open`](Self::open) with pool options (`push_wake_ups` does not apply: wake-ups reach
+    /// this process's monitors only).
+    pub async fn open_with(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let fail = |reason: String| StoreError::Open {
             url: url.to_owned(),
             reason,
         };
-        let options = SqliteConnectOptions::from_str(url)
+        let connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| fail(e.to_string()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -56,7 +55,7 @@ impl SqliteStore {
 
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         if !in_memory {
-            let file = options.get_filename();
+            let file = connect.get_filename();
             if file.as_os_str().is_empty() {
                 return Err(fail(
                     "no database file given; expected sqlite://PATH".into(),
@@ -70,8 +69,9 @@ impl SqliteStore {
         }
 
         let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
+            .max_connections(options.max_connections.unwrap_or(MAX_CONNECTIONS))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
             .await
             .map_err(|e| fail(e.to_string()))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -90,68 +90,10 @@ impl SqliteStore {
 
     /// Wakes the monitors of this process if `next` is due.
     fn wake_if_due(&self, next: Option<DateTime<Utc>>) {
-        if next.is_some_and(|next| next <= Utc::now()) {
+        if due_now(next) {
             self.wake_ups.notify_waiters();
         }
     }
-}
-
-fn corrupt(id: &str, what: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("engine {id}: {what}"))
-}
-
-fn column<'r, T>(row: &'r SqliteRow, id: &str, name: &str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(name)
-        .map_err(|e| corrupt(id, format_args!("column {name}: {e}")))
-}
-
-fn state_from(id: &str, column: &str, state: &str) -> Result<EngineState, StoreError> {
-    state
-        .parse()
-        .map_err(|e| corrupt(id, format_args!("{column}: {e}")))
-}
-
-fn time_from(id: &str, column: &str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(millis)
-        .ok_or_else(|| corrupt(id, format_args!("{column} {millis} is out of range")))
-}
-
-fn id_from(id: String) -> Result<EngineId, StoreError> {
-    EngineId::parse(&id).ok_or_else(|| corrupt(&id, "malformed engine id"))
-}
-
-/// The row's id, before anything else is read (so that errors can name the engine).
-fn row_id(row: &SqliteRow) -> Result<String, StoreError> {
-    row.try_get("id")
-        .map_err(|e| StoreError::Corrupt(format!("engine row with an unreadable id: {e}")))
-}
-
-fn engine_from_row(row: &SqliteRow) -> Result<Engine, StoreError> {
-    let id = row_id(row)?;
-    let configs: String = column(row, &id, "configs")?;
-    let configs: BTreeMap<String, String> = serde_json::from_str(&configs)
-        .map_err(|e| corrupt(&id, format_args!("column configs: {e}")))?;
-    let state: String = column(row, &id, "state")?;
-    let next_update_time: Option<i64> = column(row, &id, "next_update_time")?;
-    Ok(Engine {
-        name: column(row, &id, "name")?,
-        owner: column(row, &id, "owner")?,
-        engine_type: column(row, &id, "engine_type")?,
-        version: column(row, &id, "version")?,
-        state: state_from(&id, "state", &state)?,
-        error: column(row, &id, "error")?,
-        configs,
-        endpoint: column(row, &id, "endpoint")?,
-        create_time: time_from(&id, "create_time", column(row, &id, "create_time")?)?,
-        update_time: time_from(&id, "update_time", column(row, &id, "update_time")?)?,
-        next_update_time: next_update_time
-            .map(|t| time_from(&id, "next_update_time", t))
-            .transpose()?,
-        id: id_from(id)?,
-    })
 }
 
 /// Records an event and drops the oldest ones beyond [`MAX_EVENTS`].
@@ -174,15 +116,13 @@ async fn record_event(
     .bind(message)
     .execute(&mut *conn)
     .await?;
-    // MAX_EVENTS is a small constant; the conversion cannot fail in practice.
-    let keep = i64::try_from(MAX_EVENTS).unwrap_or(i64::MAX);
     sqlx::query(
         "DELETE FROM engine_events WHERE engine_seq = ? AND seq <= \
          (SELECT seq FROM engine_events WHERE engine_seq = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
     )
     .bind(engine_seq)
     .bind(engine_seq)
-    .bind(keep)
+    .bind(events_kept())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -211,20 +151,10 @@ fn list_due_sql() -> String {
     )
 }
 
-/// Parses a listing cursor: the decimal `seq` of the last engine of the previous page.
-fn parse_cursor(cursor: &str) -> Result<i64, StoreError> {
-    let invalid = || StoreError::InvalidCursor(cursor.to_owned());
-    if cursor.is_empty() || !cursor.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
-    }
-    cursor.parse().map_err(|_| invalid())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, engine: &Engine) -> Result<(), StoreError> {
-        let configs = serde_json::to_string(&engine.configs)
-            .map_err(|e| corrupt(engine.id.as_str(), format_args!("configs: {e}")))?;
+        let configs = configs_json(engine)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let inserted = sqlx::query(
             "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, error, \
@@ -269,10 +199,7 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let limit = match query.limit {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let limit = page_size(query.limit);
         let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
 
         let mut select = QueryBuilder::<Sqlite>::new(format!(
@@ -290,23 +217,7 @@ impl Store for SqliteStore {
             .push(" ORDER BY seq LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = select.build().fetch_all(&self.pool).await?;
-
-        let more = rows.len() > limit as usize;
-        let mut engines = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut last_seq = None;
-        for row in rows.iter().take(limit as usize) {
-            let engine = engine_from_row(row)?;
-            last_seq = Some(column::<i64>(row, engine.id.as_str(), "seq")?);
-            engines.push(engine);
-        }
-        Ok(Page {
-            engines,
-            next_cursor: if more {
-                last_seq.map(|seq| seq.to_string())
-            } else {
-                None
-            },
-        })
+        page_from_rows(&rows, limit)
     }
 
     async fn update_state(&self, id: &EngineId, t: &Transition) -> Result<Cas, StoreError> {
@@ -392,14 +303,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT id, state FROM engines ORDER BY seq")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let id = row_id(row)?;
-                let state: String = column(row, &id, "state")?;
-                let state = state_from(&id, "state", &state)?;
-                Ok((id_from(id)?, state))
-            })
-            .collect()
+        rows.iter().map(id_and_state).collect()
     }
 
     async fn events(&self, id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError> {
@@ -419,19 +323,7 @@ impl Store for SqliteStore {
         let id = id.as_str();
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            let Some(to) = column::<Option<String>>(row, id, "to_state")? else {
-                continue;
-            };
-            let time: i64 = column(row, id, "time")?;
-            let from: Option<String> = column(row, id, "from_state")?;
-            events.push(EngineEvent {
-                time: time_from(id, "event time", time)?,
-                from: from
-                    .map(|from| state_from(id, "event from_state", &from))
-                    .transpose()?,
-                to: state_from(id, "event to_state", &to)?,
-                message: column(row, id, "message")?,
-            });
+            events.extend(event_from_row(row, id)?);
         }
         Ok(Some(events))
     }
@@ -444,7 +336,7 @@ impl Store for SqliteStore {
              SELECT seq, ?, ? FROM engines WHERE id = ? \
              ON CONFLICT (engine_seq) DO UPDATE SET text = excluded.text, time = excluded.time",
         )
-        .bind(tail(logs, MAX_KEPT_LOG))
+        .bind(kept_log(logs))
         .bind(Utc::now().timestamp_millis())
         .bind(id.as_str())
         .execute(&self.pool)
@@ -476,18 +368,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_are_decimal_sequence_numbers() {
-        assert_eq!(parse_cursor("0").ok(), Some(0));
-        assert_eq!(parse_cursor("42").ok(), Some(42));
-        for bad in ["", "-1", "+1", "1.5", "abc", " 1", "99999999999999999999"] {
-            assert!(
-                matches!(parse_cursor(bad), Err(StoreError::InvalidCursor(c)) if c == bad),
-                "{bad:?}"
-            );
-        }
-    }
+    use sqlx::Row;
 
     async fn plan(store: &SqliteStore, sql: &str, binds: usize) -> String {
         let explain = format!("EXPLAIN QUERY PLAN {sql}");

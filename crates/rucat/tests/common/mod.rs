@@ -106,3 +106,20 @@ pub async fn spawn_api_on(
         _shutdown: trigger,
     }
 }
+
+/// The PostgreSQL server tests create their scratch databases on: `RUCAT_TEST_POSTGRES_URL`, or
+/// the one on this machine. A test that needs it fails (never skips) when it is unreachable.
+pub fn postgres_admin_url() -> String {
+    std::env::var("RUCAT_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh, empty database for one test, dropped when the value is.
+pub async fn scratch_postgres(prefix: &str) -> rucat::store::postgres::ScratchDatabase {
+    let admin = postgres_admin_url();
+    rucat::store::postgres::ScratchDatabase::create(&admin, prefix)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"))
+}

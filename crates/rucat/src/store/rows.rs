@@ -1,0 +1,217 @@
+//! Reading engine records out of database rows, for every SQL store.
+//!
+//! Both stores keep the same columns with the same types: text, and times as 64-bit integer
+//! milliseconds since the Unix epoch (UTC). A value that does not decode is reported as a corrupt
+//! record naming the engine and the column, never a panic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::StoreError;
+use crate::engine::{Engine, EngineId, EngineState};
+
+/// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
+pub(super) const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, \
+                                         state, error, endpoint, create_time, update_time, \
+                                         next_update_time";
+
+/// The page size of a listing that asks for none.
+pub(super) const DEFAULT_PAGE: u32 = 50;
+
+pub(super) fn corrupt(id: &str, what: impl fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("engine {id}: {what}"))
+}
+
+pub(super) fn column<'r, R, T>(row: &'r R, id: &str, name: &str) -> Result<T, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.try_get(name)
+        .map_err(|e| corrupt(id, format_args!("column {name}: {e}")))
+}
+
+pub(super) fn state_from(id: &str, column: &str, state: &str) -> Result<EngineState, StoreError> {
+    state
+        .parse()
+        .map_err(|e| corrupt(id, format_args!("{column}: {e}")))
+}
+
+pub(super) fn time_from(id: &str, column: &str, millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| corrupt(id, format_args!("{column} {millis} is out of range")))
+}
+
+pub(super) fn id_from(id: String) -> Result<EngineId, StoreError> {
+    EngineId::parse(&id).ok_or_else(|| corrupt(&id, "malformed engine id"))
+}
+
+/// The row's id, before anything else is read (so that errors can name the engine).
+pub(super) fn row_id<R>(row: &R) -> Result<String, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.try_get("id")
+        .map_err(|e| StoreError::Corrupt(format!("engine row with an unreadable id: {e}")))
+}
+
+pub(super) fn engine_from_row<R: Row>(row: &R) -> Result<Engine, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id = row_id(row)?;
+    let configs: String = column(row, &id, "configs")?;
+    let configs: BTreeMap<String, String> = serde_json::from_str(&configs)
+        .map_err(|e| corrupt(&id, format_args!("column configs: {e}")))?;
+    let state: String = column(row, &id, "state")?;
+    let next_update_time: Option<i64> = column(row, &id, "next_update_time")?;
+    Ok(Engine {
+        name: column(row, &id, "name")?,
+        owner: column(row, &id, "owner")?,
+        engine_type: column(row, &id, "engine_type")?,
+        version: column(row, &id, "version")?,
+        state: state_from(&id, "state", &state)?,
+        error: column(row, &id, "error")?,
+        configs,
+        endpoint: column(row, &id, "endpoint")?,
+        create_time: time_from(&id, "create_time", column(row, &id, "create_time")?)?,
+        update_time: time_from(&id, "update_time", column(row, &id, "update_time")?)?,
+        next_update_time: next_update_time
+            .map(|t| time_from(&id, "next_update_time", t))
+            .transpose()?,
+        id: id_from(id)?,
+    })
+}
+
+/// Reads a page of listing rows: at most `limit` engines, and the cursor of the next page when
+/// the query returned more (it asks for `limit + 1`).
+pub(super) fn page_from_rows<R: Row>(rows: &[R], limit: u32) -> Result<super::Page, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let limit = limit as usize;
+    let more = rows.len() > limit;
+    let mut engines = Vec::with_capacity(rows.len().min(limit));
+    let mut last_seq = None;
+    for row in rows.iter().take(limit) {
+        let engine = engine_from_row(row)?;
+        last_seq = Some(column::<R, i64>(row, engine.id.as_str(), "seq")?);
+        engines.push(engine);
+    }
+    Ok(super::Page {
+        engines,
+        next_cursor: if more {
+            last_seq.map(|seq| seq.to_string())
+        } else {
+            None
+        },
+    })
+}
+
+/// The `(id, state)` of each row, for `all_states`.
+pub(super) fn id_and_state<R>(row: &R) -> Result<(EngineId, EngineState), StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id = row_id(row)?;
+    let state: String = column(row, &id, "state")?;
+    let state = state_from(&id, "state", &state)?;
+    Ok((id_from(id)?, state))
+}
+
+/// Reads one row of the events query (an engine left-joined with its events): `None` for the
+/// row of NULLs an engine without events yields.
+pub(super) fn event_from_row<R>(
+    row: &R,
+    id: &str,
+) -> Result<Option<crate::engine::EngineEvent>, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let Some(to) = column::<R, Option<String>>(row, id, "to_state")? else {
+        return Ok(None);
+    };
+    let time: i64 = column(row, id, "time")?;
+    let from: Option<String> = column(row, id, "from_state")?;
+    Ok(Some(crate::engine::EngineEvent {
+        time: time_from(id, "event time", time)?,
+        from: from
+            .map(|from| state_from(id, "event from_state", &from))
+            .transpose()?,
+        to: state_from(id, "event to_state", &to)?,
+        message: column(row, id, "message")?,
+    }))
+}
+
+/// Parses a listing cursor: the decimal `seq` of the last engine of the previous page.
+pub(super) fn parse_cursor(cursor: &str) -> Result<i64, StoreError> {
+    let invalid = || StoreError::InvalidCursor(cursor.to_owned());
+    if cursor.is_empty() || !cursor.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    cursor.parse().map_err(|_| invalid())
+}
+
+/// The page size a listing asking for `limit` gets.
+pub(super) fn page_size(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(super::MAX_PAGE),
+    }
+}
+
+/// The configs as the JSON text both stores keep.
+pub(super) fn configs_json(engine: &Engine) -> Result<String, StoreError> {
+    serde_json::to_string(&engine.configs)
+        .map_err(|e| corrupt(engine.id.as_str(), format_args!("configs: {e}")))
+}
+
+/// How many events an engine keeps, as a bind value.
+pub(super) fn events_kept() -> i64 {
+    // MAX_EVENTS is a small constant; the conversion cannot fail in practice.
+    i64::try_from(super::MAX_EVENTS).unwrap_or(i64::MAX)
+}
+
+/// Whether a write with this due time should wake monitors now.
+pub(super) fn due_now(next: Option<DateTime<Utc>>) -> bool {
+    next.is_some_and(|next| next <= Utc::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_decimal_sequence_numbers() {
+        assert_eq!(parse_cursor("0").ok(), Some(0));
+        assert_eq!(parse_cursor("42").ok(), Some(42));
+        for bad in ["", "-1", "+1", "1.5", "abc", " 1", "99999999999999999999"] {
+            assert!(
+                matches!(parse_cursor(bad), Err(StoreError::InvalidCursor(c)) if c == bad),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        assert_eq!(page_size(0), DEFAULT_PAGE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(u32::MAX), super::super::MAX_PAGE);
+    }
+}

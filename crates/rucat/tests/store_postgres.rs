@@ -1,0 +1,215 @@
+//! The PostgreSQL store against the store conformance suite, plus what only a shared server
+//! shows: concurrent migrations, wake-ups pushed between processes, a lost listener connection.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rucat::engine::{Engine, EngineState};
+use rucat::store::conformance::{now_ms, sample_engine};
+use rucat::store::postgres::{PostgresStore, ScratchDatabase};
+use rucat::store::{Cas, Store, StoreError, StoreOptions, Transition};
+
+async fn open(url: &str) -> PostgresStore {
+    PostgresStore::open(url, &StoreOptions::default())
+        .await
+        .expect("open store")
+}
+
+/// A fresh store on its own database (dropped with the guard).
+async fn fresh() -> (Arc<dyn Store>, ScratchDatabase) {
+    let db = common::scratch_postgres("conformance").await;
+    let store = open(db.url()).await;
+    (Arc::new(store), db)
+}
+
+rucat::store_conformance_tests!(fresh);
+
+async fn sql(url: &str, statement: &str) -> u64 {
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    let done = sqlx::query(statement)
+        .execute(&pool)
+        .await
+        .expect(statement);
+    pool.close().await;
+    done.rows_affected()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_starting_together_migrate_once() {
+    let db = common::scratch_postgres("migrate").await;
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = db.url().to_owned();
+            tokio::spawn(async move { PostgresStore::open(&url, &StoreOptions::default()).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.expect("task").expect("every open succeeds"));
+    }
+    let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("migrations table");
+    assert_eq!(applied, 1);
+    pool.close().await;
+
+    // They all see one another's writes.
+    let engine = sample_engine("shared");
+    stores[0].insert(&engine).await.expect("insert");
+    for store in &stores {
+        assert!(store.get(&engine.id).await.expect("get").is_some());
+    }
+    for store in &stores {
+        store.close().await;
+    }
+}
+
+fn due(name: &str) -> Engine {
+    Engine {
+        next_update_time: Some(now_ms()),
+        ..sample_engine(name)
+    }
+}
+
+/// Waits up to `within` for `store`'s wake-ups while `write` runs.
+async fn wakes(store: &dyn Store, within: Duration, write: impl std::future::Future) -> bool {
+    let wake_ups = store.wake_ups();
+    let notified = wake_ups.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    write.await;
+    tokio::time::timeout(within, notified).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_in_one_process_wakes_the_monitors_of_another() {
+    let db = common::scratch_postgres("notify").await;
+    let writer = open(db.url()).await;
+    let listener = open(db.url()).await;
+    let deaf = PostgresStore::open(
+        db.url(),
+        &StoreOptions {
+            push_wake_ups: false,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .expect("open store");
+    // Give the listeners time to subscribe.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let engine = due("due");
+    assert!(
+        wakes(&listener, Duration::from_secs(2), writer.insert(&engine)).await,
+        "no wake-up after another store inserted a due engine"
+    );
+    let t = Transition::new(EngineState::WaitToStart, EngineState::TriggerStart).due_at(now_ms());
+    assert!(
+        wakes(&listener, Duration::from_secs(2), async {
+            assert_eq!(
+                writer.update_state(&engine.id, &t).await.expect("cas"),
+                Cas::Done
+            );
+        })
+        .await,
+        "no wake-up after another store made an engine due"
+    );
+    // Without LISTEN, only this process's own writes wake it.
+    let other = due("unheard");
+    assert!(!wakes(&deaf, Duration::from_millis(700), writer.insert(&other)).await);
+
+    // Writes that make nothing due now announce nothing.
+    let later = Engine {
+        next_update_time: Some(now_ms() + chrono::TimeDelta::hours(1)),
+        ..sample_engine("later")
+    };
+    assert!(!wakes(&listener, Duration::from_millis(700), writer.insert(&later)).await);
+    for store in [writer, listener, deaf] {
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_listener_comes_back_after_its_connection_is_killed() {
+    let db = common::scratch_postgres("relisten").await;
+    let writer = open(db.url()).await;
+    let listener = open(db.url()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Kill every connection to the database, as a server restart would.
+    let killed = sql(
+        &common::postgres_admin_url(),
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name()
+        ),
+    )
+    .await;
+    assert!(killed >= 2, "killed {killed} connections");
+
+    // The listener reconnects by itself; a due engine written afterwards wakes it.
+    let mut woke = false;
+    for attempt in 0..20 {
+        let engine = due(&format!("after-kill-{attempt}"));
+        // The writer's pooled connections were killed too: the first use may fail.
+        let write = async {
+            let _ = writer.insert(&engine).await;
+        };
+        if wakes(&listener, Duration::from_millis(500), write).await {
+            woke = true;
+            break;
+        }
+    }
+    assert!(woke, "the listener never came back");
+    // And the store answers again.
+    listener.ping().await.expect("ping after the kill");
+    writer.close().await;
+    listener.close().await;
+}
+
+#[tokio::test]
+async fn malformed_rows_are_reported_not_panicked_on() {
+    let db = common::scratch_postgres("corrupt").await;
+    let store = open(db.url()).await;
+    let engine = sample_engine("bad-state");
+    store.insert(&engine).await.expect("insert");
+    sql(
+        db.url(),
+        &format!(
+            "UPDATE engines SET state = 'Exploded' WHERE id = '{}'",
+            engine.id
+        ),
+    )
+    .await;
+    match store.get(&engine.id).await {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains(engine.id.as_str())),
+        other => panic!("a damaged row gave {other:?}"),
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn unreachable_and_unknown_urls_are_refused_with_the_url() {
+    let options = StoreOptions {
+        acquire_timeout: Duration::from_secs(2),
+        ..StoreOptions::default()
+    };
+    match rucat::store::open("postgres://rucat:secret@127.0.0.1:1/none", &options).await {
+        Err(StoreError::Open { url, reason }) => {
+            assert_eq!(url, "postgres://rucat:***@127.0.0.1:1/none");
+            assert!(!reason.contains("secret"), "{reason}");
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("opened a store on a closed port"),
+    }
+    match rucat::store::open("mysql://h/db", &options).await {
+        Err(StoreError::Open { reason, .. }) => assert!(reason.contains("postgres://"), "{reason}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("opened a MySQL URL"),
+    }
+}
