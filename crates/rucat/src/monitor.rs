@@ -315,7 +315,10 @@ impl Monitor {
         let timeout = self.inner.config.trigger_timeout;
         let advanced = self
             .advance(engine, engine.state, MonitorStep::TimedOut, |t| {
-                t.due_at(Utc::now())
+                // Only the timed-out claim: a fresh one made meanwhile by another monitor is
+                // in the same state but due later.
+                t.only_if_due_by(Utc::now())
+                    .due_at(Utc::now())
                     .with_message(format!("claim timed out after {timeout:?}; retrying"))
             })
             .await?;
@@ -505,6 +508,13 @@ impl Monitor {
         if engine.state != state || self.inner.platform.state(&engine).await? == ResourceState::Gone
         {
             return Ok(false);
+        }
+        // Another monitor may have restarted the engine and created its resource since the
+        // first read: only an engine still settled, unchanged, has an orphan.
+        match self.inner.store.get(id).await {
+            Ok(Some(again))
+                if again.state == engine.state && again.update_time == engine.update_time => {}
+            _ => return Ok(false),
         }
         warn!(engine = %id, %state, "a resource runs for a settled engine; stopping it");
         self.inner.platform.delete(id).await?;

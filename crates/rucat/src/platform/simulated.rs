@@ -258,8 +258,9 @@ impl Platform for SimulatedPlatform {
         Ok(ids.iter().filter_map(|id| EngineId::parse(id)).collect())
     }
 
-    async fn forget(&self, _id: &EngineId) -> Result<(), PlatformError> {
-        Ok(())
+    /// Nothing but the resource is kept, so forgetting an engine deletes it.
+    async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
+        self.delete(id).await
     }
 }
 

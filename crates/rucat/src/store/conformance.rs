@@ -57,6 +57,7 @@ macro_rules! store_conformance_tests {
             event_history_is_bounded,
             logs_are_saved_bounded,
             concurrent_transitions_have_one_winner,
+            guarded_transitions_need_the_engine_due,
             wake_ups_when_an_engine_becomes_due,
             ping_answers,
         );
@@ -904,6 +905,62 @@ pub async fn concurrent_transitions_have_one_winner(store: Arc<dyn Store>) {
     assert!(seen.iter().all(|s| *s == winners[0]), "{seen:?}");
     assert_eq!(get(&*store, &engine.id).await.state, winners[0]);
     assert_eq!(events(&*store, &engine.id).await.len(), 3);
+}
+
+pub async fn guarded_transitions_need_the_engine_due(store: Arc<dyn Store>) {
+    let engine = insert(&*store, sample_engine("claimed")).await;
+    let claim_until = now_ms() + TimeDelta::minutes(2);
+    transition(
+        &*store,
+        &engine.id,
+        Transition::new(WaitToStart, TriggerStart).due_at(claim_until),
+    )
+    .await;
+
+    // Taking over a claim that has not timed out: refused, nothing changes.
+    let take_over = Transition::new(TriggerStart, WaitToStart).only_if_due_by(now_ms());
+    assert_eq!(
+        store
+            .update_state(&engine.id, &take_over)
+            .await
+            .expect("cas"),
+        Cas::Conflict(TriggerStart)
+    );
+    let unchanged = get(&*store, &engine.id).await;
+    assert_eq!(unchanged.next_update_time, Some(claim_until));
+    assert_eq!(events(&*store, &engine.id).await.len(), 2);
+
+    // Nothing due at all: refused too.
+    assert_eq!(
+        store
+            .reschedule(&engine.id, TriggerStart, None)
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    assert_eq!(
+        store
+            .update_state(&engine.id, &take_over)
+            .await
+            .expect("cas"),
+        Cas::Conflict(TriggerStart)
+    );
+
+    // Once the claim's time has passed, it is taken over.
+    let expired = now_ms() - TimeDelta::seconds(1);
+    store
+        .reschedule(&engine.id, TriggerStart, Some(expired))
+        .await
+        .expect("reschedule");
+    let take_over = take_over.only_if_due_by(now_ms());
+    assert_eq!(
+        store
+            .update_state(&engine.id, &take_over)
+            .await
+            .expect("cas"),
+        Cas::Done
+    );
+    assert_eq!(get(&*store, &engine.id).await.state, WaitToStart);
 }
 
 /// Runs `write` and asserts the store's wake-ups fire within a second.

@@ -64,6 +64,10 @@ pub struct Transition {
     pub next_update_time: Option<DateTime<Utc>>,
     /// A note for the event history.
     pub message: Option<String>,
+    /// When set, the change happens only if the engine is also due by then
+    /// (`next_update_time <= due_by`): a monitor taking over a timed-out claim must not take a
+    /// fresh claim that another monitor made meanwhile in the same state.
+    pub due_by: Option<DateTime<Utc>>,
 }
 
 impl Transition {
@@ -75,7 +79,14 @@ impl Transition {
             endpoint: None,
             next_update_time: None,
             message: None,
+            due_by: None,
         }
+    }
+
+    /// Applies only if the engine is due at `at` (see [`Transition::due_by`]).
+    pub fn only_if_due_by(mut self, at: DateTime<Utc>) -> Self {
+        self.due_by = Some(at);
+        self
     }
 
     pub fn due_at(mut self, at: DateTime<Utc>) -> Self {

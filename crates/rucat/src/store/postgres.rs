@@ -276,7 +276,8 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE engines SET state = $1, error = $2, endpoint = $3, next_update_time = $4, \
-             update_time = $5 WHERE id = $6 AND state = $7 RETURNING seq",
+             update_time = $5 WHERE id = $6 AND state = $7 \
+             AND ($8::BIGINT IS NULL OR next_update_time <= $8) RETURNING seq",
         )
         .bind(t.to.as_str())
         .bind(t.error.as_deref().map(without_nul))
@@ -285,6 +286,7 @@ impl Store for PostgresStore {
         .bind(now.timestamp_millis())
         .bind(id.as_str())
         .bind(t.from.as_str())
+        .bind(t.due_by.map(|t| t.timestamp_millis()))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(seq) = seq else {

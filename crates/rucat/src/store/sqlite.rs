@@ -225,7 +225,8 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE engines SET state = ?, error = ?, endpoint = ?, next_update_time = ?, \
-             update_time = ? WHERE id = ? AND state = ? RETURNING seq",
+             update_time = ? WHERE id = ? AND state = ? \
+             AND (? IS NULL OR next_update_time <= ?) RETURNING seq",
         )
         .bind(t.to.as_str())
         .bind(t.error.as_deref())
@@ -234,6 +235,8 @@ impl Store for SqliteStore {
         .bind(now.timestamp_millis())
         .bind(id.as_str())
         .bind(t.from.as_str())
+        .bind(t.due_by.map(|t| t.timestamp_millis()))
+        .bind(t.due_by.map(|t| t.timestamp_millis()))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(seq) = seq else {

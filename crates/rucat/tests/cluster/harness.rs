@@ -1,0 +1,318 @@
+//! Several real `rucat server` and `rucat monitor` processes on one store and one data
+//! directory, as a cluster deployment runs them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One child process of the real binary, with its log file.
+pub struct Process {
+    pub name: String,
+    pub addr: Option<SocketAddr>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; the exit status of a graceful stop.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+pub struct Cluster {
+    pub dir: TempDir,
+    pub database_url: String,
+    pub servers: Vec<Process>,
+    pub monitors: Vec<Process>,
+    pub http: reqwest::Client,
+    platform: String,
+    config: String,
+    spark_home: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// A cluster on `database_url`, every process with `--platform platform` and the TOML
+    /// `config` (plus what each process adds).
+    pub fn new(database_url: &str, platform: &str, config: &str) -> Self {
+        Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database_url: database_url.to_owned(),
+            servers: Vec::new(),
+            monitors: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            platform: platform.to_owned(),
+            config: config.to_owned(),
+            spark_home: None,
+        }
+    }
+
+    pub fn with_spark(mut self, spark_home: PathBuf) -> Self {
+        self.spark_home = Some(spark_home);
+        self
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(
+        &self,
+        role: &str,
+        name: &str,
+        extra_config: &str,
+        addr: Option<SocketAddr>,
+    ) -> Process {
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("{}\n{extra_config}\n", self.config)).expect("config");
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
+        command
+            .arg(role)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--database-url", &self.database_url])
+            .args(["--platform", &self.platform])
+            .env("RUCAT_LOG", "info,rucat=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        if let Some(addr) = addr {
+            command.args(["--listen", &addr.to_string()]);
+        }
+        if let Some(spark) = &self.spark_home {
+            command.arg("--spark-home").arg(spark);
+        }
+        let child = command.spawn().expect("start rucat");
+        Process {
+            name: name.to_owned(),
+            addr,
+            log,
+            child: Some(child),
+        }
+    }
+
+    /// Starts one more `rucat server` and waits until it is ready. Returns its index.
+    pub async fn add_server(&mut self) -> usize {
+        let name = format!("server-{}", self.servers.len());
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut process = self.spawn("server", &name, "", Some(addr));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self.http.get(format!("http://{addr}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if let Some(status) = process.exited() {
+                panic!("{name} exited with {status}: {}", process.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not ready in 60 s: {}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.servers.push(process);
+        self.servers.len() - 1
+    }
+
+    /// Starts one more `rucat monitor` with `extra_config` appended to its configuration.
+    pub fn add_monitor(&mut self, extra_config: &str) -> usize {
+        let name = format!("monitor-{}", self.monitors.len());
+        let process = self.spawn("monitor", &name, extra_config, None);
+        self.monitors.push(process);
+        self.monitors.len() - 1
+    }
+
+    pub fn url(&self, server: usize, path: &str) -> String {
+        let addr = self.servers[server].addr.expect("a server has an address");
+        format!("http://{addr}{path}")
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for process in self.servers.iter().chain(&self.monitors) {
+            let log = process.log();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            all.push_str(&format!(
+                "\n===== {} (last 40 lines) =====\n{tail}\n",
+                process.name
+            ));
+        }
+        all
+    }
+
+    /// `POST /engines` on `server`; the new engine's id.
+    pub async fn create(&self, server: usize, name: &str, version: &str) -> String {
+        let response = self
+            .http
+            .post(self.url(server, "/engines"))
+            .json(&serde_json::json!({"name": name, "engine_type": "Spark", "version": version}))
+            .send()
+            .await
+            .expect("POST /engines");
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// The engine's state on `server`; `None` once it is deleted.
+    pub async fn state(&self, server: usize, id: &str) -> Option<String> {
+        let response = self
+            .http
+            .get(self.url(server, &format!("/engines/{id}")))
+            .send()
+            .await
+            .expect("GET /engines/{id}");
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(
+            response.status().is_success(),
+            "GET answered {}",
+            response.status()
+        );
+        let body: Value = response.json().await.expect("JSON body");
+        Some(body["state"].as_str().expect("a state").to_owned())
+    }
+
+    /// The engine as JSON.
+    pub async fn engine(&self, server: usize, id: &str) -> Value {
+        self.http
+            .get(self.url(server, &format!("/engines/{id}")))
+            .send()
+            .await
+            .expect("GET /engines/{id}")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// Waits until every engine is in the state `expected` gives it (`None`: deleted).
+    pub async fn settle(&self, expected: &[(String, Option<&str>)], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut wrong = Vec::new();
+            for (i, (id, want)) in expected.iter().enumerate() {
+                let got = self.state(i % self.servers.len(), id).await;
+                if got.as_deref() != *want {
+                    wrong.push(format!("{id}: {got:?} (want {want:?})"));
+                }
+            }
+            if wrong.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} engines not settled after {within:?}, e.g. {:?}{}",
+                    wrong.len(),
+                    &wrong[..wrong.len().min(5)],
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.servers.clear();
+        self.monitors.clear();
+        // Whatever a failed test left running under this directory (Spark processes) goes too.
+        kill_matching(self.dir.path());
+    }
+}
+
+/// The live (non-zombie) processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+fn kill_matching(dir: &Path) {
+    for pid in processes_matching(&dir.to_string_lossy()) {
+        // SAFETY: sending a signal by pid; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}

@@ -1,0 +1,407 @@
+//! Many `rucat server` and `rucat monitor` processes on one PostgreSQL store: random user
+//! operations on hundreds of engines, a monitor killed while it holds claims, and (with the real
+//! local platform) real Spark engines started by several monitors.
+//!
+//! The simulated platform writes every create, adopt and delete, from every process, to one
+//! journal; the tests check it against what the store says.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{processes_matching, Cluster};
+use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
+use tokio::sync::Semaphore;
+
+const VERSION: &str = "4.3.0";
+
+/// A small deterministic generator (xorshift64*), so that a failing run can be replayed with
+/// `RUCAT_TEST_SEED`.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> (Self, u64) {
+        let seed = std::env::var("RUCAT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+            | 1;
+        (Rng(seed), seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Create,
+    Stop,
+    Restart,
+    Delete,
+}
+
+impl Op {
+    /// The state an engine settles in when this was the last operation that was accepted.
+    fn settles_in(self) -> Option<&'static str> {
+        match self {
+            Op::Create | Op::Restart => Some("Running"),
+            Op::Stop => Some("Terminated"),
+            Op::Delete => None,
+        }
+    }
+}
+
+/// Checks the journal: per engine, creates and deletes alternate (a create while a resource
+/// exists would be a second resource for one start), and the live resources are exactly
+/// `running`. Returns the number of creates and adopts.
+fn check_journal(cluster: &Cluster, running: &HashSet<String>) -> (usize, usize) {
+    let journal = SimulatedPlatform::journal(&cluster.data_dir()).expect("journal");
+    let mut live: HashMap<&str, bool> = HashMap::new();
+    let (mut creates, mut adopts) = (0, 0);
+    for entry in &journal {
+        let exists = live.entry(entry.engine.as_str()).or_default();
+        match entry.event {
+            JournalEvent::Create => {
+                assert!(
+                    !*exists,
+                    "engine {} got a second resource while one existed: {entry:?}",
+                    entry.engine
+                );
+                *exists = true;
+                creates += 1;
+            }
+            JournalEvent::Adopt => {
+                assert!(*exists, "adopted nothing: {entry:?}");
+                adopts += 1;
+            }
+            JournalEvent::Delete => {
+                assert!(*exists, "deleted nothing: {entry:?}");
+                *exists = false;
+            }
+        }
+    }
+    let from_journal: HashSet<String> = live
+        .into_iter()
+        .filter(|(_, exists)| *exists)
+        .map(|(id, _)| id.to_owned())
+        .collect();
+    let on_disk: HashSet<String> = SimulatedPlatform::live_resources(&cluster.data_dir())
+        .expect("live resources")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        from_journal, on_disk,
+        "the journal and the resources disagree"
+    );
+    let leaked: Vec<_> = on_disk.difference(running).collect();
+    let missing: Vec<_> = running.difference(&on_disk).collect();
+    assert!(
+        leaked.is_empty(),
+        "resources left for engines that are not Running: {leaked:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "Running engines without a resource: {missing:?}"
+    );
+    (creates, adopts)
+}
+
+const SIMULATED: &str = r#"
+[monitor]
+poll_interval_ms = 1000
+trigger_timeout_ms = 20000
+start_check_interval_ms = 100
+health_check_interval_ms = 2000
+orphan_scan_interval_ms = 1500
+
+[simulated]
+start_delay_ms = 150
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_monitors_and_two_servers_drive_hundreds_of_engines_on_one_postgres() {
+    const ENGINES: usize = 320;
+    let db = common::scratch_postgres("cluster").await;
+    let mut cluster = Cluster::new(db.url(), "simulated", SIMULATED);
+    for _ in 0..2 {
+        cluster.add_server().await;
+    }
+    for _ in 0..4 {
+        cluster.add_monitor("");
+    }
+    let cluster = Arc::new(cluster);
+    let (mut rng, seed) = Rng::seeded();
+    eprintln!("RUCAT_TEST_SEED={seed}");
+
+    // Each engine: created on one server, then 2 to 6 random operations on either server, with
+    // random pauses, all engines at once (32 in flight).
+    let limit = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for n in 0..ENGINES {
+        let (cluster, limit) = (Arc::clone(&cluster), Arc::clone(&limit));
+        let mut rng = Rng(rng.next() | 1);
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore");
+            let id = cluster
+                .create(rng.below(2) as usize, &format!("e{n}"), VERSION)
+                .await;
+            let mut last = Op::Create;
+            let mut answers = Vec::new();
+            for _ in 0..2 + rng.below(5) {
+                tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
+                let op = match rng.below(10) {
+                    0..=3 => Op::Stop,
+                    4..=7 => Op::Restart,
+                    _ => Op::Delete,
+                };
+                let server = rng.below(2) as usize;
+                let path = format!("/engines/{id}");
+                let request = match op {
+                    Op::Stop => cluster
+                        .http
+                        .post(cluster.url(server, &format!("{path}/stop"))),
+                    Op::Restart => cluster
+                        .http
+                        .post(cluster.url(server, &format!("{path}/restart"))),
+                    Op::Delete | Op::Create => cluster.http.delete(cluster.url(server, &path)),
+                };
+                let status = request.send().await.expect("request").status();
+                answers.push((op, status.as_u16()));
+                if status.is_success() {
+                    last = op;
+                    if op == Op::Delete {
+                        break;
+                    }
+                } else {
+                    assert_eq!(
+                        status,
+                        reqwest::StatusCode::CONFLICT,
+                        "{op:?} on {id} answered {status}"
+                    );
+                }
+            }
+            (id, last, answers)
+        }));
+    }
+    let mut expected = Vec::new();
+    let mut accepted = HashMap::new();
+    for task in tasks {
+        let (id, last, answers) = task.await.expect("driver task");
+        for (op, status) in answers {
+            *accepted.entry((format!("{op:?}"), status)).or_insert(0) += 1;
+        }
+        expected.push((id, last.settles_in()));
+    }
+    eprintln!("answers (operation, status) → count: {accepted:?}");
+
+    cluster.settle(&expected, Duration::from_secs(180)).await;
+    // Let orphan scans and health checks run a few more rounds, then look at the platform.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.settle(&expected, Duration::from_secs(10)).await;
+
+    let running: HashSet<String> = expected
+        .iter()
+        .filter(|(_, state)| *state == Some("Running"))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let (creates, adopts) = check_journal(&cluster, &running);
+    eprintln!(
+        "{} engines, {} Running, {creates} creates, {adopts} adopts",
+        expected.len(),
+        running.len()
+    );
+    assert_eq!(adopts, 0, "no claim timed out, so no resource is adopted");
+    // Every monitor took part.
+    let journal = SimulatedPlatform::journal(&cluster.data_dir()).expect("journal");
+    let pids: HashSet<u32> = journal.iter().map(|entry| entry.pid).collect();
+    assert_eq!(pids.len(), 4, "creates and deletes came from {pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_monitor_killed_while_holding_claims_is_taken_over_without_duplicates() {
+    const ENGINES: usize = 12;
+    let db = common::scratch_postgres("claims").await;
+    let config = SIMULATED.replace("trigger_timeout_ms = 20000", "trigger_timeout_ms = 3000");
+    let mut cluster = Cluster::new(db.url(), "simulated", &config);
+    cluster.add_server().await;
+    // The victim makes each resource, then takes a minute to return from create.
+    let victim = cluster.add_monitor("create_delay_ms = 60000");
+    let mut ids = Vec::new();
+    for n in 0..ENGINES {
+        ids.push(cluster.create(0, &format!("claimed-{n}"), VERSION).await);
+    }
+
+    // Wait until the victim holds every claim and has made every resource.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let journal = SimulatedPlatform::journal(&cluster.data_dir()).expect("journal");
+        let mut claimed = 0;
+        for id in &ids {
+            if cluster.state(0, id).await.as_deref() == Some("TriggerStart") {
+                claimed += 1;
+            }
+        }
+        if claimed == ENGINES && journal.len() == ENGINES {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the victim claimed {claimed} engines and made {} resources{}",
+            journal.len(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let victim_pid = cluster.monitors[victim].pid().expect("victim runs");
+    cluster.monitors[victim].kill9();
+
+    // Two healthy monitors take over once the claims time out.
+    cluster.add_monitor("");
+    cluster.add_monitor("");
+    let expected: Vec<_> = ids.iter().map(|id| (id.clone(), Some("Running"))).collect();
+    cluster.settle(&expected, Duration::from_secs(60)).await;
+
+    let journal = SimulatedPlatform::journal(&cluster.data_dir()).expect("journal");
+    for id in &ids {
+        let events: Vec<_> = journal
+            .iter()
+            .filter(|entry| &entry.engine == id)
+            .map(|entry| (entry.event, entry.pid == victim_pid))
+            .collect();
+        assert_eq!(
+            events,
+            [(JournalEvent::Create, true), (JournalEvent::Adopt, false)],
+            "engine {id}: made once by the victim, adopted once by a survivor"
+        );
+        let history: serde_json::Value = cluster
+            .http
+            .get(cluster.url(0, &format!("/engines/{id}/events")))
+            .send()
+            .await
+            .expect("events")
+            .json()
+            .await
+            .expect("JSON");
+        assert!(
+            history.to_string().contains("claim timed out"),
+            "engine {id}: {history}"
+        );
+    }
+    let running: HashSet<String> = ids.iter().cloned().collect();
+    check_journal(&cluster, &running);
+}
+
+/// The Spark the tests use: `SPARK_HOME`, else the one `scripts/setup.sh` installed.
+fn spark_home() -> std::path::PathBuf {
+    std::env::var_os("SPARK_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(rucat::config::installed_spark_home)
+        .expect("no Spark: run scripts/setup.sh (or set SPARK_HOME) before these tests")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_monitors_start_three_real_spark_engines_once_each() {
+    let db = common::scratch_postgres("spark").await;
+    let config = r#"
+[monitor]
+poll_interval_ms = 500
+orphan_scan_interval_ms = 2000
+[local]
+master = "local[1]"
+"#;
+    let mut cluster = Cluster::new(db.url(), "local", config).with_spark(spark_home());
+    cluster.add_server().await;
+    for _ in 0..3 {
+        cluster.add_monitor("");
+    }
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(cluster.create(0, &format!("spark-{n}"), VERSION).await);
+    }
+    let expected: Vec<_> = ids.iter().map(|id| (id.clone(), Some("Running"))).collect();
+    cluster.settle(&expected, Duration::from_secs(300)).await;
+
+    for id in &ids {
+        assert_eq!(
+            processes_matching(id).len(),
+            1,
+            "engine {id} has exactly one Spark process"
+        );
+    }
+    // Which monitors did the work: the event history does not say, the process trees do.
+    // Every engine answers a query through its endpoint.
+    for id in &ids {
+        let engine = cluster.engine(0, id).await;
+        let endpoint = engine["endpoint"].as_str().expect("an endpoint").to_owned();
+        query(&endpoint).await;
+    }
+
+    // A monitor dies; the others still stop every engine, and no Spark process is left.
+    cluster.monitors[0].kill9();
+    for id in &ids {
+        let stopped = cluster
+            .http
+            .post(cluster.url(0, &format!("/engines/{id}/stop")))
+            .send()
+            .await
+            .expect("stop");
+        assert!(
+            stopped.status().is_success(),
+            "stop answered {}",
+            stopped.status()
+        );
+    }
+    let expected: Vec<_> = ids
+        .iter()
+        .map(|id| (id.clone(), Some("Terminated")))
+        .collect();
+    cluster.settle(&expected, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert!(
+            processes_matching(id).is_empty(),
+            "engine {id}'s Spark process is gone"
+        );
+    }
+}
+
+/// Runs `SELECT 1` on the engine with spark-connect-rs.
+async fn query(endpoint: &str) {
+    use arrow::array::{Array, Int32Array};
+    use spark_connect_rs::SparkSessionBuilder;
+
+    let spark = SparkSessionBuilder::remote(&format!("{endpoint}/;user_id=rucat-cluster"))
+        .build()
+        .await
+        .expect("connect with spark-connect-rs");
+    let batch = spark
+        .sql("SELECT 1 AS one")
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("collect");
+    let column = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("an int column");
+    assert_eq!((column.len(), column.value(0)), (1, 1));
+}
