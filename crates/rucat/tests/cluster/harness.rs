@@ -55,7 +55,8 @@ impl Process {
         None
     }
 
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    /// How the process ended, if it did.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
@@ -314,5 +315,171 @@ fn kill_matching(dir: &Path) {
     for pid in processes_matching(&dir.to_string_lossy()) {
         // SAFETY: sending a signal by pid; no memory is involved.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, on a free port), so
+/// that it can be stopped and started under load without disturbing anything else.
+pub struct PrivatePostgres {
+    dir: TempDir,
+    pub port: u16,
+    /// Run the PostgreSQL tools as this user (`postgres` when the tests run as root, which
+    /// PostgreSQL refuses to run as).
+    run_as: Option<String>,
+}
+
+fn pg_tool(name: &str) -> PathBuf {
+    // Debian keeps the server tools out of PATH; prefer PATH, then the newest version there.
+    if let Some(found) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    }) {
+        return found;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.flatten()
+                .map(|d| d.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.is_file());
+    versions.sort();
+    versions
+        .pop()
+        .unwrap_or_else(|| panic!("{name} not found: install the PostgreSQL server package"))
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let run_as = root.then(|| "postgres".to_owned());
+        if root {
+            let uid = Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .expect("id -u postgres");
+            let gid = Command::new("id")
+                .args(["-g", "postgres"])
+                .output()
+                .expect("id -g postgres");
+            let parse = |out: &[u8]| {
+                String::from_utf8_lossy(out)
+                    .trim()
+                    .parse::<u32>()
+                    .expect("a numeric id for the postgres user")
+            };
+            std::os::unix::fs::chown(
+                dir.path(),
+                Some(parse(&uid.stdout)),
+                Some(parse(&gid.stdout)),
+            )
+            .expect("hand the directory to postgres");
+        }
+        let server = PrivatePostgres {
+            dir,
+            port: free_port(),
+            run_as,
+        };
+        let data = server.data();
+        server.run(
+            &pg_tool("initdb"),
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        server.pg_ctl_start();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_string_lossy().into_owned()
+    }
+
+    fn command(&self, tool: &Path) -> Command {
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(tool);
+                c
+            }
+            None => Command::new(tool),
+        }
+    }
+
+    fn run(&self, tool: &Path, args: &[&str]) {
+        let mut command = self.command(tool);
+        let output = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", tool.display()));
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed: {}{}",
+            tool.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        self.run(
+            &pg_tool("pg_ctl"),
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log.to_string_lossy(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: open transactions are rolled back, clients cut off).
+    pub fn stop(&self) {
+        self.run(
+            &pg_tool("pg_ctl"),
+            &["-D", &self.data(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    /// Starts it again; returns once it accepts connections.
+    pub fn start_again(&self) {
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&pg_tool("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }

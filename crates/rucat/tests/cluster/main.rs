@@ -405,3 +405,162 @@ async fn query(endpoint: &str) {
         .expect("an int column");
     assert_eq!((column.len(), column.value(0)), (1, 1));
 }
+
+/// What the load generator saw: when each request was sent, and what came back.
+#[derive(Debug, Default)]
+struct Seen {
+    answers: Vec<(std::time::Instant, String, u16)>,
+    created: Vec<(String, Op)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_load_loses_nothing_and_answers_no_5xx_once_back() {
+    let postgres = harness::PrivatePostgres::start();
+    let config = format!(
+        "{}\n[database]\nacquire_timeout_ms = 1000\n",
+        SIMULATED.replace("trigger_timeout_ms = 20000", "trigger_timeout_ms = 4000")
+    );
+    let mut cluster = Cluster::new(&postgres.url(), "simulated", &config);
+    cluster.add_server().await;
+    cluster.add_monitor("");
+    cluster.add_monitor("");
+    let cluster = Arc::new(cluster);
+
+    // Load: create engines, and stop every other one, until told to stop.
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (cluster, seen, running) = (cluster.clone(), seen.clone(), running.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let sent = std::time::Instant::now();
+                let body = serde_json::json!({"name": format!("w{worker}-{n}"), "engine_type": "Spark", "version": VERSION});
+                let created = cluster.http.post(cluster.url(0, "/engines")).json(&body).send().await;
+                let response = created.expect("the server answers (it must not crash)");
+                let status = response.status().as_u16();
+                seen.lock().expect("lock").answers.push((sent, "create".into(), status));
+                if status != 201 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                let id = response.json::<serde_json::Value>().await.expect("JSON")["id"]
+                    .as_str()
+                    .expect("id")
+                    .to_owned();
+                let mut last = Op::Create;
+                if n % 2 == 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let sent = std::time::Instant::now();
+                    let stop = cluster
+                        .http
+                        .post(cluster.url(0, &format!("/engines/{id}/stop")))
+                        .send()
+                        .await
+                        .expect("the server answers (it must not crash)");
+                    let status = stop.status().as_u16();
+                    seen.lock().expect("lock").answers.push((sent, "stop".into(), status));
+                    if stop.status().is_success() {
+                        last = Op::Stop;
+                    }
+                }
+                seen.lock().expect("lock").created.push((id, last));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.stop();
+    // While the store is down, the server says it is not ready.
+    let mut unready = false;
+    for _ in 0..50 {
+        let ready = cluster
+            .http
+            .get(cluster.url(0, "/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if ready.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unready, "/readyz never failed while PostgreSQL was down");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.start_again();
+    let back = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    for worker in load {
+        worker.await.expect("load worker");
+    }
+
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    let after: Vec<_> = seen
+        .answers
+        .iter()
+        .filter(|(sent, ..)| *sent >= back)
+        .collect();
+    let failed_after: Vec<_> = after
+        .iter()
+        .filter(|(_, _, status)| *status >= 500)
+        .collect();
+    let failed_during = seen
+        .answers
+        .iter()
+        .filter(|(_, _, status)| *status >= 500)
+        .count();
+    eprintln!(
+        "{} requests, {} answered 5xx while PostgreSQL was down, {} sent after it was back",
+        seen.answers.len(),
+        failed_during,
+        after.len()
+    );
+    assert!(
+        after.len() > 20,
+        "too little load after the restart to tell"
+    );
+    assert!(
+        failed_during > 0,
+        "the outage was never seen: the test proves nothing"
+    );
+    assert!(
+        failed_after.is_empty(),
+        "answered 5xx after PostgreSQL was back: {failed_after:?}"
+    );
+    let mut cluster = Arc::into_inner(cluster).expect("the load is over");
+    for process in cluster
+        .servers
+        .iter_mut()
+        .chain(cluster.monitors.iter_mut())
+    {
+        if let Some(status) = process.exited() {
+            panic!("{} exited with {status}: {}", process.name, process.log());
+        }
+    }
+
+    // Every engine that was answered 201 is there and settles as its last operation implies.
+    let expected: Vec<_> = seen
+        .created
+        .iter()
+        .map(|(id, last)| (id.clone(), last.settles_in()))
+        .collect();
+    cluster.settle(&expected, Duration::from_secs(90)).await;
+    let running: HashSet<String> = expected
+        .iter()
+        .filter(|(_, state)| *state == Some("Running"))
+        .map(|(id, _)| id.clone())
+        .collect();
+    check_journal(&cluster, &running);
+    let ready = cluster
+        .http
+        .get(cluster.url(0, "/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert!(ready.status().is_success());
+}
