@@ -3,6 +3,8 @@
 #   - Java 17 (Spark runs on it)
 #   - protoc (the spark-connect-rs client used by the tests compiles Spark Connect's protos)
 #   - Spark, as the `pyspark` package from PyPI in a cached virtualenv
+#   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
+#     servers of their own to restart under load
 # Prints nothing but progress on stderr; the last line on stdout is the SPARK_HOME to use.
 set -euo pipefail
 
@@ -33,6 +35,15 @@ fi
 if ! command -v protoc >/dev/null 2>&1; then
   say "installing protoc"
   apt_install protobuf-compiler
+fi
+
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  say "installing the PostgreSQL server programs"
+  apt_install postgresql
+fi
+if ! command -v psql >/dev/null 2>&1; then
+  say "installing psql"
+  apt_install postgresql-client
 fi
 
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pyspark' >/dev/null 2>&1; then

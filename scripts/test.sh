@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing (Java, protoc, Spark), then every test,
-# the end-to-end ones with the real binary and real Spark Connect engines included.
+# Runs the whole test suite: installs what is missing (Java, protoc, Spark, PostgreSQL tools),
+# then every test, the end-to-end ones with the real binary and real Spark Connect engines
+# included. PostgreSQL must run at RUCAT_TEST_POSTGRES_URL (default: 127.0.0.1:5432, user
+# postgres, database test); the tests fail, never skip, without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SPARK_HOME="$(bash scripts/setup.sh)"
 export SPARK_HOME
+
+# The PostgreSQL tests create a fresh database per test on this server (and drop it after).
+export RUCAT_TEST_POSTGRES_URL="${RUCAT_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+if ! psql "$RUCAT_TEST_POSTGRES_URL" -qtAc 'SELECT 1' >/dev/null; then
+  echo "test: PostgreSQL is not reachable at $RUCAT_TEST_POSTGRES_URL (set RUCAT_TEST_POSTGRES_URL)" >&2
+  exit 1
+fi
+# Databases a killed earlier run could not drop.
+psql "$RUCAT_TEST_POSTGRES_URL" -qtAc \
+  "SELECT datname FROM pg_database WHERE datname ~ '^rucat_[a-z_]+_[0-9a-f]{12}$'" |
+  while read -r stale; do
+    psql "$RUCAT_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$stale\" WITH (FORCE)" >/dev/null || true
+  done
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -12,6 +13,7 @@ use crate::monitor::Monitor;
 use crate::platform::local::LocalPlatform;
 use crate::platform::simulated::SimulatedPlatform;
 use crate::platform::{Platform, PlatformError};
+use crate::retry::Backoff;
 use crate::server::{self, ApiContext};
 use crate::shutdown::Shutdown;
 use crate::store::{self, Store, StoreError};
@@ -66,6 +68,30 @@ impl Roles {
     };
 }
 
+/// How long a starting process waits for an unreachable store (say, PostgreSQL starting in the
+/// same deployment) before giving up.
+pub const STORE_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the store, waiting up to [`STORE_WAIT`] (with back-off) while it is unreachable. Any
+/// other error (a bad URL, a failed migration) ends the wait at once.
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, AppError> {
+    let deadline = tokio::time::Instant::now() + STORE_WAIT;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        match store::open(&settings.database_url, &settings.store).await {
+            Ok(store) => return Ok(store),
+            Err(error @ StoreError::Unreachable { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                let wait = backoff.next_wait();
+                warn!(%error, retry_in = ?wait, "waiting for the store");
+                tokio::time::sleep(wait).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 pub struct Application {
     listener: Option<TcpListener>,
     context: Option<ApiContext>,
@@ -78,7 +104,7 @@ impl Application {
             path: settings.data_dir.display().to_string(),
             source,
         })?;
-        let store: Arc<dyn Store> = store::open(&settings.database_url, &settings.store).await?;
+        let store = open_store(settings).await?;
         let (platform, versions): (Arc<dyn Platform>, Vec<String>) = match settings.platform {
             PlatformKind::Local => {
                 let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;

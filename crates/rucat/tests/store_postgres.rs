@@ -200,7 +200,7 @@ async fn unreachable_and_unknown_urls_are_refused_with_the_url() {
         ..StoreOptions::default()
     };
     match rucat::store::open("postgres://rucat:secret@127.0.0.1:1/none", &options).await {
-        Err(StoreError::Open { url, reason }) => {
+        Err(StoreError::Unreachable { url, reason }) => {
             assert_eq!(url, "postgres://rucat:***@127.0.0.1:1/none");
             assert!(!reason.contains("secret"), "{reason}");
         }

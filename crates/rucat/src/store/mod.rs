@@ -38,6 +38,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("cannot open the store at {url}: {reason}")]
     Open { url: String, reason: String },
+    #[error("cannot reach the store at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
 }
 
 /// The result of a compare-and-swap.

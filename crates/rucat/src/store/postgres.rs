@@ -52,7 +52,14 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| match e {
+                // The server is down or not there yet: worth waiting for.
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => StoreError::Unreachable {
+                    url: redact(url),
+                    reason: e.to_string(),
+                },
+                other => fail(other.to_string()),
+            })?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         debug!(url = %redact(url), "opened the PostgreSQL store");
 

@@ -564,3 +564,28 @@ async fn postgres_restarted_under_load_loses_nothing_and_answers_no_5xx_once_bac
         .expect("readyz");
     assert!(ready.status().is_success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_started_before_its_postgres_waits_for_it() {
+    let postgres = Arc::new(harness::PrivatePostgres::start());
+    postgres.stop();
+    let mut cluster = Cluster::new(&postgres.url(), "simulated", SIMULATED);
+    // PostgreSQL comes up 8 s after the server and the monitor: longer than a connection
+    // attempt waits (5 s), so they retry.
+    let starter = {
+        let postgres = Arc::clone(&postgres);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(8));
+            postgres.start_again();
+        })
+    };
+    cluster.add_monitor("");
+    cluster.add_server().await;
+    starter.join().expect("PostgreSQL started");
+    let id = cluster.create(0, "late", VERSION).await;
+    cluster
+        .settle(&[(id, Some("Running"))], Duration::from_secs(30))
+        .await;
+    let log = cluster.servers[0].log();
+    assert!(log.contains("waiting for the store"), "{log}");
+}
