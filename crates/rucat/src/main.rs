@@ -14,15 +14,17 @@ use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::{Engine, EngineState};
 use rucat::shutdown;
 
-/// Rucat creates, connects to and manages Spark Connect engines, on this machine.
+/// Rucat creates, connects to and manages Spark Connect engines. `rucat serve` runs everything in
+/// one process on SQLite; `rucat server` and `rucat monitor` processes can share one PostgreSQL
+/// store.
 ///
 /// Settings come from flags, then environment variables, then the configuration file
 /// (--config, TOML), then defaults. See each subcommand's --help.
 #[derive(Debug, Parser)]
 #[command(name = "rucat", version)]
 struct Cli {
-    /// Configuration file (TOML) with any of the settings below, plus [monitor], [local] and
-    /// [policy] tables (see the README).
+    /// Configuration file (TOML) with any of the settings below, plus [database], [monitor],
+    /// [local], [simulated] and [policy] tables (see the README).
     #[arg(long, env = "RUCAT_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
