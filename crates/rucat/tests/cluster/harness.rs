@@ -290,29 +290,8 @@ impl Drop for Cluster {
     }
 }
 
-/// The live (non-zombie) processes whose command line contains `needle`.
-pub fn processes_matching(needle: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let own = std::process::id() as i32;
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != own)
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
-        })
-        .collect()
-}
-
 fn kill_matching(dir: &Path) {
-    for pid in processes_matching(&dir.to_string_lossy()) {
+    for pid in crate::e2e::processes_matching(&dir.to_string_lossy()) {
         // SAFETY: sending a signal by pid; no memory is involved.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }

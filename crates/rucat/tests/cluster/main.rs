@@ -7,13 +7,17 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "../e2e/harness.rs"]
+mod e2e;
 mod harness;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{processes_matching, Cluster};
+use e2e::{query, spark_processes};
+use harness::Cluster;
 use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
 use tokio::sync::Semaphore;
 
@@ -124,6 +128,15 @@ fn check_journal(cluster: &Cluster, running: &HashSet<String>) -> (usize, usize)
     (creates, adopts)
 }
 
+/// The engines expected to end `Running`.
+fn running_ids(expected: &[(String, Option<&str>)]) -> HashSet<String> {
+    expected
+        .iter()
+        .filter(|(_, state)| *state == Some("Running"))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 const SIMULATED: &str = r#"
 [monitor]
 poll_interval_ms = 1000
@@ -217,11 +230,7 @@ async fn four_monitors_and_two_servers_drive_hundreds_of_engines_on_one_postgres
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.settle(&expected, Duration::from_secs(10)).await;
 
-    let running: HashSet<String> = expected
-        .iter()
-        .filter(|(_, state)| *state == Some("Running"))
-        .map(|(id, _)| id.clone())
-        .collect();
+    let running = running_ids(&expected);
     let (creates, adopts) = check_journal(&cluster, &running);
     eprintln!(
         "{} engines, {} Running, {creates} creates, {adopts} adopts",
@@ -341,7 +350,7 @@ master = "local[1]"
 
     for id in &ids {
         assert_eq!(
-            processes_matching(id).len(),
+            spark_processes(id).len(),
             1,
             "engine {id} has exactly one Spark process"
         );
@@ -376,34 +385,10 @@ master = "local[1]"
     cluster.settle(&expected, Duration::from_secs(120)).await;
     for id in &ids {
         assert!(
-            processes_matching(id).is_empty(),
+            spark_processes(id).is_empty(),
             "engine {id}'s Spark process is gone"
         );
     }
-}
-
-/// Runs `SELECT 1` on the engine with spark-connect-rs.
-async fn query(endpoint: &str) {
-    use arrow::array::{Array, Int32Array};
-    use spark_connect_rs::SparkSessionBuilder;
-
-    let spark = SparkSessionBuilder::remote(&format!("{endpoint}/;user_id=rucat-cluster"))
-        .build()
-        .await
-        .expect("connect with spark-connect-rs");
-    let batch = spark
-        .sql("SELECT 1 AS one")
-        .await
-        .expect("sql")
-        .collect()
-        .await
-        .expect("collect");
-    let column = batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int32Array>()
-        .expect("an int column");
-    assert_eq!((column.len(), column.value(0)), (1, 1));
 }
 
 /// What the load generator saw: when each request was sent, and what came back.
@@ -550,11 +535,7 @@ async fn postgres_restarted_under_load_loses_nothing_and_answers_no_5xx_once_bac
         .map(|(id, last)| (id.clone(), last.settles_in()))
         .collect();
     cluster.settle(&expected, Duration::from_secs(90)).await;
-    let running: HashSet<String> = expected
-        .iter()
-        .filter(|(_, state)| *state == Some("Running"))
-        .map(|(id, _)| id.clone())
-        .collect();
+    let running = running_ids(&expected);
     check_journal(&cluster, &running);
     let ready = cluster
         .http

@@ -148,7 +148,8 @@ impl Drop for Rucat {
     }
 }
 
-fn processes_matching(needle: &str) -> Vec<i32> {
+/// The live (non-zombie) processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
