@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
-# Usage: bench/run.sh [claim_latency|get_throughput|engine_start]...   (default: all three)
+# Usage: bench/run.sh [claim_latency|get_throughput|engine_start|store_ops]...   (default: all)
 # engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
 # (which installs what is missing).
 set -euo pipefail
@@ -12,12 +12,12 @@ cargo build --release -p rucat-bench
 
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
-  benches=(claim_latency get_throughput engine_start)
+  benches=(claim_latency get_throughput engine_start store_ops)
 fi
 
 for bench in "${benches[@]}"; do
   case "$bench" in
-    claim_latency | get_throughput)
+    claim_latency | get_throughput | store_ops)
       target/release/"$bench"
       ;;
     engine_start)
@@ -28,7 +28,7 @@ for bench in "${benches[@]}"; do
       target/release/engine_start
       ;;
     *)
-      echo "unknown benchmark: $bench (expected claim_latency, get_throughput or engine_start)" >&2
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start or store_ops)" >&2
       exit 2
       ;;
   esac

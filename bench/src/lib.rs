@@ -129,3 +129,37 @@ pub async fn post_engine(
         .to_owned();
     Ok(Posted { id, sent, answered })
 }
+
+/// The PostgreSQL server the store benchmarks use, as an admin URL (scratch databases are created
+/// through it): `--postgres-url`, else `RUCAT_TEST_POSTGRES_URL`, else the local server the tests
+/// use.
+pub fn postgres_admin_url() -> String {
+    flag_str("postgres-url")
+        .or_else(|| std::env::var("RUCAT_TEST_POSTGRES_URL").ok())
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), so that runs are repeatable
+/// without another dependency. Not for anything but spreading benchmark timings.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A float in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
