@@ -125,7 +125,10 @@ async fn load_filler(kind: &str, url: &str, from: usize, to: usize) {
         .execute(&pool)
         .await
         .expect("load filler");
-        sqlx::query("ANALYZE").execute(&pool).await.expect("analyze");
+        sqlx::query("ANALYZE")
+            .execute(&pool)
+            .await
+            .expect("analyze");
         pool.close().await;
     } else {
         let pool = sqlx::PgPool::connect(url).await.expect("connect");
@@ -176,7 +179,12 @@ async fn main() {
         ]);
     }
     print_table(
-        &["writers", "SQLite CAS/s", "PostgreSQL CAS/s", "PostgreSQL / SQLite"],
+        &[
+            "writers",
+            "SQLite CAS/s",
+            "PostgreSQL CAS/s",
+            "PostgreSQL / SQLite",
+        ],
         &rows,
     );
 
