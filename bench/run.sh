@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
-# Usage: bench/run.sh [claim_latency|get_throughput|engine_start|store_ops]...   (default: all)
+# Usage: bench/run.sh [claim_latency|get_throughput|engine_start|store_ops|cas_throughput|
+#                      claim_across_processes|list_due_scaling]...   (default: all)
 # engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
-# (which installs what is missing).
+# (which installs what is missing). cas_throughput, claim_across_processes, list_due_scaling and
+# store_ops need PostgreSQL: RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -12,12 +14,14 @@ cargo build --release -p rucat-bench
 
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
-  benches=(claim_latency get_throughput engine_start store_ops)
+  benches=(claim_latency get_throughput engine_start store_ops cas_throughput claim_across_processes
+    list_due_scaling)
 fi
 
 for bench in "${benches[@]}"; do
   case "$bench" in
-    claim_latency | get_throughput | store_ops)
+    claim_latency | get_throughput | store_ops | cas_throughput | claim_across_processes | \
+      list_due_scaling)
       target/release/"$bench"
       ;;
     engine_start)
@@ -28,7 +32,7 @@ for bench in "${benches[@]}"; do
       target/release/engine_start
       ;;
     *)
-      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start or store_ops)" >&2
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, store_ops, cas_throughput, claim_across_processes or list_due_scaling)" >&2
       exit 2
       ;;
   esac
