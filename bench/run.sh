@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
-# Usage: bench/run.sh [claim_latency|get_throughput|engine_start|store_ops|cas_throughput|
+# Usage: bench/run.sh [claim_latency|get_throughput|engine_start|cas_throughput|
 #                      claim_across_processes|list_due_scaling]...   (default: all)
 # engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
-# (which installs what is missing). cas_throughput, claim_across_processes, list_due_scaling and
-# store_ops need PostgreSQL: RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
+# (which installs what is missing). cas_throughput, claim_across_processes and list_due_scaling
+# need PostgreSQL: RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,13 +14,13 @@ cargo build --release -p rucat-bench
 
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
-  benches=(claim_latency get_throughput engine_start store_ops cas_throughput claim_across_processes
+  benches=(claim_latency get_throughput engine_start cas_throughput claim_across_processes
     list_due_scaling)
 fi
 
 for bench in "${benches[@]}"; do
   case "$bench" in
-    claim_latency | get_throughput | store_ops | cas_throughput | claim_across_processes | \
+    claim_latency | get_throughput | cas_throughput | claim_across_processes | \
       list_due_scaling)
       target/release/"$bench"
       ;;
@@ -32,7 +32,7 @@ for bench in "${benches[@]}"; do
       target/release/engine_start
       ;;
     *)
-      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, store_ops, cas_throughput, claim_across_processes or list_due_scaling)" >&2
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes or list_due_scaling)" >&2
       exit 2
       ;;
   esac
