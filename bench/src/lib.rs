@@ -163,3 +163,23 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+/// The `rucat` binary the process benchmarks run: `--rucat PATH`, else the one built beside this
+/// benchmark (`target/release/rucat`).
+pub fn rucat_binary() -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    let binary = match flag_str("rucat") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or("no directory for this binary")?
+            .join("rucat"),
+    };
+    if !binary.is_file() {
+        return Err(format!(
+            "no rucat binary at {} (cargo build --release -p rucat --bin rucat, or pass --rucat)",
+            binary.display()
+        )
+        .into());
+    }
+    Ok(binary)
+}

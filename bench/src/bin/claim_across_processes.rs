@@ -45,8 +45,8 @@ use rucat::engine::{EngineEvent, EngineState};
 use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
 use rucat::store::postgres::ScratchDatabase;
 use rucat_bench::{
-    flag, flag_str, free_port, machine_line, percentile, post_engine, postgres_admin_url,
-    print_table, Posted, Rng,
+    flag, free_port, machine_line, percentile, post_engine, postgres_admin_url, print_table,
+    rucat_binary, Posted, Rng,
 };
 use tokio::process::{Child, Command};
 
@@ -458,20 +458,7 @@ async fn main() -> Result<(), Error> {
     let jitter = Duration::from_millis(flag("jitter-ms", poll.as_millis() as u64));
     let seed: u64 = flag("seed", 1);
     let budget = Duration::from_secs(flag("budget-secs", 1800));
-    let binary = match flag_str("rucat") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or("no directory for this binary")?
-            .join("rucat"),
-    };
-    if !binary.is_file() {
-        return Err(format!(
-            "no rucat binary at {} (cargo build --release -p rucat --bin rucat, or pass --rucat)",
-            binary.display()
-        )
-        .into());
-    }
+    let binary = rucat_binary()?;
     let admin_url = postgres_admin_url();
 
     let mut results = Vec::new();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rucat::engine::{Engine, EngineEvent, EngineState};
 use rucat::platform::local::grpc_serves;
 use rucat_bench::{
-    flag, flag_str, free_port, machine_line, median, post_engine, print_table, Posted,
+    flag, flag_str, free_port, machine_line, median, post_engine, print_table, rucat_binary, Posted,
 };
 use tokio::process::{Child, Command};
 
@@ -377,20 +377,7 @@ async fn main() -> Result<(), Error> {
         .or_else(|| std::env::var("SPARK_HOME").ok())
         .map(PathBuf::from)
         .ok_or("set SPARK_HOME or --spark-home (SPARK_HOME=$(bash scripts/setup.sh))")?;
-    let binary = match flag_str("rucat") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or("no directory for this binary")?
-            .join("rucat"),
-    };
-    if !binary.is_file() {
-        return Err(format!(
-            "no rucat binary at {} (cargo build --release -p rucat, or pass --rucat)",
-            binary.display()
-        )
-        .into());
-    }
+    let binary = rucat_binary()?;
     let config = flag_str("rucat-config").map(PathBuf::from);
     let scratch = tempfile::tempdir()?;
     let (mut rucat_process, rucat) =

@@ -203,6 +203,22 @@ impl Settings {
     }
 }
 
+/// A setting in milliseconds that must be positive; `default` when it is not set.
+fn millis(
+    name: &'static str,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(0) => Err(ConfigError::Invalid {
+            name,
+            message: "must be greater than 0".into(),
+        }),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(default),
+    }
+}
+
 fn store_options(
     max_connections: Option<u32>,
     file: &DatabaseFile,
@@ -217,16 +233,11 @@ fn store_options(
     }
     Ok(StoreOptions {
         max_connections,
-        acquire_timeout: match file.acquire_timeout_ms {
-            Some(0) => {
-                return Err(ConfigError::Invalid {
-                    name: "database.acquire_timeout_ms",
-                    message: "must be greater than 0".into(),
-                })
-            }
-            Some(ms) => Duration::from_millis(ms),
-            None => defaults.acquire_timeout,
-        },
+        acquire_timeout: millis(
+            "database.acquire_timeout_ms",
+            file.acquire_timeout_ms,
+            defaults.acquire_timeout,
+        )?,
         push_wake_ups: file.push_wake_ups.unwrap_or(defaults.push_wake_ups),
     })
 }
@@ -253,14 +264,6 @@ fn simulated_config(file: &SimulatedFile) -> Result<SimulatedConfig, ConfigError
 
 fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
     let defaults = MonitorConfig::default();
-    let millis = |name: &'static str, value: Option<u64>, default: Duration| match value {
-        Some(0) => Err(ConfigError::Invalid {
-            name,
-            message: "must be greater than 0".into(),
-        }),
-        Some(ms) => Ok(Duration::from_millis(ms)),
-        None => Ok(default),
-    };
     Ok(MonitorConfig {
         poll_interval: millis(
             "monitor.poll_interval_ms",
