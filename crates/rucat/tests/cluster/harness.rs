@@ -254,6 +254,34 @@ impl Cluster {
             .expect("JSON body")
     }
 
+    /// The ids of every engine the store holds in `state`, read page by page.
+    pub async fn ids_in_state(&self, state: &str) -> std::collections::HashSet<String> {
+        let mut ids = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = self.url(0, &format!("/engines?state={state}&limit=500"));
+            if let Some(cursor) = &cursor {
+                url.push_str(&format!("&cursor={cursor}"));
+            }
+            let page: Value = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .expect("GET /engines")
+                .json()
+                .await
+                .expect("JSON page");
+            for engine in page["engines"].as_array().expect("engines") {
+                ids.insert(engine["id"].as_str().expect("an id").to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return ids,
+            }
+        }
+    }
+
     /// Waits until every engine is in the state `expected` gives it (`None`: deleted).
     pub async fn settle(&self, expected: &[(String, Option<&str>)], within: Duration) {
         let deadline = Instant::now() + within;
