@@ -1,0 +1,362 @@
+//! An in-process Kubernetes API double: a fake API server on `127.0.0.1` that a real kube-rs
+//! `Client` talks to over plain HTTP/1.1, for testing Kubernetes logic without a cluster.
+//!
+//! # What it simulates
+//!
+//! Core v1 pods and services, as kube-rs's `Api<Pod>`, `Api<Service>` and
+//! `kube::runtime::watcher` use them:
+//!
+//! - `GET|POST /api/v1/namespaces/{ns}/{pods|services}`, `GET /api/v1/{pods|services}` (every
+//!   namespace): lists (`PodList`/`ServiceList` with `metadata.resourceVersion`;
+//!   `labelSelector` with `=`, `==`, `!=`, `k`, `!k`, `in`, `notin`; `fieldSelector` on any
+//!   dotted field with `=`, `==`, `!=`; `limit`/`continue` paging) and creation (uid,
+//!   resourceVersion, creationTimestamp, namespace, `generateName`, name validation, 409
+//!   AlreadyExists, 422 Invalid, `dryRun=All`; a pod starts `{"phase":"Pending"}`, a service
+//!   gets a clusterIP unless it names one, `None` for headless).
+//! - `?watch=true` on those lists: a stream of watch events after `resourceVersion` (ADDED for
+//!   everything first when it is absent or "0"), `timeoutSeconds`, `allowWatchBookmarks`
+//!   (a BOOKMARK every second when idle), `sendInitialEvents` (ends the initial ADDED events
+//!   with the `k8s.io/initial-events-end` bookmark), selectors applied to every event (an
+//!   object that stops matching is sent as DELETED), 410 Expired as an ERROR event for a
+//!   resourceVersion older than the kept history (the last 4096 changes).
+//! - `GET|DELETE /api/v1/namespaces/{ns}/{pods|services}/{name}`: 404 NotFound; a delete answers
+//!   the object, honours `gracePeriodSeconds: 0`, `propagationPolicy: Orphan` and `dryRun`,
+//!   and garbage-collects what the object owns (every object in the namespace whose
+//!   `ownerReferences` name its uid), as background propagation does.
+//! - `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the text given to
+//!   [`KubeDouble::set_pod_log`], with `tailLines` (the last lines) then `limitBytes` (the first
+//!   bytes of those).
+//! - `GET /version`. Everything else: 404 with a `Status`; a wrong method: 405.
+//!
+//! Errors are `Status` objects (`kind: Status`, `reason`, `code`) with `application/json`;
+//! resourceVersions come from one global counter.
+//!
+//! # What it does not
+//!
+//! No scheduler, kubelet or controllers: pods stay `Pending` until the test calls
+//! [`KubeDouble::set_pod_status`]; nothing runs containers, nothing is validated beyond names
+//! and namespaces, no admission, no authentication (any token works), no PUT/PATCH, no other
+//! kinds or API groups, no discovery (`/api`, `/apis`), no `follow` for logs (the current log is
+//! answered and the response ends), no HTTP/2, no TLS. Only pods have a deletion grace
+//! period ([`KubeDouble::set_deletion_delay`]); services go at once, as in Kubernetes.
+//! Setting a log is not a change of the pod (no watch event).
+//!
+//! # With kube-rs
+//!
+//! ```ignore
+//! let double = kube_double::KubeDouble::start().await;
+//! let kubeconfig = kube::config::Kubeconfig::from_yaml(&double.kubeconfig_yaml("spark"))?;
+//! let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+//! let client = kube::Client::try_from(config)?;
+//! ```
+//!
+//! Or [`KubeDouble::write_kubeconfig`] and `KUBECONFIG` for a child process. The kube-rs
+//! watcher's default (list, then watch from the list's resourceVersion with bookmarks) and
+//! its streaming-list mode both work.
+
+mod meta;
+mod select;
+mod server;
+mod status;
+mod store;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use server::Shared;
+use store::Kind;
+
+/// A running double. Clones share it; the server stops when the last clone drops or on
+/// [`KubeDouble::shutdown`].
+#[derive(Clone)]
+pub struct KubeDouble {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    _stop_on_drop: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shut_down();
+    }
+}
+
+impl std::fmt::Debug for KubeDouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeDouble")
+            .field("url", &self.url())
+            .finish()
+    }
+}
+
+/// A request the double received (recorded before faults apply, so faulted ones too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `POST`, `DELETE`…
+    pub method: String,
+    /// E.g. `/api/v1/namespaces/spark/pods`.
+    pub path: String,
+    /// The raw (percent-encoded) query, without `?`; "" if none.
+    pub query: String,
+    /// Whether it is a watch (`watch=true` or `watch=1`).
+    pub watch: bool,
+}
+
+/// A failure to inject (see [`KubeDouble::fail_next`]).
+///
+/// A request matches when its method equals `method` (any if `None`; case-insensitive) and
+/// `path_contains` occurs in its path and query (`/api/v1/namespaces/ns/pods?watch=true&…`),
+/// so `"watch=true"` targets watches. Each match uses one of `times` (a rule with `times: 0`
+/// is ignored; `usize::MAX` is for ever, until [`KubeDouble::clear_faults`]).
+///
+/// - `status` 400 or more: after `delay`, if any, the request is answered with a `Status`
+///   of that code (reason `Forbidden` for 403, `AlreadyExists` for 409, `InternalError` for
+///   500, `ServiceUnavailable` for 503, `Timeout` for 504…) and not served: nothing changes.
+/// - `status` below 400 (0 or 200, say): the request is served at once (its change is made)
+///   but the answer is held back for `delay`: a slow or hung API server, for client
+///   timeouts. A client that gives up meanwhile has still made the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub method: Option<String>,
+    pub path_contains: String,
+    pub status: u16,
+    pub delay: Option<Duration>,
+    pub times: usize,
+}
+
+impl Fault {
+    /// Any method, once, at once.
+    pub fn new(path_contains: &str, status: u16) -> Fault {
+        Fault {
+            method: None,
+            path_contains: path_contains.to_owned(),
+            status,
+            delay: None,
+            times: 1,
+        }
+    }
+
+    pub fn with_method(mut self, method: &str) -> Fault {
+        self.method = Some(method.to_owned());
+        self
+    }
+
+    pub fn with_times(mut self, times: usize) -> Fault {
+        self.times = times;
+        self
+    }
+
+    pub fn with_delay(mut self, delay: Duration) -> Fault {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+impl KubeDouble {
+    /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If no local port can be bound.
+    pub async fn start() -> KubeDouble {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("kube-double: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("kube-double: local address");
+        let shared = Arc::new(Shared::new());
+        let mut stop = shared.shutdown.subscribe();
+        let app = server::router(shared.clone());
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            };
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await;
+        });
+        KubeDouble {
+            _stop_on_drop: Arc::new(StopOnDrop(shared.clone())),
+            shared,
+            addr,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig whose current context reaches the double (any bearer token works) with
+    /// `namespace` as the default namespace.
+    pub fn kubeconfig_yaml(&self, namespace: &str) -> String {
+        // JSON strings are YAML strings: quoting escapes whatever the namespace holds.
+        let namespace = Value::from(namespace);
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: kube-double
+  cluster:
+    server: {url}
+    insecure-skip-tls-verify: true
+users:
+- name: kube-double
+  user:
+    token: kube-double-token
+contexts:
+- name: kube-double
+  context:
+    cluster: kube-double
+    user: kube-double
+    namespace: {namespace}
+current-context: kube-double
+preferences: {{}}
+",
+            url = self.url()
+        )
+    }
+
+    /// Writes [`KubeDouble::kubeconfig_yaml`] to `path` (for `KUBECONFIG`).
+    pub fn write_kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml(namespace))
+    }
+
+    /// Stops serving: open watches end, new connections are refused. Idempotent.
+    pub fn shutdown(&self) {
+        self.shared.shut_down();
+    }
+
+    /// The current (latest) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store().resource_version()
+    }
+
+    fn objects(&self, kind: Kind, namespace: &str) -> Vec<Value> {
+        self.shared
+            .store()
+            .list(kind, Some(namespace))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// The pods of a namespace, by name.
+    pub fn pods(&self, namespace: &str) -> Vec<Value> {
+        self.objects(Kind::Pod, namespace)
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.store().get(Kind::Pod, namespace, name).cloned()
+    }
+
+    /// The services of a namespace, by name.
+    pub fn services(&self, namespace: &str) -> Vec<Value> {
+        self.objects(Kind::Service, namespace)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared
+            .store()
+            .get(Kind::Service, namespace, name)
+            .cloned()
+    }
+
+    /// Replaces a pod's `.status`, as the kubelet would (MODIFIED). False if no such pod.
+    pub fn set_pod_status(&self, namespace: &str, name: &str, status: Value) -> bool {
+        self.update_pod(namespace, name, |pod| pod["status"] = status)
+    }
+
+    /// Changes a pod any way (labels, spec.nodeName…) as "the cluster" (MODIFIED); its name,
+    /// namespace and uid stay. False if no such pod.
+    pub fn update_pod(&self, namespace: &str, name: &str, change: impl FnOnce(&mut Value)) -> bool {
+        self.shared
+            .update(|s| s.modify(Kind::Pod, namespace, name, change).is_some())
+    }
+
+    /// Sets what `pods/{name}/log` answers (not a change of the pod: no event). False if no
+    /// such pod. The log goes with the pod.
+    pub fn set_pod_log(&self, namespace: &str, name: &str, log: &str) -> bool {
+        self.shared.update(|s| s.set_log(namespace, name, log))
+    }
+
+    /// The pod vanishes at once, grace period or not (a lost node, a force delete): DELETED,
+    /// and what it owns is garbage-collected. False if no such pod.
+    pub fn remove_pod(&self, namespace: &str, name: &str) -> bool {
+        self.shared
+            .update(|s| s.remove(Kind::Pod, namespace, name, true).is_some())
+    }
+
+    /// Adds a pod as someone else would have made it (ADDED; MODIFIED if it replaces one of
+    /// the same name). Kept as given: status included. Missing uid, creationTimestamp, kind
+    /// and apiVersion are filled in; the namespace is set to `namespace`.
+    ///
+    /// # Panics
+    ///
+    /// If `pod` has no `metadata.name`.
+    pub fn insert_pod(&self, namespace: &str, pod: Value) {
+        self.insert(Kind::Pod, namespace, pod);
+    }
+
+    /// Adds a service as someone else would have made it; see [`KubeDouble::insert_pod`].
+    pub fn insert_service(&self, namespace: &str, service: Value) {
+        self.insert(Kind::Service, namespace, service);
+    }
+
+    fn insert(&self, kind: Kind, namespace: &str, object: Value) {
+        self.shared
+            .update(|s| s.insert(kind, namespace, object))
+            .expect("kube-double: an inserted object needs metadata.name");
+    }
+
+    /// Injects a failure for the next matching requests. Rules apply in the order given.
+    pub fn fail_next(&self, rule: Fault) {
+        self.shared.add_fault(rule, false);
+    }
+
+    /// Like [`KubeDouble::fail_next`], but the request is served first (its change is
+    /// made) and then answered with the fault: a lost reply, as when the API server commits
+    /// and the connection breaks.
+    pub fn fail_after_commit(&self, rule: Fault) {
+        self.shared.add_fault(rule, true);
+    }
+
+    /// Drops the fault rules not yet used up.
+    pub fn clear_faults(&self) {
+        self.shared.clear_faults();
+    }
+
+    /// Every request received so far, in order, watches included.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.requests()
+    }
+
+    pub fn reset_requests(&self) {
+        self.shared.reset_requests();
+    }
+
+    /// Ends every open watch stream, as an API server restart or a load balancer would;
+    /// clients watch again from their last resourceVersion.
+    pub fn close_watches(&self) {
+        self.shared.close_watches();
+    }
+
+    /// Forgets the change history, as an etcd compaction: open watches get an ERROR event
+    /// 410 Expired and end, and watching from any resourceVersion up to now gets the same, so
+    /// clients must list again (the next list's resourceVersion is watchable).
+    pub fn expire_resource_versions(&self) {
+        self.shared.update(store::Store::expire);
+    }
+
+    /// How long a deleted pod terminates before it is removed (default zero: at once). While
+    /// terminating it has `deletionTimestamp` and `deletionGracePeriodSeconds` (a MODIFIED
+    /// event) and still blocks its name; then it goes (DELETED) with what it owns.
+    pub fn set_deletion_delay(&self, delay: Duration) {
+        self.shared.update(|s| s.deletion_delay = delay);
+    }
+}

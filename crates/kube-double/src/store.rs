@@ -1,0 +1,446 @@
+//! The cluster state: the objects, the pods' logs, the global resourceVersion counter and the
+//! history of changes the watches replay.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Map, Value};
+
+use crate::meta;
+use crate::status::ApiError;
+
+/// The kinds the double serves (core v1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Kind {
+    Pod,
+    Service,
+}
+
+impl Kind {
+    pub(crate) fn from_plural(plural: &str) -> Option<Kind> {
+        match plural {
+            "pods" => Some(Kind::Pod),
+            "services" => Some(Kind::Service),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn plural(self) -> &'static str {
+        match self {
+            Kind::Pod => "pods",
+            Kind::Service => "services",
+        }
+    }
+
+    /// The `kind` field: `Pod`, `Service`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChangeType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, as watches replay it.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub(crate) resource_version: u64,
+    pub(crate) kind: Kind,
+    pub(crate) change: ChangeType,
+    /// The object after the change (for a deletion: its last state).
+    pub(crate) object: Value,
+    /// The object before a modification: a watch with a selector needs both to tell whether
+    /// the object entered or left its selection.
+    pub(crate) previous: Option<Value>,
+}
+
+/// How many changes are kept for watches to resume from; a watch from further back gets 410,
+/// as after an etcd compaction.
+const HISTORY: usize = 4096;
+
+/// `(kind, namespace, name)`: objects iterate by namespace then name within a kind.
+type Key = (Kind, String, String);
+
+fn key(kind: Kind, namespace: &str, name: &str) -> Key {
+    (kind, namespace.to_owned(), name.to_owned())
+}
+
+/// What a DELETE did.
+pub(crate) enum Deletion {
+    /// The object is gone (or a dry run): here is its last state.
+    Gone(Value),
+    /// The pod is terminating: removed after `after` unless already due (`after == None`:
+    /// it was terminating before this request).
+    Terminating {
+        object: Value,
+        uid: String,
+        after: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    resource_version: u64,
+    objects: BTreeMap<Key, Value>,
+    logs: HashMap<(String, String), String>,
+    history: VecDeque<Arc<Change>>,
+    /// Watches must resume from this resourceVersion or later.
+    compacted: u64,
+    services_made: u32,
+    pub(crate) deletion_delay: Duration,
+}
+
+impl Store {
+    pub(crate) fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
+    pub(crate) fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    pub(crate) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Value> {
+        self.objects.get(&key(kind, namespace, name))
+    }
+
+    /// The objects of a kind, in one namespace or (`None`) all, ordered by namespace and name.
+    pub(crate) fn list<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+        self.objects
+            .iter()
+            .filter(move |((k, ns, _), _)| *k == kind && namespace.is_none_or(|n| n == ns.as_str()))
+    }
+
+    /// The changes after `resource_version`, oldest first.
+    pub(crate) fn changes_after(
+        &self,
+        resource_version: u64,
+    ) -> impl Iterator<Item = &Arc<Change>> {
+        let start = self
+            .history
+            .partition_point(|c| c.resource_version <= resource_version);
+        self.history.range(start..)
+    }
+
+    pub(crate) fn log(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.logs
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(String::as_str)
+    }
+
+    /// Sets a pod's log; false if there is no such pod. Not a change of the pod: no event.
+    pub(crate) fn set_log(&mut self, namespace: &str, name: &str, log: &str) -> bool {
+        if self.get(Kind::Pod, namespace, name).is_none() {
+            return false;
+        }
+        self.logs
+            .insert((namespace.to_owned(), name.to_owned()), log.to_owned());
+        true
+    }
+
+    /// Forgets the change history: watches from any resourceVersion up to now get 410 and
+    /// must list again. The counter moves on so the next list's resourceVersion is valid.
+    pub(crate) fn expire(&mut self) {
+        self.resource_version += 1;
+        self.compacted = self.resource_version;
+        self.history.clear();
+    }
+
+    fn record(&mut self, kind: Kind, change: ChangeType, object: Value, previous: Option<Value>) {
+        self.history.push_back(Arc::new(Change {
+            resource_version: self.resource_version,
+            kind,
+            change,
+            object,
+            previous,
+        }));
+        while self.history.len() > HISTORY {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted = dropped.resource_version;
+            }
+        }
+    }
+
+    /// Moves the counter on and stamps `object` with the new resourceVersion.
+    fn stamp(&mut self, object: &mut Value) {
+        self.resource_version += 1;
+        if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.insert(
+                "resourceVersion".into(),
+                self.resource_version.to_string().into(),
+            );
+        }
+    }
+
+    /// POST: validates `body` and stores it as a new object, filling in what the API server
+    /// sets (uid, resourceVersion, creationTimestamp, namespace, initial status).
+    pub(crate) fn create(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        mut body: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let Some(object) = body.as_object_mut() else {
+            return Err(ApiError::bad_request(
+                "the request body is not a JSON object",
+            ));
+        };
+        for (field, expected) in [("kind", kind.name()), ("apiVersion", "v1")] {
+            match object.get(field) {
+                None => {
+                    object.insert(field.into(), expected.into());
+                }
+                Some(value) if value == expected => {}
+                Some(value) => {
+                    return Err(ApiError::bad_request(format!(
+                        "{field} {value} does not match the resource: expected {expected:?}"
+                    )))
+                }
+            }
+        }
+        let meta = object
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata is not an object"))?;
+        let name = match (meta.get("name"), meta.get("generateName")) {
+            (Some(Value::String(name)), _) if !name.is_empty() => name.clone(),
+            (_, Some(Value::String(prefix))) if !prefix.is_empty() => {
+                format!("{prefix}{}", meta::name_suffix())
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    kind,
+                    "",
+                    "metadata.name: Required value: name or generateName is required",
+                ))
+            }
+        };
+        if let Some(cause) = meta::invalid_name(kind, &name) {
+            return Err(ApiError::invalid(kind, &name, &cause));
+        }
+        match meta.get("namespace") {
+            None => {}
+            Some(Value::String(ns)) if ns == namespace => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+        }
+        if self.get(kind, namespace, &name).is_some() {
+            return Err(ApiError::already_exists(kind, &name));
+        }
+        meta.insert("name".into(), name.clone().into());
+        meta.insert("namespace".into(), namespace.into());
+        meta.insert("uid".into(), meta::uid().into());
+        meta.insert(
+            "creationTimestamp".into(),
+            meta::timestamp(SystemTime::now()).into(),
+        );
+        meta.remove("deletionTimestamp");
+        meta.remove("deletionGracePeriodSeconds");
+        self.initialize(kind, object);
+        if dry_run {
+            return Ok(body);
+        }
+        self.stamp(&mut body);
+        self.objects
+            .insert(key(kind, namespace, &name), body.clone());
+        self.record(kind, ChangeType::Added, body.clone(), None);
+        Ok(body)
+    }
+
+    /// What the API server's defaulting sets on a new object.
+    fn initialize(&mut self, kind: Kind, object: &mut Map<String, Value>) {
+        match kind {
+            Kind::Pod => {
+                object.insert("status".into(), json!({"phase": "Pending"}));
+            }
+            Kind::Service => {
+                let spec = object.entry("spec").or_insert_with(|| json!({}));
+                if let Some(spec) = spec.as_object_mut() {
+                    if !spec.contains_key("clusterIP") {
+                        self.services_made += 1;
+                        let n = self.services_made;
+                        let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
+                        spec.insert("clusterIP".into(), ip.into());
+                    }
+                    if let Some(ip) = spec.get("clusterIP").cloned() {
+                        spec.entry("clusterIPs").or_insert_with(|| json!([ip]));
+                    }
+                    spec.entry("type").or_insert_with(|| "ClusterIP".into());
+                }
+                object.insert("status".into(), json!({"loadBalancer": {}}));
+            }
+        }
+    }
+
+    /// Puts `object` in as it is (filling in missing metadata), as if another client made it:
+    /// ADDED, or MODIFIED if it replaces an object of the same name. None if it has no name.
+    pub(crate) fn insert(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        mut object: Value,
+    ) -> Option<Value> {
+        let fields = object.as_object_mut()?;
+        fields.entry("kind").or_insert_with(|| kind.name().into());
+        fields.entry("apiVersion").or_insert_with(|| "v1".into());
+        let meta = fields.get_mut("metadata")?.as_object_mut()?;
+        let name = meta.get("name")?.as_str()?.to_owned();
+        meta.insert("namespace".into(), namespace.into());
+        meta.entry("uid").or_insert_with(|| meta::uid().into());
+        meta.entry("creationTimestamp")
+            .or_insert_with(|| meta::timestamp(SystemTime::now()).into());
+        self.stamp(&mut object);
+        let previous = self
+            .objects
+            .insert(key(kind, namespace, &name), object.clone());
+        let change = match previous {
+            Some(_) => ChangeType::Modified,
+            None => ChangeType::Added,
+        };
+        self.record(kind, change, object.clone(), previous);
+        Some(object)
+    }
+
+    /// Changes an object in place: MODIFIED. None if there is no such object. A change that
+    /// breaks the object's shape (not an object, no metadata) is undone; the name, namespace
+    /// and uid stay.
+    pub(crate) fn modify(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) -> Option<Value> {
+        let previous = self.get(kind, namespace, name)?.clone();
+        let mut object = previous.clone();
+        change(&mut object);
+        let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return Some(previous);
+        };
+        for field in ["name", "namespace", "uid"] {
+            meta.insert(field.into(), previous["metadata"][field].clone());
+        }
+        self.stamp(&mut object);
+        self.objects
+            .insert(key(kind, namespace, name), object.clone());
+        self.record(kind, ChangeType::Modified, object.clone(), Some(previous));
+        Some(object)
+    }
+
+    /// DELETE. With a deletion delay, a pod first terminates (`deletionTimestamp`, MODIFIED)
+    /// and the caller removes it later; `grace == Some(0)` removes at once. `cascade`: delete
+    /// the objects it owns too (background propagation); false for `Orphan`.
+    pub(crate) fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        grace: Option<u64>,
+        cascade: bool,
+        dry_run: bool,
+    ) -> Result<Deletion, ApiError> {
+        let object = self
+            .get(kind, namespace, name)
+            .ok_or_else(|| ApiError::not_found(kind, name))?;
+        if dry_run {
+            return Ok(Deletion::Gone(object.clone()));
+        }
+        let uid = object["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let terminating = !object["metadata"]["deletionTimestamp"].is_null();
+        let delay = self.deletion_delay;
+        if kind == Kind::Pod && grace != Some(0) {
+            if terminating {
+                return Ok(Deletion::Terminating {
+                    object: object.clone(),
+                    uid,
+                    after: None,
+                });
+            }
+            if !delay.is_zero() {
+                let grace_seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+                let object = self.modify(kind, namespace, name, |pod| {
+                    pod["metadata"]["deletionTimestamp"] =
+                        meta::timestamp(SystemTime::now() + delay).into();
+                    pod["metadata"]["deletionGracePeriodSeconds"] = grace_seconds.into();
+                });
+                return Ok(Deletion::Terminating {
+                    object: object.unwrap_or_default(),
+                    uid,
+                    after: Some(delay),
+                });
+            }
+        }
+        self.remove(kind, namespace, name, cascade)
+            .map(Deletion::Gone)
+            .ok_or_else(|| ApiError::not_found(kind, name))
+    }
+
+    /// Removes an object at once (DELETED) and, with `cascade`, every object in its namespace
+    /// whose `ownerReferences` name its uid, as the garbage collector would.
+    pub(crate) fn remove(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        cascade: bool,
+    ) -> Option<Value> {
+        let mut object = self.objects.remove(&key(kind, namespace, name))?;
+        self.stamp(&mut object);
+        self.record(kind, ChangeType::Deleted, object.clone(), None);
+        if kind == Kind::Pod {
+            self.logs.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+        if cascade {
+            let uid = object["metadata"]["uid"].clone();
+            let owned: Vec<Key> = self
+                .objects
+                .iter()
+                .filter(|((_, ns, _), dependent)| {
+                    ns == namespace
+                        && dependent["metadata"]["ownerReferences"]
+                            .as_array()
+                            .is_some_and(|owners| owners.iter().any(|o| o["uid"] == uid))
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            for (kind, ns, name) in owned {
+                self.remove(kind, &ns, &name, true);
+            }
+        }
+        Some(object)
+    }
+
+    /// Ends a pod's termination: removes it if it is still the object `uid` names.
+    pub(crate) fn finish_deletion(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        cascade: bool,
+    ) -> bool {
+        let same = self
+            .get(kind, namespace, name)
+            .is_some_and(|o| o["metadata"]["uid"] == uid);
+        same && self.remove(kind, namespace, name, cascade).is_some()
+    }
+}

@@ -1,0 +1,755 @@
+//! The double over real HTTP from a plain client: the requests and answers kube-rs relies on.
+
+use std::time::Duration;
+
+use kube_double::{Fault, KubeDouble, Request};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const NS: &str = "spark";
+
+/// A plain HTTP client on the double.
+struct Api {
+    double: KubeDouble,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn start() -> Api {
+        Api {
+            double: KubeDouble::start().await,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.double.url())
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("the double answers");
+        let status = response.status();
+        let content_type = response.headers()["content-type"].clone();
+        assert_eq!(content_type, "application/json");
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    async fn delete(&self, path: &str, options: Option<Value>) -> (StatusCode, Value) {
+        let request = self.http.delete(self.url(path));
+        let request = match options {
+            Some(options) => request.json(&options),
+            None => request,
+        };
+        self.send(request).await
+    }
+
+    async fn create_pod(&self, name: &str, labels: Value) -> Value {
+        let (status, pod) = self
+            .post(&format!("/api/v1/namespaces/{NS}/pods"), &pod(name, labels))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{pod}");
+        pod
+    }
+
+    async fn text(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the double answers");
+        (response.status(), response.text().await.expect("text"))
+    }
+
+    async fn watch(&self, path_and_query: &str) -> Events {
+        let response = self
+            .http
+            .get(self.url(path_and_query))
+            .send()
+            .await
+            .expect("the double answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        Events {
+            response,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// A watch stream, event by event.
+struct Events {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Events {
+    /// The next event; `None` when the stream ends. Fails after 5 s of silence.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).expect("a JSON event"));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+                .await
+                .expect("an event within 5 s")
+                .expect("the stream reads");
+            self.buffer.extend_from_slice(&chunk?);
+        }
+    }
+
+    /// The next event's type and object name (or resourceVersion, for a bookmark).
+    async fn next_brief(&mut self) -> (String, String) {
+        let event = self.next().await.expect("an event");
+        let object = &event["object"];
+        let what = match &object["metadata"]["name"] {
+            Value::String(name) => name.clone(),
+            _ => object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        };
+        (event["type"].as_str().expect("a type").to_owned(), what)
+    }
+}
+
+fn pod(name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "spark", "image": "apache/spark:4.0.1"}]},
+    })
+}
+
+fn pods_path() -> String {
+    format!("/api/v1/namespaces/{NS}/pods")
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().expect("name"))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_get_delete_and_the_errors_kubernetes_gives() {
+    let api = Api::start().await;
+    let created = api.create_pod("driver", json!({"app": "rucat"})).await;
+    let meta = &created["metadata"];
+    assert_eq!(meta["namespace"], NS);
+    assert_eq!(meta["uid"].as_str().expect("uid").len(), 36);
+    assert!(meta["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse::<u64>()
+        .is_ok());
+    assert!(meta["creationTimestamp"]
+        .as_str()
+        .expect("time")
+        .ends_with('Z'));
+    assert_eq!(created["status"], json!({"phase": "Pending"}));
+    assert_eq!(api.double.pod(NS, "driver"), Some(created.clone()));
+
+    let (status, got) = api.get(&format!("{}/driver", pods_path())).await;
+    assert_eq!((status, &got), (StatusCode::OK, &created));
+
+    let (status, conflict) = api.post(&pods_path(), &pod("driver", json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["kind"], "Status");
+    assert_eq!(conflict["apiVersion"], "v1");
+    assert_eq!(conflict["status"], "Failure");
+    assert_eq!(conflict["reason"], "AlreadyExists");
+    assert_eq!(conflict["code"], 409);
+    assert_eq!(conflict["message"], "pods \"driver\" already exists");
+
+    let (status, invalid) = api.post(&pods_path(), &json!({"metadata": {}})).await;
+    assert_eq!(
+        (status, &invalid["reason"]),
+        (StatusCode::UNPROCESSABLE_ENTITY, &json!("Invalid"))
+    );
+    let (status, _) = api.post(&pods_path(), &pod("Not_A_Name", json!({}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, generated) = api
+        .post(
+            &pods_path(),
+            &json!({"metadata": {"generateName": "exec-"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(generated["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .starts_with("exec-"));
+    let (status, _) = api
+        .post(
+            &format!("{}?dryRun=All", pods_path()),
+            &pod("dry", json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        api.double.pod(NS, "dry").is_none(),
+        "a dry run stores nothing"
+    );
+
+    let (status, deleted) = api.delete(&format!("{}/driver", pods_path()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["metadata"]["uid"], created["metadata"]["uid"]);
+    let (status, missing) = api.get(&format!("{}/driver", pods_path())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["reason"], "NotFound");
+    assert_eq!(missing["message"], "pods \"driver\" not found");
+    let (status, _) = api.delete(&format!("{}/driver", pods_path()), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, unknown) = api.get("/apis/apps/v1/namespaces/spark/deployments").await;
+    assert_eq!(
+        (status, &unknown["kind"]),
+        (StatusCode::NOT_FOUND, &json!("Status"))
+    );
+    let (status, _) = api.get("/api/v1/namespaces/spark/configmaps").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, bad) = api
+        .send(api.http.put(api.url(&format!("{}/x", pods_path()))))
+        .await;
+    assert_eq!(
+        (status, &bad["reason"]),
+        (StatusCode::METHOD_NOT_ALLOWED, &json!("MethodNotAllowed"))
+    );
+}
+
+#[tokio::test]
+async fn lists_select_by_label_and_field_and_page() {
+    let api = Api::start().await;
+    api.create_pod("a", json!({"app": "rucat", "tier": "driver"}))
+        .await;
+    api.create_pod("b", json!({"app": "rucat"})).await;
+    api.create_pod("c", json!({"app": "other"})).await;
+    let (status, other_ns) = api
+        .post(
+            "/api/v1/namespaces/elsewhere/pods",
+            &pod("d", json!({"app": "rucat"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{other_ns}");
+
+    let list = |query: &str| api.get_owned(format!("{}?{query}", pods_path()));
+    let (status, all) = list("").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["kind"], "PodList");
+    assert_eq!(all["apiVersion"], "v1");
+    assert_eq!(
+        all["metadata"]["resourceVersion"],
+        api.double.resource_version().to_string()
+    );
+    assert_eq!(names(&all), ["a", "b", "c"]);
+    assert_eq!(
+        names(&list("labelSelector=app%3Drucat").await.1),
+        ["a", "b"]
+    );
+    assert_eq!(names(&list("labelSelector=app!%3Drucat").await.1), ["c"]);
+    assert_eq!(names(&list("labelSelector=tier").await.1), ["a"]);
+    assert_eq!(
+        names(&list("labelSelector=app%3Drucat%2C!tier").await.1),
+        ["b"]
+    );
+    assert_eq!(
+        names(&list("labelSelector=app+in+(other%2Cx)").await.1),
+        ["c"]
+    );
+    assert_eq!(
+        names(&list("fieldSelector=metadata.name%3Db").await.1),
+        ["b"]
+    );
+    let (status, bad) = list("labelSelector=%3Dx").await;
+    assert_eq!(
+        (status, &bad["reason"]),
+        (StatusCode::BAD_REQUEST, &json!("BadRequest"))
+    );
+
+    let (_, everywhere) = api.get("/api/v1/pods?labelSelector=app%3Drucat").await;
+    assert_eq!(
+        names(&everywhere),
+        ["d", "a", "b"],
+        "by namespace, then name"
+    );
+
+    // kube-rs's watcher lists with limit=500&resourceVersion=0&resourceVersionMatch=NotOlderThan.
+    let (_, first) = list("limit=2&resourceVersion=0&resourceVersionMatch=NotOlderThan").await;
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token");
+    let (_, rest) = list(&format!("limit=2&continue={token}")).await;
+    assert_eq!(names(&rest), ["c"]);
+    assert!(rest["metadata"].get("continue").is_none());
+}
+
+impl Api {
+    async fn get_owned(&self, path: String) -> (StatusCode, Value) {
+        self.get(&path).await
+    }
+}
+
+#[tokio::test]
+async fn services_are_created_listed_and_deleted() {
+    let api = Api::start().await;
+    let path = format!("/api/v1/namespaces/{NS}/services");
+    let headless = json!({"metadata": {"name": "driver"}, "spec": {"clusterIP": "None", "ports": [{"port": 15002}]}});
+    let (status, created) = api.post(&path, &headless).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["kind"], "Service");
+    assert_eq!(created["spec"]["clusterIP"], "None");
+    let (_, plain) = api.post(&path, &json!({"metadata": {"name": "ui"}})).await;
+    assert!(plain["spec"]["clusterIP"]
+        .as_str()
+        .expect("ip")
+        .starts_with("10.96."));
+    let (status, _) = api
+        .post(&path, &json!({"metadata": {"name": "9-not-a-label"}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (_, list) = api.get(&path).await;
+    assert_eq!(list["kind"], "ServiceList");
+    assert_eq!(names(&list), ["driver", "ui"]);
+    let (status, _) = api.get(&format!("{path}/driver")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.delete(&format!("{path}/driver"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(api.double.service(NS, "driver").is_none());
+    assert_eq!(api.double.services(NS).len(), 1);
+}
+
+#[tokio::test]
+async fn a_watch_follows_changes_after_its_resource_version() {
+    let api = Api::start().await;
+    api.create_pod("before", json!({"app": "rucat"})).await;
+    let (_, list) = api
+        .get(&format!("{}?labelSelector=app%3Drucat", pods_path()))
+        .await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+
+    // What kube-rs's watcher asks after its list.
+    let mut events = api
+        .watch(&format!(
+            "{}?watch=true&timeoutSeconds=290&labelSelector=app%3Drucat&allowWatchBookmarks=true&resourceVersion={rv}",
+            pods_path()
+        ))
+        .await;
+    api.create_pod("other", json!({"app": "other"})).await;
+    api.create_pod("driver", json!({"app": "rucat"})).await;
+    assert_eq!(events.next_brief().await, ("ADDED".into(), "driver".into()));
+
+    assert!(api
+        .double
+        .set_pod_status(NS, "driver", json!({"phase": "Running"})));
+    let modified = events.next().await.expect("an event");
+    assert_eq!(modified["type"], "MODIFIED");
+    assert_eq!(modified["object"]["status"]["phase"], "Running");
+    assert_eq!(
+        modified["object"]["metadata"]["resourceVersion"],
+        api.double.resource_version().to_string()
+    );
+
+    // Leaving the selection is a deletion to this watch; entering it an addition.
+    api.double.update_pod(NS, "driver", |p| {
+        p["metadata"]["labels"]["app"] = "gone".into()
+    });
+    assert_eq!(
+        events.next_brief().await,
+        ("DELETED".into(), "driver".into())
+    );
+    api.double.update_pod(NS, "other", |p| {
+        p["metadata"]["labels"]["app"] = "rucat".into()
+    });
+    assert_eq!(events.next_brief().await, ("ADDED".into(), "other".into()));
+
+    let (status, _) = api.delete(&format!("{}/before", pods_path()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        events.next_brief().await,
+        ("DELETED".into(), "before".into())
+    );
+
+    // Idle: a bookmark at the current resourceVersion.
+    let (kind, rv) = events.next_brief().await;
+    assert_eq!(
+        (kind.as_str(), rv),
+        ("BOOKMARK", api.double.resource_version().to_string())
+    );
+
+    // The request log marks watches.
+    let watches: Vec<Request> = api
+        .double
+        .requests()
+        .into_iter()
+        .filter(|r| r.watch)
+        .collect();
+    assert_eq!(watches.len(), 1);
+    assert_eq!(watches[0].path, pods_path());
+    assert!(watches[0].query.contains("allowWatchBookmarks=true"));
+}
+
+#[tokio::test]
+async fn a_watch_from_zero_starts_with_everything_and_ends_on_timeout() {
+    let api = Api::start().await;
+    api.create_pod("a", json!({})).await;
+    api.create_pod("b", json!({})).await;
+    let mut events = api
+        .watch(&format!(
+            "{}?watch=1&resourceVersion=0&timeoutSeconds=1",
+            pods_path()
+        ))
+        .await;
+    assert_eq!(events.next_brief().await, ("ADDED".into(), "a".into()));
+    assert_eq!(events.next_brief().await, ("ADDED".into(), "b".into()));
+    assert!(
+        events.next().await.is_none(),
+        "ends after timeoutSeconds, no bookmarks asked"
+    );
+
+    // Streaming list: initial events, then the bookmark that marks their end.
+    let mut events = api
+        .watch(&format!(
+            "{}?watch=true&timeoutSeconds=290&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0",
+            pods_path()
+        ))
+        .await;
+    assert_eq!(events.next_brief().await, ("ADDED".into(), "a".into()));
+    assert_eq!(events.next_brief().await, ("ADDED".into(), "b".into()));
+    let end = events.next().await.expect("the end bookmark");
+    assert_eq!(end["type"], "BOOKMARK");
+    assert_eq!(end["object"]["kind"], "Pod");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}
+
+#[tokio::test]
+async fn expired_versions_and_closed_watches() {
+    let api = Api::start().await;
+    let created = api.create_pod("a", json!({})).await;
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+    let watch_from = |rv: String| format!("{}?watch=true&resourceVersion={rv}", pods_path());
+
+    let mut open = api.watch(&watch_from(rv.clone())).await;
+    api.double.expire_resource_versions();
+    let error = open.next().await.expect("an error event");
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["object"]["code"], 410);
+    assert_eq!(error["object"]["reason"], "Expired");
+    assert!(open.next().await.is_none());
+
+    // Resuming from before the expiry: 200, one ERROR 410, the end (as the real watch cache).
+    let mut stale = api.watch(&watch_from(rv)).await;
+    assert_eq!(
+        stale.next().await.expect("an error event")["object"]["code"],
+        410
+    );
+    assert!(stale.next().await.is_none());
+
+    // A fresh list's resourceVersion is watchable.
+    let (_, list) = api.get(&pods_path()).await;
+    let fresh = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+    let mut events = api.watch(&watch_from(fresh.clone())).await;
+    api.double
+        .set_pod_status(NS, "a", json!({"phase": "Running"}));
+    assert_eq!(events.next_brief().await, ("MODIFIED".into(), "a".into()));
+
+    api.double.close_watches();
+    assert!(events.next().await.is_none(), "closed by the server");
+}
+
+#[tokio::test]
+async fn logs_keep_the_last_lines_then_the_first_bytes() {
+    let api = Api::start().await;
+    let log_path = format!("{}/driver/log", pods_path());
+    let (status, _) = api.text(&log_path).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!api.double.set_pod_log(NS, "driver", "no pod"));
+
+    api.create_pod("driver", json!({})).await;
+    assert_eq!(api.text(&log_path).await, (StatusCode::OK, String::new()));
+    assert!(api.double.set_pod_log(NS, "driver", "one\ntwo\nthree\n"));
+    let response = api.http.get(api.url(&log_path)).send().await.expect("log");
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(response.text().await.expect("text"), "one\ntwo\nthree\n");
+    let log = |query: &str| api.text_owned(format!("{log_path}?{query}"));
+    assert_eq!(log("tailLines=2").await.1, "two\nthree\n");
+    assert_eq!(log("limitBytes=5").await.1, "one\nt");
+    assert_eq!(
+        log("container=spark&tailLines=2&limitBytes=5").await.1,
+        "two\nt"
+    );
+    assert_eq!(log("tailLines=0").await.1, "");
+    assert_eq!(log("tailLines=-1").await.0, StatusCode::BAD_REQUEST);
+
+    assert!(api.double.remove_pod(NS, "driver"));
+    assert_eq!(api.text(&log_path).await.0, StatusCode::NOT_FOUND);
+}
+
+impl Api {
+    async fn text_owned(&self, path: String) -> (StatusCode, String) {
+        self.text(&path).await
+    }
+
+    async fn create_owned_service(&self, name: &str, owner: &Value) {
+        let service = json!({"metadata": {"name": name, "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": true}]},
+            "spec": {"clusterIP": "None"}});
+        let (status, body) = self
+            .post(&format!("/api/v1/namespaces/{NS}/services"), &service)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_pod_collects_the_services_it_owns() {
+    let api = Api::start().await;
+    let driver = api.create_pod("driver", json!({})).await;
+    api.create_owned_service("driver", &driver).await;
+    let (_, unowned) = api
+        .post(
+            &format!("/api/v1/namespaces/{NS}/services"),
+            &json!({"metadata": {"name": "unowned"}}),
+        )
+        .await;
+    assert_eq!(unowned["kind"], "Service");
+    let mut service_events = api
+        .watch(&format!(
+            "/api/v1/namespaces/{NS}/services?watch=true&resourceVersion={}",
+            api.double.resource_version()
+        ))
+        .await;
+
+    api.delete(
+        &format!("{}/driver", pods_path()),
+        Some(json!({"propagationPolicy": "Background"})),
+    )
+    .await;
+    assert!(api.double.service(NS, "driver").is_none());
+    assert!(api.double.service(NS, "unowned").is_some());
+    assert_eq!(
+        service_events.next_brief().await,
+        ("DELETED".into(), "driver".into())
+    );
+
+    // The cluster losing the pod collects the same way; an orphaning delete does not.
+    let lost = api.create_pod("lost", json!({})).await;
+    api.create_owned_service("lost", &lost).await;
+    assert!(api.double.remove_pod(NS, "lost"));
+    assert!(api.double.service(NS, "lost").is_none());
+    let kept = api.create_pod("kept", json!({})).await;
+    api.create_owned_service("kept", &kept).await;
+    api.delete(
+        &format!("{}/kept", pods_path()),
+        Some(json!({"propagationPolicy": "Orphan"})),
+    )
+    .await;
+    assert!(api.double.pod(NS, "kept").is_none());
+    assert!(api.double.service(NS, "kept").is_some());
+}
+
+#[tokio::test]
+async fn faults_answer_a_status_in_order_and_are_used_up() {
+    let api = Api::start().await;
+    api.double.fail_next(Fault {
+        method: Some("POST".into()),
+        path_contains: "/pods".into(),
+        status: 403,
+        delay: None,
+        times: 1,
+    });
+    api.double
+        .fail_next(Fault::new("/pods", 500).with_method("post").with_times(2));
+    let (status, forbidden) = api.post(&pods_path(), &pod("a", json!({}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(forbidden["kind"], "Status");
+    assert_eq!(forbidden["reason"], "Forbidden");
+    assert_eq!(forbidden["code"], 403);
+    // A GET does not match the POST rules.
+    assert_eq!(api.get(&pods_path()).await.0, StatusCode::OK);
+    for _ in 0..2 {
+        let (status, error) = api.post(&pods_path(), &pod("a", json!({}))).await;
+        assert_eq!(
+            (status, &error["reason"]),
+            (StatusCode::INTERNAL_SERVER_ERROR, &json!("InternalError"))
+        );
+    }
+    assert!(
+        api.double.pods(NS).is_empty(),
+        "failed requests change nothing"
+    );
+    api.create_pod("a", json!({})).await;
+
+    // A lost reply: the change is made, the answer is an error.
+    api.double
+        .fail_after_commit(Fault::new("/pods", 503).with_method("POST"));
+    assert_eq!(
+        api.post(&pods_path(), &pod("b", json!({}))).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(api.double.pod(NS, "b").is_some());
+
+    // A slow server: served, answered late.
+    api.double
+        .fail_next(Fault::new("/pods/a", 0).with_delay(Duration::from_millis(300)));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        api.get(&format!("{}/a", pods_path())).await.0,
+        StatusCode::OK
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // Watches can be targeted by their query; faulted requests are recorded too.
+    api.double.fail_next(Fault::new("watch=true", 500));
+    api.double.reset_requests();
+    let response = api
+        .http
+        .get(api.url(&format!("{}?watch=true", pods_path())))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        api.double.requests(),
+        [Request {
+            method: "GET".into(),
+            path: pods_path(),
+            query: "watch=true".into(),
+            watch: true,
+        }]
+    );
+
+    api.double
+        .fail_next(Fault::new("/pods", 500).with_times(usize::MAX));
+    assert_eq!(
+        api.get(&pods_path()).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    api.double.clear_faults();
+    assert_eq!(api.get(&pods_path()).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_deletion_delay_makes_pods_terminate_first() {
+    let api = Api::start().await;
+    let driver = api.create_pod("driver", json!({})).await;
+    api.create_owned_service("driver", &driver).await;
+    let mut events = api
+        .watch(&format!(
+            "{}?watch=true&resourceVersion={}",
+            pods_path(),
+            api.double.resource_version()
+        ))
+        .await;
+    api.double.set_deletion_delay(Duration::from_millis(400));
+
+    let (status, terminating) = api.delete(&format!("{}/driver", pods_path()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(terminating["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 1);
+    let modified = events.next().await.expect("an event");
+    assert_eq!(modified["type"], "MODIFIED");
+    assert!(modified["object"]["metadata"]["deletionTimestamp"].is_string());
+
+    // Still there meanwhile: it can be read, and its name is taken.
+    assert_eq!(
+        api.get(&format!("{}/driver", pods_path())).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.post(&pods_path(), &pod("driver", json!({}))).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.delete(&format!("{}/driver", pods_path()), None).await.0,
+        StatusCode::OK
+    );
+    assert!(api.double.service(NS, "driver").is_some());
+
+    assert_eq!(
+        events.next_brief().await,
+        ("DELETED".into(), "driver".into())
+    );
+    assert!(api.double.pod(NS, "driver").is_none());
+    assert!(
+        api.double.service(NS, "driver").is_none(),
+        "collected with its pod"
+    );
+
+    // gracePeriodSeconds 0 does not wait.
+    api.create_pod("forced", json!({})).await;
+    api.delete(
+        &format!("{}/forced", pods_path()),
+        Some(json!({"gracePeriodSeconds": 0})),
+    )
+    .await;
+    assert!(api.double.pod(NS, "forced").is_none());
+}
+
+#[tokio::test]
+async fn kubeconfig_and_shutdown() {
+    let api = Api::start().await;
+    let yaml = api.double.kubeconfig_yaml("spark");
+    assert!(yaml.contains(&format!("server: {}", api.double.url())));
+    assert!(yaml.contains("namespace: \"spark\""));
+    assert!(yaml.contains("current-context: kube-double"));
+    let (status, version) = api.get("/version").await;
+    assert_eq!((status, &version["major"]), (StatusCode::OK, &json!("1")));
+
+    let copy = api.double.clone();
+    copy.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(api.url("/version"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "no longer serving");
+
+    // Dropping the last handle stops it too.
+    let double = KubeDouble::start().await;
+    let url = format!("{}/version", double.url());
+    drop(double);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(url)
+        .send()
+        .await;
+    assert!(refused.is_err(), "stopped with its last handle");
+}

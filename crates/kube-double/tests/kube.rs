@@ -1,0 +1,219 @@
+//! The double through kube-rs itself: `Api<Pod>`/`Api<Service>` calls and the runtime watcher,
+//! unchanged, against the kubeconfig the double writes.
+
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube_double::{Fault, KubeDouble};
+use serde_json::json;
+
+const NS: &str = "spark";
+
+async fn client(double: &KubeDouble) -> kube::Client {
+    let kubeconfig = Kubeconfig::from_yaml(&double.kubeconfig_yaml(NS)).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    assert_eq!(config.default_namespace, NS);
+    kube::Client::try_from(config).expect("client")
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "rucat"}},
+        "spec": {"containers": [{"name": "spark", "image": "apache/spark:4.0.1"}]},
+    }))
+    .expect("a pod")
+}
+
+/// The next pod the stream yields for which `wanted` holds; fails after 10 s.
+async fn until(
+    stream: &mut (impl Stream<Item = Result<Pod, watcher::Error>> + Unpin),
+    wanted: impl Fn(&Pod) -> bool,
+) -> Pod {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await.expect("the watcher goes on") {
+                Ok(pod) if wanted(&pod) => return pod,
+                Ok(_) => {}
+                Err(error) => eprintln!("watcher error (it retries): {error}"),
+            }
+        }
+    })
+    .await
+    .expect("the watcher saw it within 10 s")
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+#[tokio::test]
+async fn kube_api_creates_reads_lists_logs_and_deletes() {
+    let double = KubeDouble::start().await;
+    let client = client(&double).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+
+    let created = pods
+        .create(&PostParams::default(), &pod("driver"))
+        .await
+        .expect("create");
+    assert!(created.metadata.uid.is_some());
+    assert_eq!(phase(&created), Some("Pending"));
+    let error = pods
+        .create(&PostParams::default(), &pod("driver"))
+        .await
+        .expect_err("exists");
+    match error {
+        kube::Error::Api(status) => assert_eq!(
+            (status.code, status.reason.as_str()),
+            (409, "AlreadyExists")
+        ),
+        other => panic!("not an API error: {other}"),
+    }
+
+    let got = pods.get("driver").await.expect("get");
+    assert_eq!(got.metadata.uid, created.metadata.uid);
+    assert!(pods.get_opt("nothing").await.expect("get_opt").is_none());
+    let listed = pods
+        .list(&ListParams::default().labels("app=rucat"))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+    assert!(listed.metadata.resource_version.is_some());
+    assert!(pods
+        .list(&ListParams::default().labels("app=other"))
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+
+    double.set_pod_log(NS, "driver", "a\nb\nc\n");
+    let tail = LogParams {
+        tail_lines: Some(2),
+        container: Some("spark".into()),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs("driver", &tail).await.expect("logs"), "b\nc\n");
+
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "driver", "ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
+            "name": "driver", "uid": created.metadata.uid, "controller": true}]},
+        "spec": {"clusterIP": "None", "selector": {"app": "rucat"}, "ports": [{"port": 15002}]},
+    }))
+    .expect("a service");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("service");
+
+    let deleted = pods
+        .delete("driver", &DeleteParams::background())
+        .await
+        .expect("delete");
+    assert!(deleted.is_left(), "the deleted object");
+    assert!(pods.get_opt("driver").await.expect("get_opt").is_none());
+    assert!(
+        services.get_opt("driver").await.expect("get_opt").is_none(),
+        "collected"
+    );
+    let error = pods
+        .delete("driver", &DeleteParams::default())
+        .await
+        .expect_err("gone");
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 404),
+        "{error}"
+    );
+
+    double.fail_next(Fault::new("/pods", 403).with_method("POST"));
+    let error = pods
+        .create(&PostParams::default(), &pod("x"))
+        .await
+        .expect_err("403");
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.is_forbidden()),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_watcher_sees_a_pod_start_and_survives_closed_and_expired_watches() {
+    let double = KubeDouble::start().await;
+    let client = client(&double).await;
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let mut stream = watcher(pods.clone(), watcher::Config::default().labels("app=rucat"))
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+
+    pods.create(&PostParams::default(), &pod("driver"))
+        .await
+        .expect("create");
+    until(&mut stream, |p| phase(p) == Some("Pending")).await;
+    assert!(double.set_pod_status(NS, "driver", json!({"phase": "Running"})));
+    until(&mut stream, |p| phase(p) == Some("Running")).await;
+
+    // What kube-rs sent: a list, then a watch from its resourceVersion with bookmarks.
+    let requests = double.requests();
+    let list = requests
+        .iter()
+        .find(|r| r.method == "GET" && !r.watch)
+        .expect("a list");
+    assert!(list.query.contains("labelSelector=app%3Drucat"), "{list:?}");
+    let watch = requests.iter().find(|r| r.watch).expect("a watch");
+    assert!(
+        watch.query.contains("allowWatchBookmarks=true"),
+        "{watch:?}"
+    );
+    assert!(watch.query.contains("resourceVersion="), "{watch:?}");
+
+    double.close_watches();
+    double.set_pod_status(NS, "driver", json!({"phase": "Succeeded"}));
+    until(&mut stream, |p| phase(p) == Some("Succeeded")).await;
+
+    double.expire_resource_versions();
+    double.set_pod_status(NS, "driver", json!({"phase": "Failed"}));
+    until(&mut stream, |p| phase(p) == Some("Failed")).await;
+    let lists = double
+        .requests()
+        .iter()
+        .filter(|r| !r.watch && r.method == "GET")
+        .count();
+    assert!(lists >= 2, "the expiry made the watcher list again");
+}
+
+#[tokio::test]
+async fn the_streaming_list_watcher_works_too() {
+    let double = KubeDouble::start().await;
+    let pods: Api<Pod> = Api::default_namespaced(client(&double).await);
+    pods.create(&PostParams::default(), &pod("early"))
+        .await
+        .expect("create");
+    let mut events = watcher(pods.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event")
+            .expect("the watcher goes on")
+            .expect("no error");
+        match event {
+            watcher::Event::InitApply(pod) => initial.push(pod.metadata.name.expect("name")),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["early"]);
+    pods.create(&PostParams::default(), &pod("late"))
+        .await
+        .expect("create");
+    let mut applied = events.applied_objects().boxed();
+    let late = until(&mut applied, |p| p.metadata.name.as_deref() == Some("late")).await;
+    assert_eq!(phase(&late), Some("Pending"));
+}
