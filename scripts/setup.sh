@@ -5,6 +5,10 @@
 #   - Spark, as the `pyspark` package from PyPI in a cached virtualenv
 #   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
 #     servers of their own to restart under load
+#   - the Kubernetes manifest tools, in a second cached virtualenv ($CACHE_DIR/k8s-tools):
+#     helm-sdkpy and helm-python-sdk (Helm's Go library, for `helm lint` and `helm template`
+#     without a helm binary or a cluster) and kubernetes-validate (the Kubernetes schemas);
+#     scripts/k8s_check.py drives them
 # Prints nothing but progress on stderr; the last line on stdout is the SPARK_HOME to use.
 set -euo pipefail
 
@@ -46,13 +50,33 @@ if ! command -v psql >/dev/null 2>&1; then
   apt_install postgresql-client
 fi
 
+make_venv() {
+  if ! python3 -m venv "$1" >&2 2>/dev/null; then
+    apt_install python3-venv
+    python3 -m venv "$1" >&2
+  fi
+}
+
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pyspark' >/dev/null 2>&1; then
   say "installing pyspark $PYSPARK_VERSION into $VENV (large download, cached afterwards)"
-  if ! python3 -m venv "$VENV" >&2 2>/dev/null; then
-    apt_install python3-venv
-    python3 -m venv "$VENV" >&2
-  fi
+  make_venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION" >&2
+fi
+
+# The Kubernetes manifest tools. helm-sdkpy declares Python >= 3.12 but works on 3.11 (its
+# Python part is plain cffi over a bundled Go library), hence --ignore-requires-python. The
+# pinned list is stamped into the virtualenv, so changing it reinstalls.
+K8S_TOOLS="$CACHE_DIR/k8s-tools"
+K8S_TOOLS_PACKAGES="cffi helm-sdkpy==0.1.32 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0"
+if [ ! -x "$K8S_TOOLS/bin/kubernetes-validate" ] ||
+  [ "$(cat "$K8S_TOOLS/.rucat-packages" 2>/dev/null)" != "$K8S_TOOLS_PACKAGES" ] ||
+  ! "$K8S_TOOLS/bin/python" -c 'import helm_sdkpy, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+  say "installing the Kubernetes manifest tools ($K8S_TOOLS_PACKAGES) into $K8S_TOOLS"
+  make_venv "$K8S_TOOLS"
+  # shellcheck disable=SC2086 # the list is words on purpose
+  "$K8S_TOOLS/bin/pip" install --quiet --disable-pip-version-check --ignore-requires-python \
+    $K8S_TOOLS_PACKAGES >&2
+  echo "$K8S_TOOLS_PACKAGES" >"$K8S_TOOLS/.rucat-packages"
 fi
 
 SPARK_HOME="$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"

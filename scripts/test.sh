@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 SPARK_HOME="$(bash scripts/setup.sh)"
 export SPARK_HOME
+# The Kubernetes manifest tools setup.sh installed (a virtualenv: bin/python runs
+# scripts/k8s_check.py, bin/kubernetes-validate validates what the chart renders).
+export RUCAT_K8S_TOOLS="${RUCAT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rucat}/k8s-tools"
 
 # The PostgreSQL tests create a fresh database per test on this server (and drop it after).
 export RUCAT_TEST_POSTGRES_URL="${RUCAT_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
