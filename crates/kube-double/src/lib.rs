@@ -12,7 +12,8 @@
 //!   dotted field with `=`, `==`, `!=`; `limit`/`continue` paging) and creation (uid,
 //!   resourceVersion, creationTimestamp, namespace, `generateName`, name validation, 409
 //!   AlreadyExists, 422 Invalid, `dryRun=All`; a pod starts `{"phase":"Pending"}`, a service
-//!   gets a clusterIP unless it names one, `None` for headless).
+//!   gets a clusterIP unless it names one, `None` for headless; no other defaulting,
+//!   so a stored object is what was sent plus metadata and status).
 //! - `?watch=true` on those lists: a stream of watch events after `resourceVersion` (ADDED for
 //!   everything first when it is absent or "0"), `timeoutSeconds`, `allowWatchBookmarks`
 //!   (a BOOKMARK every second when idle), `sendInitialEvents` (ends the initial ADDED events
@@ -50,9 +51,15 @@
 //! let client = kube::Client::try_from(config)?;
 //! ```
 //!
-//! Or [`KubeDouble::write_kubeconfig`] and `KUBECONFIG` for a child process. The kube-rs
-//! watcher's default (list, then watch from the list's resourceVersion with bookmarks) and
-//! its streaming-list mode both work.
+//! Or [`KubeDouble::write_kubeconfig`] and `KUBECONFIG` for a child process; when the test
+//! thread blocks on that child, start the double with [`KubeDouble::start_on_own_thread`]
+//! (see [`KubeDouble::start`]). The kube-rs watcher's default (list, then watch from the
+//! list's resourceVersion with bookmarks) and its streaming-list mode both work.
+//!
+//! A kube-rs 5 client retries 429, 503 and 504 answers itself (up to 15 times, exponential
+//! back-off from 5 ms) unless `kube::Config::default_retry` is false: a [`Fault`] with those
+//! codes reaches the caller only with `times` above 15 (each retry is a recorded request).
+//! 403, 409, 500… reach it at once.
 
 mod meta;
 mod select;
@@ -162,6 +169,12 @@ impl Fault {
 impl KubeDouble {
     /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
     ///
+    /// The double then runs only while that runtime gets to run: on a current-thread runtime
+    /// (plain `#[tokio::test]`) a test that blocks its thread (a `std::process::Command`
+    /// waiting for a child that talks to the double, `std::thread::sleep`, a blocking client)
+    /// freezes the double too. Use [`KubeDouble::start_on_own_thread`] there, or a
+    /// multi-thread runtime.
+    ///
     /// # Panics
     ///
     /// If no local port can be bound.
@@ -169,18 +182,44 @@ impl KubeDouble {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("kube-double: bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("kube-double: local address");
+        let double = KubeDouble::new(listener.local_addr().expect("kube-double: local address"));
+        tokio::spawn(serve(listener, double.shared.clone()));
+        double
+    }
+
+    /// Binds `127.0.0.1:0` and serves from a thread of its own with its own tokio runtime:
+    /// it keeps answering whatever the caller's thread does, and needs no runtime to start.
+    ///
+    /// # Panics
+    ///
+    /// If no local port can be bound or no thread started.
+    pub fn start_on_own_thread() -> KubeDouble {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("kube-double: bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("kube-double: a non-blocking socket");
+        let double = KubeDouble::new(listener.local_addr().expect("kube-double: local address"));
+        let shared = double.shared.clone();
+        std::thread::Builder::new()
+            .name("kube-double".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("kube-double: a tokio runtime");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("kube-double: a tokio listener");
+                    serve(listener, shared).await;
+                });
+            })
+            .expect("kube-double: a thread");
+        double
+    }
+
+    fn new(addr: SocketAddr) -> KubeDouble {
         let shared = Arc::new(Shared::new());
-        let mut stop = shared.shutdown.subscribe();
-        let app = server::router(shared.clone());
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await;
-        });
         KubeDouble {
             _stop_on_drop: Arc::new(StopOnDrop(shared.clone())),
             shared,
@@ -359,4 +398,15 @@ preferences: {{}}
     pub fn set_deletion_delay(&self, delay: Duration) {
         self.shared.update(|s| s.deletion_delay = delay);
     }
+}
+
+/// Serves until [`KubeDouble::shutdown`] or the last handle's drop.
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut stop = shared.shutdown.subscribe();
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let _ = axum::serve(listener, server::router(shared))
+        .with_graceful_shutdown(stopped)
+        .await;
 }

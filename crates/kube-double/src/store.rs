@@ -263,7 +263,8 @@ impl Store {
         Ok(body)
     }
 
-    /// What the API server's defaulting sets on a new object.
+    /// What the API server sets on a new object: a pod's initial status, a service's clusterIP
+    /// when it names none. No other defaulting: the spec stays as sent.
     fn initialize(&mut self, kind: Kind, object: &mut Map<String, Value>) {
         match kind {
             Kind::Pod => {
@@ -278,10 +279,6 @@ impl Store {
                         let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
                         spec.insert("clusterIP".into(), ip.into());
                     }
-                    if let Some(ip) = spec.get("clusterIP").cloned() {
-                        spec.entry("clusterIPs").or_insert_with(|| json!([ip]));
-                    }
-                    spec.entry("type").or_insert_with(|| "ClusterIP".into());
                 }
                 object.insert("status".into(), json!({"loadBalancer": {}}));
             }

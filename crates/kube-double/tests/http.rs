@@ -753,3 +753,28 @@ async fn kubeconfig_and_shutdown() {
         .await;
     assert!(refused.is_err(), "stopped with its last handle");
 }
+
+/// On its own thread the double answers while the caller's thread blocks, with no runtime.
+#[test]
+fn on_its_own_thread_it_answers_a_blocked_caller() {
+    use std::io::{Read, Write};
+    let double = KubeDouble::start_on_own_thread();
+    let address = double.url().trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    stream
+        .write_all(
+            b"GET /api/v1/namespaces/spark/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("\"kind\":\"PodList\""), "{answer}");
+    assert_eq!(double.requests().len(), 1);
+    drop(double);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "stopped with its last handle"
+    );
+}

@@ -131,6 +131,13 @@ async fn kube_api_creates_reads_lists_logs_and_deletes() {
         "{error}"
     );
 
+    // kube-rs retries a 503 by itself; a 403 reaches the caller.
+    double.fail_next(Fault::new("/pods", 503).with_method("POST").with_times(2));
+    double.reset_requests();
+    pods.create(&PostParams::default(), &pod("retried"))
+        .await
+        .expect("created on the third try");
+    assert_eq!(double.requests().len(), 3);
     double.fail_next(Fault::new("/pods", 403).with_method("POST"));
     let error = pods
         .create(&PostParams::default(), &pod("x"))
