@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
 # Usage: bench/run.sh [claim_latency|get_throughput|engine_start|cas_throughput|
-#                      claim_across_processes|list_due_scaling]...   (default: all)
+#                      claim_across_processes|list_due_scaling|kube_requests_per_pass]...
+#                      (default: all)
 # engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
 # (which installs what is missing). cas_throughput, claim_across_processes and list_due_scaling
 # need PostgreSQL: RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
@@ -15,13 +16,13 @@ cargo build --release -p rucat-bench
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
   benches=(claim_latency get_throughput engine_start cas_throughput claim_across_processes
-    list_due_scaling)
+    list_due_scaling kube_requests_per_pass)
 fi
 
 for bench in "${benches[@]}"; do
   case "$bench" in
     claim_latency | get_throughput | cas_throughput | claim_across_processes | \
-      list_due_scaling)
+      list_due_scaling | kube_requests_per_pass)
       target/release/"$bench"
       ;;
     engine_start)

@@ -5,12 +5,21 @@
 #   - Spark, as the `pyspark` package from PyPI in a cached virtualenv
 #   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
 #     servers of their own to restart under load
-#   - the Kubernetes manifest tools, in a second cached virtualenv ($CACHE_DIR/k8s-tools):
+#   - with --k8s-tools (the test suite asks for them; `rucat serve` needs none), the Kubernetes
+#     manifest tools, in a second cached virtualenv ($CACHE_DIR/k8s-tools):
 #     helm-sdkpy and helm-python-sdk (Helm's Go library, for `helm lint` and `helm template`
 #     without a helm binary or a cluster) and kubernetes-validate (the Kubernetes schemas);
 #     scripts/k8s_check.py drives them
 # Prints nothing but progress on stderr; the last line on stdout is the SPARK_HOME to use.
 set -euo pipefail
+
+WITH_K8S_TOOLS=0
+for arg in "$@"; do
+  case "$arg" in
+    --k8s-tools) WITH_K8S_TOOLS=1 ;;
+    *) echo "setup: unknown argument $arg (expected --k8s-tools)" >&2; exit 2 ;;
+  esac
+done
 
 PYSPARK_VERSION="${RUCAT_PYSPARK_VERSION:-4.3.0}"
 CACHE_DIR="${RUCAT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rucat}"
@@ -68,9 +77,9 @@ fi
 # pinned list is stamped into the virtualenv, so changing it reinstalls.
 K8S_TOOLS="$CACHE_DIR/k8s-tools"
 K8S_TOOLS_PACKAGES="cffi helm-sdkpy==0.1.32 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0"
-if [ ! -x "$K8S_TOOLS/bin/kubernetes-validate" ] ||
+if [ "$WITH_K8S_TOOLS" = 1 ] && { [ ! -x "$K8S_TOOLS/bin/kubernetes-validate" ] ||
   [ "$(cat "$K8S_TOOLS/.rucat-packages" 2>/dev/null)" != "$K8S_TOOLS_PACKAGES" ] ||
-  ! "$K8S_TOOLS/bin/python" -c 'import helm_sdkpy, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+  ! "$K8S_TOOLS/bin/python" -c 'import helm_sdkpy, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; }; then
   say "installing the Kubernetes manifest tools ($K8S_TOOLS_PACKAGES) into $K8S_TOOLS"
   make_venv "$K8S_TOOLS"
   # shellcheck disable=SC2086 # the list is words on purpose

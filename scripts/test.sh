@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SPARK_HOME="$(bash scripts/setup.sh)"
+SPARK_HOME="$(bash scripts/setup.sh --k8s-tools)"
 export SPARK_HOME
 # The Kubernetes manifest tools setup.sh installed (a virtualenv: bin/python runs
 # scripts/k8s_check.py, bin/kubernetes-validate validates what the chart renders).

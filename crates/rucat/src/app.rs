@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::config::{PlatformKind, Settings};
 use crate::monitor::Monitor;
+use crate::platform::kubernetes::KubernetesPlatform;
 use crate::platform::local::LocalPlatform;
 use crate::platform::simulated::SimulatedPlatform;
 use crate::platform::{Platform, PlatformError};
@@ -28,7 +29,7 @@ pub enum AppError {
         "no Spark found: set --spark-home or SPARK_HOME, or run scripts/setup.sh to install it"
     )]
     NoSpark,
-    #[error("refusing to listen on {0}: authentication is not configured, so Rucat listens on loopback addresses only")]
+    #[error("refusing to listen on {0}: authentication is not configured, so Rucat listens on loopback addresses only (set allow_unauthenticated, or RUCAT_ALLOW_UNAUTHENTICATED=true, to listen anyway, behind a network policy)")]
     NotLoopback(SocketAddr),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -116,6 +117,11 @@ impl Application {
                 let versions = vec![platform.version().to_owned()];
                 (Arc::new(platform), versions)
             }
+            PlatformKind::Kubernetes => {
+                let platform = KubernetesPlatform::connect(settings.kubernetes.clone()).await?;
+                let versions = platform.versions().to_vec();
+                (Arc::new(platform), versions)
+            }
             PlatformKind::Simulated => {
                 let platform =
                     SimulatedPlatform::new(&settings.data_dir, settings.simulated.clone())?;
@@ -127,7 +133,8 @@ impl Application {
         info!(store = %store::redact(&settings.database_url), versions = ?versions, "store and platform ready");
 
         let (listener, context) = if roles.server {
-            if !settings.listen.ip().is_loopback() {
+            let loopback = settings.listen.ip().is_loopback();
+            if !loopback && !settings.allow_unauthenticated {
                 return Err(AppError::NotLoopback(settings.listen));
             }
             let listener =
@@ -137,7 +144,11 @@ impl Application {
                         addr: settings.listen,
                         source,
                     })?;
-            warn!("authentication is not configured: listening on loopback only");
+            if loopback {
+                warn!("authentication is not configured: listening on loopback only");
+            } else {
+                warn!(addr = %settings.listen, "authentication is not configured and allow_unauthenticated is set: anyone who can reach this address can manage every engine");
+            }
             let context = ApiContext {
                 store: store.clone(),
                 policy: Arc::new(settings.policy.clone()),

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use rucat::app::{Application, Roles};
 use rucat::client::Client;
 use rucat::config::{FileConfig, Overrides, Settings};
-use rucat::engine::{Engine, EngineState};
+use rucat::engine::{Engine, EngineId, EngineName, EngineState, SparkConf};
+use rucat::platform::kubernetes::{objects, DriverSpec};
 use rucat::shutdown;
 
 /// Rucat creates, connects to and manages Spark Connect engines. `rucat serve` runs everything in
@@ -24,7 +25,7 @@ use rucat::shutdown;
 #[command(name = "rucat", version)]
 struct Cli {
     /// Configuration file (TOML) with any of the settings below, plus [database], [monitor],
-    /// [local], [simulated] and [policy] tables (see the README).
+    /// [local], [kubernetes], [simulated] and [policy] tables (see the README).
     #[arg(long, env = "RUCAT_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -67,14 +68,20 @@ struct RoleArgs {
     /// PostgreSQL]
     #[arg(long, env = "RUCAT_DATABASE_MAX_CONNECTIONS", value_name = "N")]
     database_max_connections: Option<u32>,
-    /// Where engines run: local (Spark processes on this machine) or simulated (engines run
-    /// nowhere; every create and delete is written to <data-dir>/simulated/journal)
-    /// [default: local] [possible values: local, simulated]
+    /// Where engines run: local (Spark processes on this machine), kubernetes (a driver pod per
+    /// engine, through the kubeconfig in KUBECONFIG or ~/.kube/config, or the pod's service
+    /// account in a cluster; see the [kubernetes] table) or simulated (engines run nowhere;
+    /// every create and delete is written to <data-dir>/simulated/journal)
+    /// [default: local] [possible values: local, kubernetes, simulated]
     #[arg(long, env = "RUCAT_PLATFORM")]
     platform: Option<String>,
     /// Spark distribution for the local platform [default: the one scripts/setup.sh installed]
     #[arg(long, env = "SPARK_HOME", value_name = "DIR")]
     spark_home: Option<PathBuf>,
+    /// Let the REST server listen beyond loopback although nothing authenticates its users:
+    /// anyone who reaches the address manages every engine. Only behind a network policy.
+    #[arg(long, env = "RUCAT_ALLOW_UNAUTHENTICATED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +164,27 @@ enum EngineCommand {
     },
     /// Print the Spark Connect address of a running engine.
     Connect { id: String },
+    /// Print the Kubernetes objects (driver pod and headless Service) the kubernetes platform
+    /// would create for this engine request, from the configuration file's [kubernetes] and
+    /// [policy] tables, without creating anything. Refuses what the server would refuse.
+    Render {
+        /// Engine name: 1 to 128 letters, digits, '-', '_' or '.'
+        #[arg(long)]
+        name: String,
+        /// Spark version (one of [kubernetes] versions)
+        #[arg(long = "version", value_name = "VERSION")]
+        engine_version: String,
+        /// Spark configuration, KEY=VALUE (repeatable)
+        #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = parse_conf)]
+        configs: Vec<(String, String)>,
+        /// Render for this engine id [default: a new id, as a create would make]
+        #[arg(long)]
+        id: Option<String>,
+        /// Namespace of the objects [default: [kubernetes] namespace, else the kubeconfig
+        /// context's, else "default"]
+        #[arg(long)]
+        namespace: Option<String>,
+    },
 }
 
 fn parse_conf(text: &str) -> Result<(String, String), String> {
@@ -217,6 +245,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 file,
             )?;
+            if let EngineCommand::Render {
+                name,
+                engine_version,
+                configs,
+                id,
+                namespace,
+            } = args.command
+            {
+                let request = RenderRequest {
+                    name,
+                    version: engine_version,
+                    configs: configs.into_iter().collect(),
+                    id,
+                    namespace,
+                };
+                return render(&settings, request).await;
+            }
             let client = Client::new(&settings.server, settings.token);
             engine_command(&client, args.command).await
         }
@@ -233,6 +278,7 @@ async fn run_roles(args: RoleArgs, file: FileConfig, roles: Roles) -> anyhow::Re
             database_max_connections: args.database_max_connections,
             platform: args.platform,
             spark_home: args.spark_home,
+            allow_unauthenticated: args.allow_unauthenticated,
             ..Overrides::default()
         },
         file,
@@ -269,6 +315,66 @@ async fn wait_for(
         writeln!(out, "{endpoint}")?;
     }
     Ok(())
+}
+
+struct RenderRequest {
+    name: String,
+    version: String,
+    configs: BTreeMap<String, String>,
+    id: Option<String>,
+    namespace: Option<String>,
+}
+
+/// `rucat engine render`: the checks a create goes through, then the objects on standard output.
+async fn render(settings: &Settings, request: RenderRequest) -> anyhow::Result<()> {
+    let config = &settings.kubernetes;
+    let name = EngineName::parse(&request.name)?;
+    let configs = SparkConf::parse(request.configs)?;
+    if !config.versions.contains(&request.version) {
+        bail!(
+            "unknown version {:?}; available: {}",
+            request.version,
+            config.versions.join(", ")
+        );
+    }
+    settings.policy.check(&configs)?;
+    let id = match request.id {
+        Some(text) => EngineId::parse(&text)
+            .with_context(|| format!("{text:?} is not an engine id (32 lowercase hex digits)"))?,
+        None => EngineId::generate(),
+    };
+    let namespace = match request.namespace.or_else(|| config.namespace.clone()) {
+        Some(namespace) => namespace,
+        None => kube_namespace().await,
+    };
+    if !rucat::config::is_dns_label(&namespace) {
+        bail!(
+            "{namespace:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        );
+    }
+    let configs: BTreeMap<String, String> = configs
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let spec = DriverSpec {
+        id: &id,
+        name: name.as_str(),
+        version: &request.version,
+        configs: &configs,
+    };
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", objects::render(&spec, &namespace, config))?;
+    out.flush().context("cannot write to standard output")?;
+    Ok(())
+}
+
+/// The namespace of the kubeconfig's current context (or of the pod, in a cluster), else
+/// "default".
+async fn kube_namespace() -> String {
+    match kube::Config::infer().await {
+        Ok(config) => config.default_namespace,
+        Err(_) => "default".to_owned(),
+    }
 }
 
 async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Result<()> {
@@ -364,6 +470,7 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
         EngineCommand::Wait { id, state, timeout } => {
             wait_for(client, &id, state, timeout, &mut out).await?;
         }
+        EngineCommand::Render { .. } => bail!("render is handled before connecting"),
         EngineCommand::Connect { id } => {
             let engine = client.get(&id).await?;
             match (engine.state, engine.endpoint) {

@@ -155,6 +155,67 @@ async fn bad_create_requests_are_refused_and_store_nothing() {
     assert_eq!(app.count().await, 0, "nothing stored");
 }
 
+/// Keys that would let a user out of their engine's sandbox, one per escape route.
+const ESCAPING: &[&str] = &[
+    "spark.kubernetes.namespace",
+    "spark.kubernetes.context",
+    "spark.kubernetes.driver.master",
+    "spark.kubernetes.authenticate.driver.serviceAccountName",
+    "spark.kubernetes.authenticate.executor.serviceAccountName",
+    "spark.kubernetes.authenticate.serviceAccountName",
+    "spark.kubernetes.authenticate.caCertFile",
+    "spark.kubernetes.authenticate.oauthToken",
+    "spark.kubernetes.authenticate.driver.mounted.oauthTokenFile",
+    "spark.kubernetes.authenticate.submission.clientKeyFile",
+    "spark.kubernetes.trust.certificates",
+    "spark.kubernetes.driver.podTemplateFile",
+    "spark.kubernetes.executor.podTemplateFile",
+    "spark.kubernetes.executor.podTemplateContainerName",
+    "spark.kubernetes.driver.pod.featureSteps",
+    "spark.kubernetes.executor.pod.featureSteps",
+    "spark.kubernetes.driver.volumes.hostPath.data.mount.path",
+    "spark.kubernetes.executor.volumes.hostPath.root.options.path",
+    "spark.kubernetes.executor.volumes.persistentVolumeClaim.c.options.claimName",
+    "spark.kubernetes.file.upload.path",
+    "spark.kubernetes.driver.secrets.db",
+    "spark.kubernetes.executor.secrets.db",
+    "spark.kubernetes.driver.secretKeyRef.PASSWORD",
+    "spark.kubernetes.executor.secretKeyRef.PASSWORD",
+    "spark.kubernetes.kerberos.tokenSecret.name",
+    "spark.kubernetes.kerberos.krb5.configMapName",
+    "spark.kubernetes.hadoop.configMapName",
+    "spark.kubernetes.driver.label.app.kubernetes.io/managed-by",
+    "spark.kubernetes.executor.label.rucat.io/engine-id",
+    "spark.kubernetes.driver.annotation.x",
+    "spark.kubernetes.executor.annotation.x",
+    "spark.kubernetes.driver.service.label.x",
+    "spark.kubernetes.executor.decommissionLabel",
+    "spark.kubernetes.driverEnv.SPARK_USER",
+    "spark.kubernetes.container.image",
+    "spark.kubernetes.driver.container.image",
+    "spark.kubernetes.executor.container.image",
+    "spark.kubernetes.container.image.pullSecrets",
+    "spark.kubernetes.container.image.pullPolicy",
+    "spark.kubernetes.driver.pod.name",
+    "spark.kubernetes.executor.podNamePrefix",
+    "spark.kubernetes.executor.deleteOnTermination",
+];
+
+#[tokio::test]
+async fn every_escaping_kubernetes_key_is_refused_by_name() {
+    let app = spawn_api(None).await;
+    for key in ESCAPING {
+        let mut request = spark("escape");
+        request["configs"] = json!({ *key: "x", "spark.executor.memory": "1g" });
+        let (status, body) = post_json(&app, "/engines", &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key}: {body}");
+        assert_eq!(body["error"]["code"], "config_not_allowed", "{key}: {body}");
+        let message = error_message(&body);
+        assert!(message.contains(&format!("{key:?}")), "{key}: {message}");
+    }
+    assert_eq!(app.count().await, 0, "nothing stored");
+}
+
 #[tokio::test]
 async fn unknown_ids_and_routes_are_404_json() {
     let app = spawn_api(None).await;

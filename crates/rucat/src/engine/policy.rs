@@ -19,31 +19,51 @@ pub const RESERVED: &[&str] = &[
     "spark.connect.grpc.binding.port",
     "spark.connect.grpc.binding.address",
     "spark.connect.authenticate.token",
+    "spark.driver.port",
+    "spark.driver.blockManager.port",
+    "spark.kubernetes.namespace",
+    "spark.kubernetes.driver.master",
     "spark.kubernetes.driver.pod.name",
     "spark.kubernetes.executor.podNamePrefix",
     "spark.kubernetes.executor.deleteOnTermination",
+    "spark.kubernetes.authenticate.driver.serviceAccountName",
+    "spark.kubernetes.authenticate.executor.serviceAccountName",
+    "spark.kubernetes.container.image.pullSecrets",
 ];
 
 /// Keys that would let a user leave their engine's sandbox; denied unless an operator removes
 /// them from `policy.deny` (which replaces this list when given).
 pub const DEFAULT_DENY: &[&str] = &[
+    // Another namespace, API server or identity.
     "spark.kubernetes.namespace",
     "spark.kubernetes.context",
+    "spark.kubernetes.*master",
     "spark.kubernetes.authenticate.*",
     "spark.kubernetes.*serviceAccountName",
-    "spark.kubernetes.*.podTemplateFile",
-    "spark.kubernetes.*.podTemplateContainerName",
-    "spark.kubernetes.*.volumes.*",
+    "spark.kubernetes.trust.certificates",
+    // Credentials kept in the namespace.
     "spark.kubernetes.*.secrets.*",
     "spark.kubernetes.*.secretKeyRef.*",
+    "spark.kubernetes.kerberos.*",
+    "spark.kubernetes.hadoop.configMapName",
+    // An arbitrary pod spec, or code that rewrites it.
+    "spark.kubernetes.*podTemplate*",
+    "spark.kubernetes.*featureSteps",
+    // Host paths and other volumes.
+    "spark.kubernetes.*.volumes.*",
+    "spark.kubernetes.file.upload.path",
+    // Rucat's ownership labels, or anything else on the pods' metadata.
     "spark.kubernetes.*.label.*",
     "spark.kubernetes.*.annotation.*",
+    "spark.kubernetes.*decommissionLabel*",
+    // Environment of a cluster-mode driver.
+    "spark.kubernetes.driverEnv.*",
+    // Image pull settings (images themselves: see `allowed_images`).
     "spark.kubernetes.container.image.*",
-    "spark.kubernetes.file.upload.path",
 ];
 
 /// Keys that pick a container image: allowed only with a value from `policy.allowed_images`.
-const IMAGE_KEYS: &[&str] = &[
+pub const IMAGE_KEYS: &[&str] = &[
     "spark.kubernetes.container.image",
     "spark.kubernetes.driver.container.image",
     "spark.kubernetes.executor.container.image",
@@ -191,28 +211,40 @@ mod tests {
     }
 
     #[test]
-    fn escaping_keys_are_refused() {
+    fn escaping_keys_are_refused_by_name() {
         let policy = ConfPolicy::default();
         for key in [
             "spark.kubernetes.namespace",
-            "spark.kubernetes.authenticate.driver.serviceAccountName",
+            "spark.kubernetes.driver.master",
             "spark.kubernetes.authenticate.caCertFile",
-            "spark.kubernetes.driver.podTemplateFile",
-            "spark.kubernetes.executor.podTemplateContainerName",
+            "spark.kubernetes.executor.podTemplateFile",
+            "spark.kubernetes.driver.pod.featureSteps",
             "spark.kubernetes.driver.volumes.hostPath.data.mount.path",
-            "spark.kubernetes.executor.volumes.persistentVolumeClaim.c.options.claimName",
-            "spark.kubernetes.driver.secrets.db",
             "spark.kubernetes.executor.secretKeyRef.PASSWORD",
             "spark.kubernetes.driver.label.app.kubernetes.io/managed-by",
-            "spark.kubernetes.executor.annotation.x",
-            "spark.kubernetes.container.image.pullSecrets",
+            "spark.kubernetes.executor.container.image",
         ] {
+            let refused = policy
+                .check(&conf(key, "x"))
+                .expect_err("an escaping key is refused");
+            let named = match &refused {
+                Refused::Reserved(k) | Refused::NotAllowed(k) => k,
+                Refused::Denied { key: k, .. } | Refused::Image { key: k, .. } => k,
+            };
+            assert_eq!(named, key, "{refused}");
             assert!(
-                matches!(policy.check(&conf(key, "x")), Err(Refused::Denied { key: k, .. }) if k == key),
-                "{key}"
+                refused.to_string().contains(&format!("{key:?}")),
+                "{refused}"
             );
         }
-        assert!(policy.check(&conf("spark.executor.memory", "2g")).is_ok());
+        for harmless in [
+            "spark.executor.memory",
+            "spark.kubernetes.executor.request.cores",
+            "spark.kubernetes.allocation.batch.size",
+            "spark.kubernetes.executor.node.selector.pool",
+        ] {
+            assert!(policy.check(&conf(harmless, "1")).is_ok(), "{harmless}");
+        }
     }
 
     #[test]
@@ -240,7 +272,7 @@ mod tests {
             Err(Refused::NotAllowed("spark.jars".into()))
         );
         assert!(matches!(
-            policy.check(&conf("spark.kubernetes.namespace", "kube-system")),
+            policy.check(&conf("spark.kubernetes.context", "admin@prod")),
             Err(Refused::Denied { .. })
         ));
     }

@@ -2,6 +2,7 @@
 //! tells what state it is in, and gives its driver log.
 
 mod flock;
+pub mod kubernetes;
 pub mod local;
 pub mod memory;
 pub mod simulated;

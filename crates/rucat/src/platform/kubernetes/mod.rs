@@ -1,0 +1,491 @@
+//! The Kubernetes platform: each engine is a Spark Connect server running as the Spark driver
+//! (client mode) in its own pod, creating its executors itself, behind a headless Service that
+//! the pod owns.
+//!
+//! Pod state comes from one watch (a kube-rs reflector on Rucat's labels) per process, started
+//! on first use, so checking a thousand running engines costs no API request. Only a pod the
+//! watch has not seen (just created, or gone) is looked up directly.
+
+pub mod objects;
+mod status;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use tokio::sync::OnceCell;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+pub use objects::DriverSpec;
+pub use status::pod_state;
+
+use super::{Platform, PlatformError, ResourceState};
+use crate::engine::{Engine, EngineId};
+
+/// The Kubernetes platform's settings: the `[kubernetes]` table of the configuration file.
+/// Everything about where and how drivers run comes from here, never from users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// Where driver pods go; `None`: the namespace of the kubeconfig context, or Rucat's own
+    /// in a cluster.
+    pub namespace: Option<String>,
+    /// Tells this Rucat's pods from another's in the same namespace.
+    pub instance: String,
+    /// The drivers' service account (it creates their executors).
+    pub service_account: String,
+    /// The executors' service account: without one, Spark gives executors the driver's, and
+    /// with it the right to create pods to the code users run there.
+    pub executor_service_account: String,
+    /// The Spark versions users may ask for.
+    pub versions: Vec<String>,
+    /// The image of a version: `{version}` is replaced.
+    pub image: String,
+    pub image_pull_policy: String,
+    pub image_pull_secrets: Vec<String>,
+    /// The driver container's cpu request.
+    pub driver_cpu: String,
+    /// The driver container's memory request and limit.
+    pub driver_memory: String,
+    /// The user id drivers run as (185 is `spark` in the Apache Spark images).
+    pub run_as_user: i64,
+    pub cluster_domain: String,
+    /// How long one API request may take.
+    pub api_timeout: Duration,
+    /// How long `delete` waits for a pod to be gone.
+    pub delete_wait: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            namespace: None,
+            instance: "rucat".to_owned(),
+            service_account: "rucat-spark".to_owned(),
+            executor_service_account: "default".to_owned(),
+            versions: vec!["4.0.1".to_owned()],
+            image: "apache/spark:{version}".to_owned(),
+            image_pull_policy: "IfNotPresent".to_owned(),
+            image_pull_secrets: Vec::new(),
+            driver_cpu: "1".to_owned(),
+            driver_memory: "2Gi".to_owned(),
+            run_as_user: 185,
+            cluster_domain: "cluster.local".to_owned(),
+            api_timeout: Duration::from_secs(30),
+            delete_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl KubernetesConfig {
+    pub fn image_for(&self, version: &str) -> String {
+        self.image.replace("{version}", version)
+    }
+}
+
+/// How often `delete` looks whether the pod is gone.
+const DELETE_POLL: Duration = Duration::from_millis(250);
+/// Lines of driver log read before the tail is cut to size.
+const LOG_LINES: i64 = 20_000;
+
+pub struct KubernetesPlatform {
+    namespace: String,
+    config: KubernetesConfig,
+    pods: Api<Pod>,
+    services: Api<Service>,
+    watched: OnceCell<Store<Pod>>,
+    watch_task: Mutex<Option<AbortHandle>>,
+}
+
+impl Drop for KubernetesPlatform {
+    fn drop(&mut self) {
+        let task = self
+            .watch_task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}
+
+/// A kube-rs error in words, with the API's status code and reason when there is one.
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!(
+            "the Kubernetes API answered {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        other => format!("cannot reach the Kubernetes API: {other}"),
+    }
+}
+
+fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Worth asking again: the API was unreachable, slow, overloaded or failing inside.
+fn is_transient(error: &kube::Error) -> bool {
+    match status_code(error) {
+        Some(code) => code == 429 || code >= 500,
+        None => true,
+    }
+}
+
+impl KubernetesPlatform {
+    /// Connects with the kubeconfig (`KUBECONFIG`, else `~/.kube/config`) or, inside a pod,
+    /// the pod's service account.
+    pub async fn connect(config: KubernetesConfig) -> Result<Self, PlatformError> {
+        let kube_config = kube::Config::infer().await.map_err(|error| {
+            PlatformError::Inspect(format!(
+                "no Kubernetes configuration (no kubeconfig, not in a cluster): {error}"
+            ))
+        })?;
+        let namespace = config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| kube_config.default_namespace.clone());
+        let client = Client::try_from(kube_config).map_err(|error| {
+            PlatformError::Inspect(format!("cannot build the Kubernetes client: {error}"))
+        })?;
+        info!(%namespace, "Kubernetes platform ready");
+        Ok(Self::new(client, namespace, config))
+    }
+
+    pub fn new(client: Client, namespace: String, config: KubernetesConfig) -> Self {
+        KubernetesPlatform {
+            pods: Api::namespaced(client.clone(), &namespace),
+            services: Api::namespaced(client, &namespace),
+            namespace,
+            config,
+            watched: OnceCell::new(),
+            watch_task: Mutex::new(None),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn versions(&self) -> &[String] {
+        &self.config.versions
+    }
+
+    /// One API request, bounded by the configured timeout.
+    async fn call<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, RequestError> {
+        match tokio::time::timeout(self.config.api_timeout, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(RequestError::Api(error)),
+            Err(_) => Err(RequestError::Timeout(self.config.api_timeout)),
+        }
+    }
+
+    /// Like `call`, asking again (up to three times, with a short pause) while the failure is
+    /// transient.
+    async fn call_retrying<T, F, Fut>(&self, mut request: F) -> Result<T, RequestError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        let mut pause = Duration::from_millis(200);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.call(request()).await {
+                Err(error) if attempts < 3 && error.is_transient() => {
+                    debug!(%error, "transient Kubernetes API failure; asking again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The pod watch, started on first use; waits (up to the API timeout) for its first list.
+    async fn watched(&self) -> Result<&Store<Pod>, PlatformError> {
+        let store = self
+            .watched
+            .get_or_init(|| async {
+                let (reader, writer) = reflector::store();
+                let config = watcher::Config::default().labels(&objects::selector(&self.config));
+                let stream = reflector::reflector(writer, watcher(self.pods.clone(), config))
+                    .default_backoff();
+                let task = tokio::spawn(async move {
+                    let mut stream = std::pin::pin!(stream);
+                    while let Some(event) = stream.next().await {
+                        if let Err(error) = event {
+                            warn!(%error, "driver pod watch failed; it resumes with back-off");
+                        }
+                    }
+                });
+                *self
+                    .watch_task
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task.abort_handle());
+                reader
+            })
+            .await;
+        match tokio::time::timeout(self.config.api_timeout, store.wait_until_ready()).await {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(_)) => Err(PlatformError::Inspect("the driver pod watch stopped".into())),
+            Err(_) => Err(PlatformError::Inspect(format!(
+                "the driver pod watch has not listed the pods within {:?}: is the Kubernetes API reachable?",
+                self.config.api_timeout
+            ))),
+        }
+    }
+
+    /// The engine's pod: from the watch, else (not seen yet, or gone) from the API.
+    async fn pod(&self, name: &str) -> Result<Option<std::sync::Arc<Pod>>, PlatformError> {
+        let store = self.watched().await?;
+        if let Some(pod) = store.get(&ObjectRef::new(name).within(&self.namespace)) {
+            return Ok(Some(pod));
+        }
+        self.call_retrying(|| self.pods.get_opt(name))
+            .await
+            .map(|pod| pod.map(std::sync::Arc::new))
+            .map_err(|error| PlatformError::Inspect(format!("driver pod {name}: {error}")))
+    }
+
+    /// Creates the headless Service owned by `pod`; one left by an earlier pod of the same
+    /// engine (its garbage collection still pending) is replaced.
+    async fn create_service(&self, id: &EngineId, pod: &Pod) -> Result<(), PlatformError> {
+        let name = objects::object_name(id);
+        let uid = pod
+            .metadata
+            .uid
+            .as_deref()
+            .ok_or_else(|| PlatformError::Create(format!("driver pod {name} has no uid")))?;
+        let service =
+            objects::driver_service(id, &self.namespace, &self.config, Some((&name, uid)));
+        let post = PostParams::default();
+        let create = || async {
+            self.call_retrying(|| self.services.create(&post, &service))
+                .await
+                .map(drop)
+                .map_err(|error| PlatformError::Create(format!("service {name}: {error}")))
+        };
+        let existing = match create().await {
+            Ok(()) => return Ok(()),
+            Err(error) => match self.call(self.services.get_opt(&name)).await {
+                Ok(Some(existing)) => existing,
+                _ => return Err(error),
+            },
+        };
+        let owned = existing
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|owner| owner.uid == uid);
+        if owned {
+            return Ok(());
+        }
+        info!(engine = %id, "replacing a Service left by an earlier driver pod");
+        let background = DeleteParams::background();
+        self.call_retrying(|| self.services.delete(&name, &background))
+            .await
+            .map(drop)
+            .or_else(RequestError::not_found_is_ok)
+            .map_err(|error| PlatformError::Create(format!("stale service {name}: {error}")))?;
+        create().await
+    }
+
+    async fn delete_objects(&self, name: &str) -> Result<(), PlatformError> {
+        let background = DeleteParams::background();
+        self.call_retrying(|| self.pods.delete(name, &background))
+            .await
+            .map(drop)
+            .or_else(RequestError::not_found_is_ok)
+            .map_err(|error| PlatformError::Delete(format!("driver pod {name}: {error}")))?;
+        // The pod owns the Service, so the garbage collector removes it too; deleting it here
+        // as well makes that immediate.
+        self.call_retrying(|| self.services.delete(name, &background))
+            .await
+            .map(drop)
+            .or_else(RequestError::not_found_is_ok)
+            .map_err(|error| PlatformError::Delete(format!("service {name}: {error}")))
+    }
+}
+
+/// Why one API request failed.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("{}", describe(.0))]
+    Api(kube::Error),
+    #[error("the Kubernetes API did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl RequestError {
+    fn is_transient(&self) -> bool {
+        match self {
+            RequestError::Api(error) => is_transient(error),
+            RequestError::Timeout(_) => true,
+        }
+    }
+
+    fn code(&self) -> Option<u16> {
+        match self {
+            RequestError::Api(error) => status_code(error),
+            RequestError::Timeout(_) => None,
+        }
+    }
+
+    fn not_found_is_ok(self) -> Result<(), RequestError> {
+        if self.code() == Some(404) {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+#[async_trait]
+impl Platform for KubernetesPlatform {
+    async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
+        let name = objects::object_name(&engine.id);
+        let spec = DriverSpec {
+            id: &engine.id,
+            name: &engine.name,
+            version: &engine.version,
+            configs: &engine.configs,
+        };
+        let pod = objects::driver_pod(&spec, &self.namespace, &self.config);
+        let post = PostParams::default();
+        let created = match self.call_retrying(|| self.pods.create(&post, &pod)).await {
+            Ok(created) => created,
+            Err(error) if error.code() == Some(409) => {
+                // An earlier attempt made it: adopt it, unless it is on its way out.
+                let existing =
+                    self.call_retrying(|| self.pods.get(&name))
+                        .await
+                        .map_err(|error| {
+                            PlatformError::Create(format!("driver pod {name}: {error}"))
+                        })?;
+                if existing.metadata.deletion_timestamp.is_some() {
+                    return Err(PlatformError::Create(format!(
+                        "driver pod {name} from an earlier attempt is still being deleted"
+                    )));
+                }
+                info!(engine = %engine.id, "adopting the driver pod of an earlier attempt");
+                existing
+            }
+            Err(error) => return Err(PlatformError::Create(format!("driver pod {name}: {error}"))),
+        };
+        self.create_service(&engine.id, &created).await
+    }
+
+    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
+        let name = objects::object_name(id);
+        self.delete_objects(&name).await?;
+        let deadline = tokio::time::Instant::now() + self.config.delete_wait;
+        loop {
+            match self.call(self.pods.get_opt(&name)).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) if tokio::time::Instant::now() < deadline => {}
+                Ok(Some(_)) => {
+                    return Err(PlatformError::Delete(format!(
+                        "driver pod {name} is still terminating after {:?}",
+                        self.config.delete_wait
+                    )))
+                }
+                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {}
+                Err(error) => {
+                    return Err(PlatformError::Delete(format!("driver pod {name}: {error}")))
+                }
+            }
+            tokio::time::sleep(DELETE_POLL).await;
+        }
+    }
+
+    async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
+        let name = objects::object_name(&engine.id);
+        Ok(match self.pod(&name).await? {
+            Some(pod) => pod_state(
+                &pod,
+                &objects::endpoint(&engine.id, &self.namespace, &self.config),
+            ),
+            None => ResourceState::Gone,
+        })
+    }
+
+    async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError> {
+        let name = objects::object_name(id);
+        let params = LogParams {
+            container: Some(objects::CONTAINER.to_owned()),
+            tail_lines: Some(LOG_LINES),
+            ..LogParams::default()
+        };
+        match self.call_retrying(|| self.pods.logs(&name, &params)).await {
+            Ok(text) => Ok(Some(tail(text, max_bytes))),
+            // No pod, or a container that has not started: no log.
+            Err(error) if matches!(error.code(), Some(400 | 404)) => {
+                debug!(engine = %id, %error, "no driver log");
+                Ok(None)
+            }
+            Err(error) => Err(PlatformError::Inspect(format!(
+                "driver log of pod {name}: {error}"
+            ))),
+        }
+    }
+
+    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
+        let store = self.watched().await?;
+        let mut ids: Vec<EngineId> = store
+            .state()
+            .iter()
+            .filter_map(|pod| {
+                let labels = pod.metadata.labels.as_ref()?;
+                EngineId::parse(labels.get(objects::ENGINE_ID_LABEL)?)
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
+        self.delete(id).await
+    }
+}
+
+/// The last `max_bytes` of `text`, cut at a character boundary.
+fn tail(text: String, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut start = text.len() - max_bytes;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail;
+
+    #[test]
+    fn tail_keeps_the_end_on_a_character_boundary() {
+        assert_eq!(tail("abc".into(), 10), "abc");
+        assert_eq!(tail("abcdef".into(), 2), "ef");
+        assert_eq!(tail("aé".into(), 1), "");
+        assert_eq!(tail("aéb".into(), 3), "éb");
+    }
+}

@@ -1,0 +1,889 @@
+//! The Kubernetes platform through a real kube-rs client against an in-process Kubernetes API
+//! double (`kube-double`): the objects it creates, how pod states map to engine states, what
+//! the watch spares, deletion, orphans, and API failures. The double plays the cluster: tests
+//! set pod statuses as a kubelet would.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{spawn_api, TestApp, VERSION};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube_double::{Fault, KubeDouble};
+use rucat::engine::{Engine, EngineId, EngineState};
+use rucat::monitor::{Monitor, MonitorConfig};
+use rucat::platform::kubernetes::{objects, DriverSpec, KubernetesConfig, KubernetesPlatform};
+use rucat::platform::{Platform, ResourceState};
+use serde_json::{json, Value};
+
+const NS: &str = "spark";
+
+fn config() -> KubernetesConfig {
+    KubernetesConfig {
+        versions: vec![VERSION.to_owned()],
+        api_timeout: Duration::from_secs(2),
+        delete_wait: Duration::from_secs(3),
+        ..KubernetesConfig::default()
+    }
+}
+
+async fn client(double: &KubeDouble) -> kube::Client {
+    let kubeconfig = Kubeconfig::from_yaml(&double.kubeconfig_yaml(NS)).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    kube::Client::try_from(config).expect("client")
+}
+
+async fn platform_with(double: &KubeDouble, config: KubernetesConfig) -> KubernetesPlatform {
+    KubernetesPlatform::new(client(double).await, NS.to_owned(), config)
+}
+
+async fn platform(double: &KubeDouble) -> KubernetesPlatform {
+    platform_with(double, config()).await
+}
+
+fn engine(configs: &[(&str, &str)]) -> Engine {
+    let now = chrono::Utc::now();
+    Engine {
+        id: EngineId::generate(),
+        name: "etl".into(),
+        owner: "anonymous".into(),
+        engine_type: "Spark".into(),
+        version: VERSION.into(),
+        state: EngineState::StartInProgress,
+        error: None,
+        configs: configs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        endpoint: None,
+        create_time: now,
+        update_time: now,
+        next_update_time: None,
+    }
+}
+
+fn name(engine: &Engine) -> String {
+    objects::object_name(&engine.id)
+}
+
+fn ready() -> Value {
+    json!({"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Ready", "status": "True"}]})
+}
+
+fn container_waiting(reason: &str, message: &str) -> Value {
+    json!({"phase": "Pending", "containerStatuses": [{"name": "spark-connect", "image": "i",
+        "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": reason, "message": message}}}]})
+}
+
+/// What a test expects of a state.
+type Expect = Box<dyn Fn(&ResourceState) -> bool>;
+
+/// Waits (the watch is asynchronous) until the platform reports what `wanted` accepts.
+async fn state_becomes(
+    platform: &KubernetesPlatform,
+    engine: &Engine,
+    wanted: impl Fn(&ResourceState) -> bool,
+) -> ResourceState {
+    let mut last = None;
+    for _ in 0..200 {
+        let state = platform.state(engine).await.expect("state");
+        if wanted(&state) {
+            return state;
+        }
+        last = Some(state);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the engine's state never matched; last {last:?}");
+}
+
+/// The object without what the API server adds (uid, resourceVersion, times, status).
+fn as_sent(mut object: Value) -> Value {
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        for key in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
+            meta.remove(key);
+        }
+    }
+    if let Some(object) = object.as_object_mut() {
+        object.remove("status");
+    }
+    object
+}
+
+#[tokio::test]
+async fn create_makes_exactly_the_rendered_pod_and_an_owned_headless_service() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[("spark.executor.instances", "3")]);
+    platform.create(&engine).await.expect("create");
+
+    let pods = double.pods(NS);
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod = &pods[0];
+    let spec = DriverSpec {
+        id: &engine.id,
+        name: &engine.name,
+        version: &engine.version,
+        configs: &engine.configs,
+    };
+    let expected = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
+    assert_eq!(as_sent(pod.clone()), expected);
+
+    // What matters in it, spelled out.
+    let id = engine.id.to_string();
+    assert_eq!(pod["metadata"]["name"], name(&engine));
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "rucat"
+    );
+    assert_eq!(pod["metadata"]["labels"]["rucat.io/engine-id"], id.as_str());
+    let pod_spec = &pod["spec"];
+    assert_eq!(pod_spec["restartPolicy"], "Never");
+    assert_eq!(pod_spec["serviceAccountName"], "rucat-spark");
+    let container = &pod_spec["containers"][0];
+    assert_eq!(container["image"], format!("apache/spark:{VERSION}"));
+    assert_eq!(
+        container["command"],
+        json!(["/opt/spark/sbin/start-connect-server.sh"])
+    );
+    assert_eq!(container["readinessProbe"]["tcpSocket"]["port"], 15002);
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let host = format!("rucat-{id}.{NS}.svc.cluster.local");
+    for wanted in [
+        "k8s://https://kubernetes.default.svc:443".to_owned(),
+        "client".to_owned(),
+        format!("spark.driver.host={host}"),
+        format!("spark.kubernetes.namespace={NS}"),
+        format!("spark.kubernetes.driver.pod.name=rucat-{id}"),
+        format!("spark.kubernetes.executor.podNamePrefix=rucat-{id}"),
+        format!("spark.app.id=rucat-{id}"),
+        "spark.executor.instances=3".to_owned(),
+    ] {
+        assert!(args.contains(&wanted.as_str()), "{wanted} not in {args:?}");
+    }
+    let env = &container["env"];
+    assert!(env
+        .as_array()
+        .expect("env")
+        .iter()
+        .any(|e| e["name"] == "SPARK_NO_DAEMONIZE"));
+
+    let services = double.services(NS);
+    assert_eq!(services.len(), 1);
+    let service = &services[0];
+    assert_eq!(service["metadata"]["name"], name(&engine));
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(
+        service["spec"]["selector"]["rucat.io/engine-id"],
+        id.as_str()
+    );
+    let ports: Vec<i64> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(ports, [15002, 7078, 7079, 4040]);
+    let owner = &service["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Pod");
+    assert_eq!(owner["name"], name(&engine));
+    assert_eq!(owner["uid"], pod["metadata"]["uid"]);
+}
+
+#[tokio::test]
+async fn every_pod_phase_maps_to_its_engine_state_through_the_watch() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[]);
+    platform.create(&engine).await.expect("create");
+    let pod = name(&engine);
+    let endpoint = format!("sc://rucat-{}.{NS}.svc.cluster.local:15002", engine.id);
+
+    assert_eq!(
+        platform.state(&engine).await.expect("state"),
+        ResourceState::Starting
+    );
+    let steps: Vec<(Value, Expect)> = vec![
+        (
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}),
+            Box::new(|s| *s == ResourceState::Starting),
+        ),
+        (
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}),
+            Box::new(|s| *s == ResourceState::Starting),
+        ),
+        (
+            ready(),
+            Box::new(move |s| {
+                *s == ResourceState::Running {
+                    endpoint: endpoint.clone(),
+                }
+            }),
+        ),
+        (
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}),
+            Box::new(|s| *s == ResourceState::Starting),
+        ),
+        (
+            container_waiting("ImagePullBackOff", "Back-off pulling image \"nope\""),
+            Box::new(
+                |s| matches!(s, ResourceState::Failed(m) if m.contains("ImagePullBackOff") && m.contains("nope")),
+            ),
+        ),
+        (
+            json!({"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}),
+            Box::new(|s| matches!(s, ResourceState::Failed(m) if m.contains("Evicted"))),
+        ),
+        (
+            json!({"phase": "Failed", "containerStatuses": [{"name": "spark-connect", "image": "i",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}),
+            Box::new(
+                |s| matches!(s, ResourceState::Failed(m) if m.contains("OOMKilled, exit code 137")),
+            ),
+        ),
+        (
+            json!({"phase": "Succeeded"}),
+            Box::new(|s| matches!(s, ResourceState::Failed(m) if m.contains("driver exited"))),
+        ),
+    ];
+    for (status, wanted) in steps {
+        assert!(double.set_pod_status(NS, &pod, status.clone()));
+        let got = state_becomes(&platform, &engine, wanted).await;
+        println!("{status} -> {got:?}");
+    }
+
+    // Deleted behind Rucat's back (a node lost, say): gone, and so is its Service.
+    assert!(double.remove_pod(NS, &pod));
+    state_becomes(&platform, &engine, |s| *s == ResourceState::Gone).await;
+    assert!(
+        double.service(NS, &pod).is_none(),
+        "the owned Service went with the pod"
+    );
+}
+
+#[tokio::test]
+async fn checking_running_engines_costs_no_request_beyond_the_watch() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engines: Vec<Engine> = (0..50).map(|_| engine(&[])).collect();
+    for engine in &engines {
+        platform.create(engine).await.expect("create");
+        double.set_pod_status(NS, &name(engine), ready());
+    }
+    for engine in &engines {
+        state_becomes(&platform, engine, |s| {
+            matches!(s, ResourceState::Running { .. })
+        })
+        .await;
+    }
+    double.reset_requests();
+    for _ in 0..10 {
+        for engine in &engines {
+            assert!(matches!(
+                platform.state(engine).await.expect("state"),
+                ResourceState::Running { .. }
+            ));
+        }
+        assert_eq!(platform.resources().await.expect("resources").len(), 50);
+    }
+    let requests: Vec<_> = double.requests().into_iter().filter(|r| !r.watch).collect();
+    assert!(
+        requests.is_empty(),
+        "500 state checks and 10 resource listings asked the API: {:?}",
+        requests
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_pod_and_service_and_waits_for_them() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[]);
+    platform.create(&engine).await.expect("create");
+    double.set_deletion_delay(Duration::from_millis(600));
+
+    let started = std::time::Instant::now();
+    platform.delete(&engine.id).await.expect("delete");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "delete returned before the pod was gone"
+    );
+    assert!(double.pod(NS, &name(&engine)).is_none());
+    assert!(double.service(NS, &name(&engine)).is_none());
+    state_becomes(&platform, &engine, |s| *s == ResourceState::Gone).await;
+
+    // Deleting nothing succeeds.
+    platform.delete(&engine.id).await.expect("delete again");
+}
+
+#[tokio::test]
+async fn create_adopts_what_an_earlier_attempt_left() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[]);
+    platform.create(&engine).await.expect("create");
+    let uid = double.pod(NS, &name(&engine)).expect("pod")["metadata"]["uid"].clone();
+
+    // The monitor died after creating; the next attempt finds the pod (409) and adopts it.
+    platform
+        .create(&engine)
+        .await
+        .expect("second create adopts");
+    assert_eq!(double.pods(NS).len(), 1);
+    assert_eq!(
+        double.pod(NS, &name(&engine)).expect("pod")["metadata"]["uid"],
+        uid
+    );
+    assert_eq!(double.services(NS).len(), 1);
+
+    // A pod without its Service (the attempt died in between): the Service is made.
+    let other = self::engine(&[]);
+    let pod = serde_json::to_value(objects::driver_pod(
+        &DriverSpec {
+            id: &other.id,
+            name: &other.name,
+            version: &other.version,
+            configs: &other.configs,
+        },
+        NS,
+        &config(),
+    ))
+    .expect("json");
+    double.insert_pod(NS, pod);
+    platform.create(&other).await.expect("create adopts");
+    let service = double.service(NS, &name(&other)).expect("service made");
+    assert_eq!(
+        service["metadata"]["ownerReferences"][0]["uid"],
+        double.pod(NS, &name(&other)).expect("pod")["metadata"]["uid"]
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_named_and_transient_ones_retried() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+
+    // Forbidden: not retried, named, nothing made.
+    double.fail_next(Fault {
+        method: Some("POST".into()),
+        path_contains: "/pods".into(),
+        status: 403,
+        delay: None,
+        times: 1,
+    });
+    let refused = engine(&[]);
+    let error = platform
+        .create(&refused)
+        .await
+        .expect_err("403")
+        .to_string();
+    assert!(
+        error.contains("403") && error.contains("Forbidden"),
+        "{error}"
+    );
+    assert!(double.pods(NS).is_empty());
+
+    // Two internal errors: asked again, created once.
+    double.fail_next(Fault {
+        method: Some("POST".into()),
+        path_contains: "/pods".into(),
+        status: 500,
+        delay: None,
+        times: 2,
+    });
+    let flaky = engine(&[]);
+    platform
+        .create(&flaky)
+        .await
+        .expect("created on the third try");
+    assert_eq!(double.pods(NS).len(), 1);
+
+    // An API that keeps failing: the error says so.
+    double.fail_next(Fault {
+        method: Some("POST".into()),
+        path_contains: "/pods".into(),
+        status: 500,
+        delay: None,
+        times: 100,
+    });
+    let error = platform
+        .create(&engine(&[]))
+        .await
+        .expect_err("500")
+        .to_string();
+    assert!(error.contains("500"), "{error}");
+    double.clear_faults();
+
+    // An API that does not answer: bounded by the timeout.
+    double.fail_next(Fault {
+        method: Some("GET".into()),
+        path_contains: "/log".into(),
+        status: 200,
+        delay: Some(Duration::from_secs(10)),
+        times: 3,
+    });
+    let started = std::time::Instant::now();
+    let error = platform
+        .logs(&flaky.id, 1024)
+        .await
+        .expect_err("timeout")
+        .to_string();
+    assert!(error.contains("did not answer within"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[tokio::test]
+async fn logs_are_a_bounded_tail() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[]);
+    assert_eq!(platform.logs(&engine.id, 100).await.expect("no pod"), None);
+    platform.create(&engine).await.expect("create");
+    let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+    double.set_pod_log(NS, &name(&engine), &log);
+    let tail = platform
+        .logs(&engine.id, 16)
+        .await
+        .expect("logs")
+        .expect("a log");
+    assert_eq!(tail, "line 98\nline 99\n");
+}
+
+#[tokio::test]
+async fn the_watch_survives_dropped_streams_and_expired_versions() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[]);
+    platform.create(&engine).await.expect("create");
+    state_becomes(&platform, &engine, |s| *s == ResourceState::Starting).await;
+
+    double.close_watches();
+    double.set_pod_status(NS, &name(&engine), ready());
+    state_becomes(&platform, &engine, |s| {
+        matches!(s, ResourceState::Running { .. })
+    })
+    .await;
+
+    double.expire_resource_versions();
+    double.close_watches();
+    double.set_pod_status(
+        NS,
+        &name(&engine),
+        json!({"phase": "Failed", "reason": "Evicted"}),
+    );
+    state_becomes(&platform, &engine, |s| {
+        matches!(s, ResourceState::Failed(_))
+    })
+    .await;
+}
+
+fn fast_monitor() -> MonitorConfig {
+    MonitorConfig {
+        poll_interval: Duration::from_millis(50),
+        trigger_timeout: Duration::from_secs(5),
+        start_check_interval: Duration::from_millis(20),
+        health_check_interval: Duration::from_millis(20),
+        ..MonitorConfig::default()
+    }
+}
+
+async fn setup(double: &KubeDouble) -> (TestApp, Arc<KubernetesPlatform>, Monitor) {
+    let platform = Arc::new(platform(double).await);
+    let app = spawn_api(Some(platform.clone() as Arc<dyn Platform>)).await;
+    let monitor = Monitor::new(app.store.clone(), platform.clone(), fast_monitor());
+    (app, platform, monitor)
+}
+
+async fn drive_until(app: &TestApp, monitor: &Monitor, id: &str, wanted: EngineState) {
+    for _ in 0..300 {
+        if app.client.get(id).await.expect("get").state == wanted {
+            return;
+        }
+        monitor.pass().await.expect("pass");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let engine = app.client.get(id).await.expect("get");
+    panic!("engine {id} never reached {wanted}: {engine:?}");
+}
+
+#[tokio::test]
+async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
+    let double = KubeDouble::start().await;
+    let (app, _platform, monitor) = setup(&double).await;
+    let id = app
+        .client
+        .create("etl", VERSION, &Default::default())
+        .await
+        .expect("create");
+    let pod = format!("rucat-{id}");
+
+    drive_until(&app, &monitor, &id, EngineState::StartInProgress).await;
+    assert!(double.pod(NS, &pod).is_some());
+    for _ in 0..5 {
+        monitor.pass().await.expect("pass");
+    }
+    assert_eq!(
+        app.client.get(&id).await.expect("get").state,
+        EngineState::StartInProgress,
+        "not Running before the pod is ready"
+    );
+    double.set_pod_status(NS, &pod, ready());
+    drive_until(&app, &monitor, &id, EngineState::Running).await;
+    let engine = app.client.get(&id).await.expect("get");
+    assert_eq!(
+        engine.endpoint.as_deref(),
+        Some(format!("sc://{pod}.{NS}.svc.cluster.local:15002").as_str())
+    );
+
+    double.set_pod_log(NS, &pod, "Spark Connect server started\nbye\n");
+    app.client.stop(&id).await.expect("stop");
+    drive_until(&app, &monitor, &id, EngineState::Terminated).await;
+    assert!(double.pod(NS, &pod).is_none());
+    assert!(double.service(NS, &pod).is_none());
+    let logs = app.client.logs(&id).await.expect("logs");
+    assert_eq!(logs.source, "kept");
+    assert!(
+        logs.log.contains("Spark Connect server started"),
+        "{logs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_pod_fails_its_engine_with_the_reason_and_is_cleaned() {
+    let double = KubeDouble::start().await;
+    let (app, _platform, monitor) = setup(&double).await;
+    let id = app
+        .client
+        .create("etl", VERSION, &Default::default())
+        .await
+        .expect("create");
+    let pod = format!("rucat-{id}");
+    drive_until(&app, &monitor, &id, EngineState::StartInProgress).await;
+    double.set_pod_status(
+        NS,
+        &pod,
+        container_waiting("ErrImagePull", "manifest unknown: apache/spark:9.9.9"),
+    );
+    drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
+    let engine = app.client.get(&id).await.expect("get");
+    let error = engine.error.unwrap_or_default();
+    assert!(
+        error.contains("ErrImagePull") && error.contains("manifest unknown"),
+        "{error}"
+    );
+    assert!(double.pod(NS, &pod).is_none(), "the failed pod is deleted");
+}
+
+#[tokio::test]
+async fn an_api_refusing_creates_fails_the_engine_but_keeps_it() {
+    let double = KubeDouble::start().await;
+    let (app, _platform, monitor) = setup(&double).await;
+    double.fail_next(Fault {
+        method: Some("POST".into()),
+        path_contains: "/pods".into(),
+        status: 403,
+        delay: None,
+        times: 1,
+    });
+    let id = app
+        .client
+        .create("etl", VERSION, &Default::default())
+        .await
+        .expect("create");
+    drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
+    let engine = app.client.get(&id).await.expect("get");
+    assert!(
+        engine.error.as_deref().unwrap_or_default().contains("403"),
+        "{engine:?}"
+    );
+    assert!(double.pods(NS).is_empty());
+    // The engine is kept with its error until its user deletes it; the next engine runs once
+    // the API lets it.
+    app.client
+        .delete(&id)
+        .await
+        .expect("delete the failed engine");
+    let next = app
+        .client
+        .create("etl", VERSION, &Default::default())
+        .await
+        .expect("create");
+    drive_until(&app, &monitor, &next, EngineState::StartInProgress).await;
+    double.set_pod_status(NS, &format!("rucat-{next}"), ready());
+    drive_until(&app, &monitor, &next, EngineState::Running).await;
+}
+
+#[tokio::test]
+async fn orphan_pods_are_deleted_and_foreign_pods_left_alone() {
+    let double = KubeDouble::start().await;
+    let (app, _platform, monitor) = setup(&double).await;
+    let spec_pod = |id: &EngineId, instance: &str| {
+        let config = KubernetesConfig {
+            instance: instance.to_owned(),
+            ..config()
+        };
+        let configs = Default::default();
+        serde_json::to_value(objects::driver_pod(
+            &DriverSpec {
+                id,
+                name: "x",
+                version: VERSION,
+                configs: &configs,
+            },
+            NS,
+            &config,
+        ))
+        .expect("json")
+    };
+    // A pod whose engine was deleted, one whose engine is stopped, one of another Rucat
+    // instance, and one nobody labelled.
+    let deleted = EngineId::generate();
+    double.insert_pod(NS, spec_pod(&deleted, "rucat"));
+    let stopped = app.plant(EngineState::Terminated).await;
+    double.insert_pod(NS, spec_pod(&stopped.id, "rucat"));
+    let foreign = EngineId::generate();
+    double.insert_pod(NS, spec_pod(&foreign, "other-team"));
+    double.insert_pod(
+        NS,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unrelated"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    let running = app.plant(EngineState::Running).await;
+    double.insert_pod(NS, spec_pod(&running.id, "rucat"));
+
+    let cleaned = monitor.clean_orphans().await.expect("scan");
+    assert_eq!(cleaned, 2);
+    let left: Vec<String> = double
+        .pods(NS)
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let mut left = left;
+    left.sort();
+    let mut expected = vec![
+        objects::object_name(&foreign),
+        objects::object_name(&running.id),
+        "unrelated".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+}
+
+/// The real `rucat` binary with `--platform kubernetes`, its kubeconfig pointing at the double.
+struct Binary {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    server: String,
+}
+
+impl Binary {
+    async fn serve(double: &KubeDouble) -> Binary {
+        let dir = tempfile::tempdir().expect("temp dir");
+        double
+            .write_kubeconfig(&dir.path().join("kubeconfig"), NS)
+            .expect("kubeconfig");
+        std::fs::write(
+            dir.path().join("rucat.toml"),
+            format!(
+                "platform = \"kubernetes\"\n\
+                 [kubernetes]\nversions = [\"{VERSION}\"]\n\
+                 [monitor]\npoll_interval_ms = 100\nstart_check_interval_ms = 50\n"
+            ),
+        )
+        .expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("rucat.log")).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("rucat.toml"))
+            .env("KUBECONFIG", dir.path().join("kubeconfig"))
+            .env("RUCAT_LOG", "info,rucat=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rucat serve");
+        let binary = Binary {
+            dir,
+            child,
+            server: format!("http://127.0.0.1:{port}"),
+        };
+        let client = rucat::client::Client::new(&binary.server, None);
+        for _ in 0..300 {
+            if client.list(None, Some(1), None).await.is_ok() {
+                return binary;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("rucat serve did not answer: {}", binary.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rucat.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join("rucat.toml"))
+            .env("RUCAT_SERVER", &self.server)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the rucat CLI")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "rucat failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The JSON documents of `rucat engine render`'s YAML stream.
+fn documents(text: &str) -> Vec<Value> {
+    text.split("\n---\n")
+        .map(|doc| {
+            doc.lines()
+                .filter(|line| !line.starts_with('#') && *line != "---")
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|doc| !doc.trim().is_empty())
+        .map(|doc| serde_json::from_str(&doc).expect("each document is JSON"))
+        .collect()
+}
+
+// The CLI runs as a blocking child process: the double needs a runtime thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
+    let double = KubeDouble::start().await;
+    let rucat = Binary::serve(&double).await;
+
+    let id = stdout(&rucat.cli(&[
+        "engine",
+        "create",
+        "--name",
+        "etl",
+        "--version",
+        VERSION,
+        "--conf",
+        "spark.executor.instances=2",
+    ]))
+    .trim()
+    .to_owned();
+    let pod_name = format!("rucat-{id}");
+    let mut created = None;
+    for _ in 0..100 {
+        created = double.pod(NS, &pod_name);
+        if created.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = created.unwrap_or_else(|| panic!("no pod created: {}", rucat.log()));
+
+    // `render` prints exactly what the monitor created.
+    let rendered = documents(&stdout(&rucat.cli(&[
+        "engine",
+        "render",
+        "--name",
+        "etl",
+        "--version",
+        VERSION,
+        "--conf",
+        "spark.executor.instances=2",
+        "--id",
+        &id,
+    ])));
+    assert_eq!(rendered.len(), 2);
+    assert_eq!(rendered[0], as_sent(created));
+    assert_eq!(rendered[1]["kind"], "Service");
+    let mut service = as_sent(double.service(NS, &pod_name).expect("service"));
+    if let Some(meta) = service["metadata"].as_object_mut() {
+        meta.remove("ownerReferences");
+    }
+    // What the API server fills in by default.
+    if let Some(spec) = service["spec"].as_object_mut() {
+        spec.remove("clusterIPs");
+        spec.remove("type");
+    }
+    assert_eq!(rendered[1], service);
+
+    double.set_pod_status(NS, &pod_name, ready());
+    let waited = rucat.cli(&["engine", "wait", &id, "--timeout", "30"]);
+    assert!(waited.status.success(), "{}", rucat.log());
+    let endpoint = stdout(&waited);
+    assert_eq!(
+        endpoint.trim(),
+        format!("sc://{pod_name}.{NS}.svc.cluster.local:15002")
+    );
+
+    stdout(&rucat.cli(&["engine", "stop", &id, "--wait", "--timeout", "30"]));
+    assert!(double.pod(NS, &pod_name).is_none());
+    assert!(double.service(NS, &pod_name).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_refuses_what_a_create_would() {
+    let double = KubeDouble::start().await;
+    let rucat = Binary::serve(&double).await;
+    for (args, needle) in [
+        (
+            vec!["--conf", "spark.kubernetes.driver.podTemplateFile=/tmp/x"],
+            "\"spark.kubernetes.driver.podTemplateFile\"",
+        ),
+        (
+            vec!["--conf", "spark.kubernetes.namespace=kube-system"],
+            "\"spark.kubernetes.namespace\"",
+        ),
+        (vec!["--namespace", "Kube_System"], "not a namespace name"),
+        (vec!["--id", "../x"], "not an engine id"),
+    ] {
+        let mut full = vec!["engine", "render", "--name", "etl", "--version", VERSION];
+        full.extend(args);
+        let output = rucat.cli(&full);
+        assert!(!output.status.success(), "{full:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{full:?}: {stderr}");
+    }
+    let output = rucat.cli(&["engine", "render", "--name", "etl", "--version", "9.9.9"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown version \"9.9.9\""));
+    assert!(double.pods(NS).is_empty(), "render creates nothing");
+}
