@@ -96,19 +96,27 @@ struct EngineArgs {
     command: EngineCommand,
 }
 
+/// What an engine request is made of, on the command line.
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// Engine name: 1 to 128 letters, digits, '-', '_' or '.'
+    #[arg(long)]
+    name: String,
+    /// Spark version (one the server offers: with the kubernetes platform, one of [kubernetes]
+    /// versions)
+    #[arg(long = "version", value_name = "VERSION")]
+    engine_version: String,
+    /// Spark configuration, KEY=VALUE (repeatable)
+    #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = parse_conf)]
+    configs: Vec<(String, String)>,
+}
+
 #[derive(Debug, Subcommand)]
 enum EngineCommand {
     /// Ask for a new Spark engine; prints its id (and, with --wait, its progress and endpoint).
     Create {
-        /// Engine name: 1 to 128 letters, digits, '-', '_' or '.'
-        #[arg(long)]
-        name: String,
-        /// Spark version (must be one the server offers)
-        #[arg(long = "version", value_name = "VERSION")]
-        engine_version: String,
-        /// Spark configuration, KEY=VALUE (repeatable)
-        #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = parse_conf)]
-        configs: Vec<(String, String)>,
+        #[command(flatten)]
+        request: RequestArgs,
         /// Wait until the engine is Running and print its sc:// endpoint
         #[arg(long)]
         wait: bool,
@@ -168,15 +176,8 @@ enum EngineCommand {
     /// would create for this engine request, from the configuration file's [kubernetes] and
     /// [policy] tables, without creating anything. Refuses what the server would refuse.
     Render {
-        /// Engine name: 1 to 128 letters, digits, '-', '_' or '.'
-        #[arg(long)]
-        name: String,
-        /// Spark version (one of [kubernetes] versions)
-        #[arg(long = "version", value_name = "VERSION")]
-        engine_version: String,
-        /// Spark configuration, KEY=VALUE (repeatable)
-        #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = parse_conf)]
-        configs: Vec<(String, String)>,
+        #[command(flatten)]
+        request: RequestArgs,
         /// Render for this engine id [default: a new id, as a create would make]
         #[arg(long)]
         id: Option<String>,
@@ -246,21 +247,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 file,
             )?;
             if let EngineCommand::Render {
-                name,
-                engine_version,
-                configs,
+                request,
                 id,
                 namespace,
             } = args.command
             {
-                let request = RenderRequest {
-                    name,
-                    version: engine_version,
-                    configs: configs.into_iter().collect(),
-                    id,
-                    namespace,
-                };
-                return render(&settings, request).await;
+                return render(&settings, request, id, namespace).await;
             }
             let client = Client::new(&settings.server, settings.token);
             engine_command(&client, args.command).await
@@ -317,33 +309,30 @@ async fn wait_for(
     Ok(())
 }
 
-struct RenderRequest {
-    name: String,
-    version: String,
-    configs: BTreeMap<String, String>,
+/// `rucat engine render`: the checks a create goes through, then the objects on standard output.
+async fn render(
+    settings: &Settings,
+    request: RequestArgs,
     id: Option<String>,
     namespace: Option<String>,
-}
-
-/// `rucat engine render`: the checks a create goes through, then the objects on standard output.
-async fn render(settings: &Settings, request: RenderRequest) -> anyhow::Result<()> {
+) -> anyhow::Result<()> {
     let config = &settings.kubernetes;
     let name = EngineName::parse(&request.name)?;
-    let configs = SparkConf::parse(request.configs)?;
-    if !config.versions.contains(&request.version) {
+    let configs = SparkConf::parse(request.configs.into_iter().collect())?;
+    if !config.versions.contains(&request.engine_version) {
         bail!(
             "unknown version {:?}; available: {}",
-            request.version,
+            request.engine_version,
             config.versions.join(", ")
         );
     }
     settings.policy.check(&configs)?;
-    let id = match request.id {
+    let id = match id {
         Some(text) => EngineId::parse(&text)
             .with_context(|| format!("{text:?} is not an engine id (32 lowercase hex digits)"))?,
         None => EngineId::generate(),
     };
-    let namespace = match request.namespace.or_else(|| config.namespace.clone()) {
+    let namespace = match namespace.or_else(|| config.namespace.clone()) {
         Some(namespace) => namespace,
         None => kube_namespace().await,
     };
@@ -359,7 +348,7 @@ async fn render(settings: &Settings, request: RenderRequest) -> anyhow::Result<(
     let spec = DriverSpec {
         id: &id,
         name: name.as_str(),
-        version: &request.version,
+        version: &request.engine_version,
         configs: &configs,
     };
     let mut out = std::io::stdout().lock();
@@ -381,14 +370,14 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
     let mut out = std::io::stdout().lock();
     match command {
         EngineCommand::Create {
-            name,
-            engine_version,
-            configs,
+            request,
             wait,
             timeout,
         } => {
-            let configs: BTreeMap<String, String> = configs.into_iter().collect();
-            let id = client.create(&name, &engine_version, &configs).await?;
+            let configs: BTreeMap<String, String> = request.configs.into_iter().collect();
+            let id = client
+                .create(&request.name, &request.engine_version, &configs)
+                .await?;
             writeln!(out, "{id}")?;
             if wait {
                 wait_for(client, &id, EngineState::Running, timeout, &mut out).await?;

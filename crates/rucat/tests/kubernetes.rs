@@ -378,13 +378,7 @@ async fn api_errors_are_named_and_transient_ones_retried() {
     let platform = platform(&double).await;
 
     // Forbidden: not retried, named, nothing made.
-    double.fail_next(Fault {
-        method: Some("POST".into()),
-        path_contains: "/pods".into(),
-        status: 403,
-        delay: None,
-        times: 1,
-    });
+    double.fail_next(Fault::new("/pods", 403).with_method("POST"));
     let refused = engine(&[]);
     let error = platform
         .create(&refused)
@@ -398,13 +392,7 @@ async fn api_errors_are_named_and_transient_ones_retried() {
     assert!(double.pods(NS).is_empty());
 
     // Two internal errors: asked again, created once.
-    double.fail_next(Fault {
-        method: Some("POST".into()),
-        path_contains: "/pods".into(),
-        status: 500,
-        delay: None,
-        times: 2,
-    });
+    double.fail_next(Fault::new("/pods", 500).with_method("POST").with_times(2));
     let flaky = engine(&[]);
     platform
         .create(&flaky)
@@ -413,13 +401,7 @@ async fn api_errors_are_named_and_transient_ones_retried() {
     assert_eq!(double.pods(NS).len(), 1);
 
     // An API that keeps failing: the error says so.
-    double.fail_next(Fault {
-        method: Some("POST".into()),
-        path_contains: "/pods".into(),
-        status: 500,
-        delay: None,
-        times: 100,
-    });
+    double.fail_next(Fault::new("/pods", 500).with_method("POST").with_times(100));
     let error = platform
         .create(&engine(&[]))
         .await
@@ -429,13 +411,12 @@ async fn api_errors_are_named_and_transient_ones_retried() {
     double.clear_faults();
 
     // An API that does not answer: bounded by the timeout.
-    double.fail_next(Fault {
-        method: Some("GET".into()),
-        path_contains: "/log".into(),
-        status: 200,
-        delay: Some(Duration::from_secs(10)),
-        times: 3,
-    });
+    double.fail_next(
+        Fault::new("/log", 200)
+            .with_method("GET")
+            .with_times(3)
+            .with_delay(Duration::from_secs(10)),
+    );
     let started = std::time::Instant::now();
     let error = platform
         .logs(&flaky.id, 1024)
@@ -520,15 +501,18 @@ async fn drive_until(app: &TestApp, monitor: &Monitor, id: &str, wanted: EngineS
     panic!("engine {id} never reached {wanted}: {engine:?}");
 }
 
+async fn create(app: &TestApp) -> String {
+    app.client
+        .create("etl", VERSION, &Default::default())
+        .await
+        .expect("create")
+}
+
 #[tokio::test]
 async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
     let double = KubeDouble::start().await;
     let (app, _platform, monitor) = setup(&double).await;
-    let id = app
-        .client
-        .create("etl", VERSION, &Default::default())
-        .await
-        .expect("create");
+    let id = create(&app).await;
     let pod = format!("rucat-{id}");
 
     drive_until(&app, &monitor, &id, EngineState::StartInProgress).await;
@@ -566,11 +550,7 @@ async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
 async fn a_failing_pod_fails_its_engine_with_the_reason_and_is_cleaned() {
     let double = KubeDouble::start().await;
     let (app, _platform, monitor) = setup(&double).await;
-    let id = app
-        .client
-        .create("etl", VERSION, &Default::default())
-        .await
-        .expect("create");
+    let id = create(&app).await;
     let pod = format!("rucat-{id}");
     drive_until(&app, &monitor, &id, EngineState::StartInProgress).await;
     double.set_pod_status(
@@ -592,18 +572,8 @@ async fn a_failing_pod_fails_its_engine_with_the_reason_and_is_cleaned() {
 async fn an_api_refusing_creates_fails_the_engine_but_keeps_it() {
     let double = KubeDouble::start().await;
     let (app, _platform, monitor) = setup(&double).await;
-    double.fail_next(Fault {
-        method: Some("POST".into()),
-        path_contains: "/pods".into(),
-        status: 403,
-        delay: None,
-        times: 1,
-    });
-    let id = app
-        .client
-        .create("etl", VERSION, &Default::default())
-        .await
-        .expect("create");
+    double.fail_next(Fault::new("/pods", 403).with_method("POST"));
+    let id = create(&app).await;
     drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
     let engine = app.client.get(&id).await.expect("get");
     assert!(
@@ -617,11 +587,7 @@ async fn an_api_refusing_creates_fails_the_engine_but_keeps_it() {
         .delete(&id)
         .await
         .expect("delete the failed engine");
-    let next = app
-        .client
-        .create("etl", VERSION, &Default::default())
-        .await
-        .expect("create");
+    let next = create(&app).await;
     drive_until(&app, &monitor, &next, EngineState::StartInProgress).await;
     double.set_pod_status(NS, &format!("rucat-{next}"), ready());
     drive_until(&app, &monitor, &next, EngineState::Running).await;

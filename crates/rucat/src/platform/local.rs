@@ -74,6 +74,8 @@ const REAP_WAIT: Duration = Duration::from_secs(1);
 /// A port handed to an engine is not handed out again for this long (the engine binds it only
 /// seconds after it was chosen).
 const PORT_QUARANTINE: Duration = Duration::from_secs(300);
+/// The lowest port handed to an engine.
+const PORT_FLOOR: u16 = 20000;
 /// Lines of the driver log quoted in a failure message, and their bounds.
 const FAILURE_LOG_LINES: usize = 5;
 const FAILURE_LOG_LINE_CHARS: usize = 400;
@@ -280,31 +282,31 @@ impl LocalPlatform {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A free port on 127.0.0.1: bound, read and released, and not one handed out lately.
+    /// A free port on 127.0.0.1, not one handed out lately, chosen at random below the
+    /// kernel's ephemeral range: the engine binds it only seconds later, and a port from that
+    /// range could meanwhile be handed to any process's `bind(0)`, such as another engine's
+    /// driver or block manager port.
     fn pick_port(&self, id: &EngineId) -> Result<u16, PlatformError> {
         let mut reserved = self
             .reserved_ports
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         reserved.retain(|_, at| at.elapsed() < PORT_QUARANTINE);
-        for _ in 0..64 {
-            let listener = std::net::TcpListener::bind(SocketAddrV4::new(HOST, 0)).map_err(
-                PlatformError::io(format!("finding a free port for engine {id}")),
-            )?;
-            let port = listener
-                .local_addr()
-                .map_err(PlatformError::io(format!(
-                    "finding a free port for engine {id}"
-                )))?
-                .port();
-            drop(listener);
-            if let std::collections::hash_map::Entry::Vacant(entry) = reserved.entry(port) {
-                entry.insert(Instant::now());
-                return Ok(port);
+        let range = PORT_FLOOR..ephemeral_floor().max(PORT_FLOOR + 1024);
+        for _ in 0..256 {
+            let random = uuid::Uuid::new_v4().as_u128();
+            let port = range.start + (random % u128::from(range.end - range.start)) as u16;
+            if reserved.contains_key(&port)
+                || std::net::TcpListener::bind(SocketAddrV4::new(HOST, port)).is_err()
+            {
+                continue;
             }
+            reserved.insert(port, Instant::now());
+            return Ok(port);
         }
         Err(PlatformError::Create(format!(
-            "no free port on {HOST} for engine {id}"
+            "no free port on {HOST} for engine {id} in {}..{}",
+            range.start, range.end
         )))
     }
 
@@ -1324,6 +1326,14 @@ enum PortOwner {
 }
 
 /// Who listens on `port`, as seen from process `pid`'s network namespace.
+/// The first port of the kernel's ephemeral range (from which `bind(0)` picks).
+fn ephemeral_floor() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
 fn port_owner(pid: i32, port: u16) -> PortOwner {
     let mut inodes = HashSet::new();
     for table in ["tcp", "tcp6"] {
@@ -1583,6 +1593,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(platform.version(), "4.3.0");
+    }
+
+    #[test]
+    fn ports_come_from_below_the_ephemeral_range_and_are_not_reused() {
+        let home = fake_spark_home("spark-core_2.13-4.3.0.jar");
+        let data = tempfile::tempdir().unwrap();
+        let platform = LocalPlatform::new(
+            home.path().to_owned(),
+            data.path().to_owned(),
+            "local[*]".to_owned(),
+        )
+        .unwrap();
+        let id = EngineId::generate();
+        let floor = ephemeral_floor().max(PORT_FLOOR + 1024);
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let port = platform.pick_port(&id).unwrap();
+            assert!((PORT_FLOOR..floor).contains(&port), "{port}");
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum PlatformError {
     Delete(String),
     #[error("failed to read the engine's resource: {0}")]
     Inspect(String),
+    #[error("cannot use the platform: {0}")]
+    Setup(String),
     #[error("{what}: {source}")]
     Io {
         what: String,

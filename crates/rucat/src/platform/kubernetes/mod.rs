@@ -147,7 +147,7 @@ impl KubernetesPlatform {
     /// the pod's service account.
     pub async fn connect(config: KubernetesConfig) -> Result<Self, PlatformError> {
         let kube_config = kube::Config::infer().await.map_err(|error| {
-            PlatformError::Inspect(format!(
+            PlatformError::Setup(format!(
                 "no Kubernetes configuration (no kubeconfig, not in a cluster): {error}"
             ))
         })?;
@@ -156,7 +156,7 @@ impl KubernetesPlatform {
             .clone()
             .unwrap_or_else(|| kube_config.default_namespace.clone());
         let client = Client::try_from(kube_config).map_err(|error| {
-            PlatformError::Inspect(format!("cannot build the Kubernetes client: {error}"))
+            PlatformError::Setup(format!("cannot build the Kubernetes client: {error}"))
         })?;
         info!(%namespace, "Kubernetes platform ready");
         Ok(Self::new(client, namespace, config))
