@@ -848,6 +848,14 @@ async fn render_refuses_what_a_create_would() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{full:?}: {stderr}");
     }
+    // The server offers the configured versions only.
+    let output = rucat.cli(&["engine", "create", "--name", "etl", "--version", "9.9.9"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("422") && stderr.contains(&format!("available: {VERSION}")),
+        "{stderr}"
+    );
     let output = rucat.cli(&["engine", "render", "--name", "etl", "--version", "9.9.9"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown version \"9.9.9\""));
