@@ -4,6 +4,9 @@
 //! set pod statuses as a kubelet would.
 
 mod common;
+#[allow(dead_code)]
+#[path = "e2e/harness.rs"]
+mod e2e;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -860,4 +863,146 @@ async fn render_refuses_what_a_create_would() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown version \"9.9.9\""));
     assert!(double.pods(NS).is_empty(), "render creates nothing");
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The driver container of the pod Rucat creates, run here as a kubelet would run it (its
+/// command, arguments and environment), with what only a cluster has swapped for local
+/// stand-ins: Spark under `SPARK_HOME` instead of `/opt/spark`, a local master instead of the
+/// API server, 127.0.0.1 instead of the Service's DNS name, free ports instead of the pod's
+/// own. It must serve Spark Connect on the port its readiness probe checks, and answer
+/// queries from a real Spark Connect client.
+#[tokio::test]
+async fn the_driver_container_command_starts_a_real_spark_connect_server() {
+    let spark_home = std::env::var("SPARK_HOME")
+        .map(std::path::PathBuf::from)
+        .ok()
+        .or_else(rucat::config::installed_spark_home)
+        .expect("no Spark: run scripts/setup.sh (or set SPARK_HOME)");
+    let engine = engine(&[("spark.sql.shuffle.partitions", "4")]);
+    let spec = DriverSpec {
+        id: &engine.id,
+        name: &engine.name,
+        version: &engine.version,
+        configs: &engine.configs,
+    };
+    let pod = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
+    let container = &pod["spec"]["containers"][0];
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    let command = strings(&container["command"]);
+    assert_eq!(command.len(), 1);
+    let program = spark_home.join(
+        command[0]
+            .strip_prefix("/opt/spark/")
+            .expect("the command is under /opt/spark"),
+    );
+    let probe_port = container["readinessProbe"]["tcpSocket"]["port"]
+        .as_i64()
+        .expect("a probe port");
+    let connect_port = free_port();
+    let swaps = [
+        (
+            "k8s://https://kubernetes.default.svc:443".to_owned(),
+            "local[1]".to_owned(),
+        ),
+        (
+            format!(
+                "spark.driver.host=rucat-{}.{NS}.svc.cluster.local",
+                engine.id
+            ),
+            "spark.driver.host=127.0.0.1".to_owned(),
+        ),
+        (
+            format!("spark.connect.grpc.binding.port={probe_port}"),
+            format!("spark.connect.grpc.binding.port={connect_port}"),
+        ),
+        (
+            "spark.driver.port=7078".to_owned(),
+            "spark.driver.port=0".to_owned(),
+        ),
+        (
+            "spark.driver.blockManager.port=7079".to_owned(),
+            "spark.driver.blockManager.port=0".to_owned(),
+        ),
+        (
+            "spark.ui.port=4040".to_owned(),
+            "spark.ui.enabled=false".to_owned(),
+        ),
+    ];
+    let mut args = strings(&container["args"]);
+    for (from, to) in &swaps {
+        let at = args
+            .iter()
+            .position(|a| a == from)
+            .unwrap_or_else(|| panic!("{from} not in the pod's arguments {args:?}"));
+        args[at] = to.clone();
+    }
+    let home = tempfile::tempdir().expect("a home");
+    let mut process = std::process::Command::new(&program);
+    process.args(&args).env("SPARK_HOME", &spark_home);
+    for var in container["env"].as_array().expect("env") {
+        let (name, value) = (
+            var["name"].as_str().expect("a name"),
+            var["value"].as_str().expect("a value"),
+        );
+        // The pod's writable /tmp, here a directory of the test's own.
+        let value = value.replacen("/tmp", &home.path().to_string_lossy(), 1);
+        process.env(name, value);
+    }
+    use std::os::unix::process::CommandExt;
+    let log = home.path().join("driver.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = process
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start the driver command");
+    let pgid = child.id() as i32;
+    let endpoint = format!("sc://127.0.0.1:{connect_port}");
+    let mut ready = false;
+    for _ in 0..1200 {
+        if e2e::port_open(&endpoint) {
+            ready = true;
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the driver command exited with {status} before serving:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = if ready {
+        tokio::time::timeout(Duration::from_secs(120), e2e::query(&endpoint))
+            .await
+            .map_err(|_| "the query did not finish within 120 s".to_owned())
+    } else {
+        Err("the Spark Connect port never opened".to_owned())
+    };
+    // In the foreground (SPARK_NO_DAEMONIZE), the whole driver is this process group.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let _ = child.wait();
+    if let Err(why) = result {
+        panic!(
+            "{why}:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
 }
