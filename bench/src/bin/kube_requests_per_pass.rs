@@ -184,16 +184,7 @@ async fn main() -> Result<(), Error> {
         engine.next_update_time = Some(Utc::now());
         store.insert(&engine).await?;
         ids.push(engine.id.clone());
-        let pod = objects::driver_pod(
-            &DriverSpec {
-                id: &engine.id,
-                name: &engine.name,
-                version: &engine.version,
-                configs: &engine.configs,
-            },
-            NS,
-            &config(),
-        );
+        let pod = objects::driver_pod(&DriverSpec::from(&engine), NS, &config());
         double.insert_pod(NS, serde_json::to_value(pod)?);
         double.set_pod_status(NS, &objects::object_name(&engine.id), ready.clone());
     }

@@ -128,12 +128,7 @@ async fn create_makes_exactly_the_rendered_pod_and_an_owned_headless_service() {
     let pods = double.pods(NS);
     assert_eq!(pods.len(), 1, "{pods:?}");
     let pod = &pods[0];
-    let spec = DriverSpec {
-        id: &engine.id,
-        name: &engine.name,
-        version: &engine.version,
-        configs: &engine.configs,
-    };
+    let spec = DriverSpec::from(&engine);
     let expected = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
     assert_eq!(as_sent(pod.clone()), expected);
 
@@ -356,12 +351,7 @@ async fn create_adopts_what_an_earlier_attempt_left() {
     // A pod without its Service (the attempt died in between): the Service is made.
     let other = self::engine(&[]);
     let pod = serde_json::to_value(objects::driver_pod(
-        &DriverSpec {
-            id: &other.id,
-            name: &other.name,
-            version: &other.version,
-            configs: &other.configs,
-        },
+        &DriverSpec::from(&other),
         NS,
         &config(),
     ))
@@ -887,12 +877,7 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
         .or_else(rucat::config::installed_spark_home)
         .expect("no Spark: run scripts/setup.sh (or set SPARK_HOME)");
     let engine = engine(&[("spark.sql.shuffle.partitions", "4")]);
-    let spec = DriverSpec {
-        id: &engine.id,
-        name: &engine.name,
-        version: &engine.version,
-        configs: &engine.configs,
-    };
+    let spec = DriverSpec::from(&engine);
     let pod = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
     let container = &pod["spec"]["containers"][0];
     let strings = |value: &Value| -> Vec<String> {

@@ -360,12 +360,7 @@ impl RequestError {
 impl Platform for KubernetesPlatform {
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         let name = objects::object_name(&engine.id);
-        let spec = DriverSpec {
-            id: &engine.id,
-            name: &engine.name,
-            version: &engine.version,
-            configs: &engine.configs,
-        };
+        let spec = DriverSpec::from(engine);
         let pod = objects::driver_pod(&spec, &self.namespace, &self.config);
         let post = PostParams::default();
         let created = match self.call_retrying(|| self.pods.create(&post, &pod)).await {

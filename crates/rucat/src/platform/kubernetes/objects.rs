@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::KubernetesConfig;
-use crate::engine::EngineId;
+use crate::engine::{Engine, EngineId};
 
 /// Labels every object Rucat creates carries; the watch and the orphan scan select on them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rucat");
@@ -42,6 +42,17 @@ pub struct DriverSpec<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub configs: &'a BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a Engine> for DriverSpec<'a> {
+    fn from(engine: &'a Engine) -> Self {
+        DriverSpec {
+            id: &engine.id,
+            name: &engine.name,
+            version: &engine.version,
+            configs: &engine.configs,
+        }
+    }
 }
 
 /// The pod's name (also the Service's): a DNS-1035 label, as Services require.
