@@ -282,6 +282,35 @@ impl Cluster {
         }
     }
 
+    /// An engine's state history and every process's log lines that name it, for failure
+    /// messages.
+    pub async fn history(&self, id: &str) -> String {
+        let events = match self
+            .http
+            .get(self.url(0, &format!("/engines/{id}/events")))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(error) => format!("(no events: {error})"),
+        };
+        let mut text = format!("\n===== engine {id}: events =====\n{events}\n");
+        for process in self.servers.iter().chain(&self.monitors) {
+            let lines: Vec<String> = process
+                .log()
+                .lines()
+                .filter(|line| line.contains(id))
+                .map(str::to_owned)
+                .collect();
+            text.push_str(&format!(
+                "===== engine {id} in {} =====\n{}\n",
+                process.name,
+                lines.join("\n")
+            ));
+        }
+        text
+    }
+
     /// Waits until every engine is in the state `expected` gives it (`None`: deleted).
     pub async fn settle(&self, expected: &[(String, Option<&str>)], within: Duration) {
         let deadline = Instant::now() + within;
@@ -297,8 +326,13 @@ impl Cluster {
                 return;
             }
             if Instant::now() > deadline {
+                let mut history = String::new();
+                for line in wrong.iter().take(3) {
+                    let id = line.split(':').next().unwrap_or_default();
+                    history.push_str(&self.history(id).await);
+                }
                 panic!(
-                    "{} engines not settled after {within:?}, e.g. {:?}{}",
+                    "{} engines not settled after {within:?}, e.g. {:?}{history}{}",
                     wrong.len(),
                     &wrong[..wrong.len().min(5)],
                     self.logs()
