@@ -318,7 +318,8 @@ async fn render(
 ) -> anyhow::Result<()> {
     let config = &settings.kubernetes;
     let name = EngineName::parse(&request.name)?;
-    let configs = SparkConf::parse(request.configs.into_iter().collect())?;
+    let configs: BTreeMap<String, String> = request.configs.into_iter().collect();
+    let conf = SparkConf::parse(configs.clone())?;
     if !config.versions.contains(&request.engine_version) {
         bail!(
             "unknown version {:?}; available: {}",
@@ -326,7 +327,7 @@ async fn render(
             config.versions.join(", ")
         );
     }
-    settings.policy.check(&configs)?;
+    settings.policy.check(&conf)?;
     let id = match id {
         Some(text) => EngineId::parse(&text)
             .with_context(|| format!("{text:?} is not an engine id (32 lowercase hex digits)"))?,
@@ -341,10 +342,6 @@ async fn render(
             "{namespace:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
         );
     }
-    let configs: BTreeMap<String, String> = configs
-        .iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
     let spec = DriverSpec {
         id: &id,
         name: name.as_str(),

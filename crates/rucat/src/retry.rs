@@ -1,4 +1,5 @@
-//! Exponential back-off with jitter, for everything that waits for the store to come back.
+//! Exponential back-off with jitter, for everything that waits for the store or the platform
+//! API to come back.
 
 use std::time::Duration;
 

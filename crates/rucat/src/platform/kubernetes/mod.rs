@@ -28,6 +28,7 @@ pub use status::pod_state;
 
 use super::{Platform, PlatformError, ResourceState};
 use crate::engine::{Engine, EngineId};
+use crate::retry::Backoff;
 
 /// The Kubernetes platform's settings: the `[kubernetes]` table of the configuration file.
 /// Everything about where and how drivers run comes from here, never from users.
@@ -89,6 +90,8 @@ impl KubernetesConfig {
     }
 }
 
+/// The first pause before a transient API failure is asked again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How often `delete` looks whether the pod is gone.
 const DELETE_POLL: Duration = Duration::from_millis(250);
 /// Lines of driver log read before the tail is cut to size.
@@ -127,21 +130,6 @@ fn describe(error: &kube::Error) -> String {
     }
 }
 
-fn status_code(error: &kube::Error) -> Option<u16> {
-    match error {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
-/// Worth asking again: the API was unreachable, slow, overloaded or failing inside.
-fn is_transient(error: &kube::Error) -> bool {
-    match status_code(error) {
-        Some(code) => code == 429 || code >= 500,
-        None => true,
-    }
-}
-
 impl KubernetesPlatform {
     /// Connects with the kubeconfig (`KUBECONFIG`, else `~/.kube/config`) or, inside a pod,
     /// the pod's service account.
@@ -173,10 +161,6 @@ impl KubernetesPlatform {
         }
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     pub fn versions(&self) -> &[String] {
         &self.config.versions
     }
@@ -193,22 +177,21 @@ impl KubernetesPlatform {
         }
     }
 
-    /// Like `call`, asking again (up to three times, with a short pause) while the failure is
-    /// transient.
+    /// Like `call`, asking again (up to three times, after short jittered pauses) while the
+    /// failure is transient.
     async fn call_retrying<T, F, Fut>(&self, mut request: F) -> Result<T, RequestError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
-        let mut pause = Duration::from_millis(200);
+        let mut backoff = Backoff::new(RETRY_PAUSE, RETRY_PAUSE * 4);
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self.call(request()).await {
                 Err(error) if attempts < 3 && error.is_transient() => {
                     debug!(%error, "transient Kubernetes API failure; asking again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 result => return result,
             }
@@ -333,17 +316,19 @@ enum RequestError {
 }
 
 impl RequestError {
+    /// Worth asking again: the API was unreachable, slow, overloaded or failing inside.
     fn is_transient(&self) -> bool {
-        match self {
-            RequestError::Api(error) => is_transient(error),
-            RequestError::Timeout(_) => true,
+        match self.code() {
+            Some(code) => code == 429 || code >= 500,
+            None => true,
         }
     }
 
+    /// The API's status code, when it answered.
     fn code(&self) -> Option<u16> {
         match self {
-            RequestError::Api(error) => status_code(error),
-            RequestError::Timeout(_) => None,
+            RequestError::Api(kube::Error::Api(status)) => Some(status.code),
+            RequestError::Api(_) | RequestError::Timeout(_) => None,
         }
     }
 
