@@ -18,6 +18,7 @@ use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
 use rucat::platform::kubernetes::{objects, DriverSpec, KubernetesConfig, KubernetesPlatform};
 use rucat::platform::{Platform, ResourceState};
+use rucat::store::conformance::sample_engine;
 use serde_json::{json, Value};
 
 const NS: &str = "spark";
@@ -48,23 +49,14 @@ async fn platform(double: &KubeDouble) -> KubernetesPlatform {
 }
 
 fn engine(configs: &[(&str, &str)]) -> Engine {
-    let now = chrono::Utc::now();
     Engine {
-        id: EngineId::generate(),
-        name: "etl".into(),
-        owner: "anonymous".into(),
-        engine_type: "Spark".into(),
         version: VERSION.into(),
         state: EngineState::StartInProgress,
-        error: None,
         configs: configs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
-        endpoint: None,
-        create_time: now,
-        update_time: now,
-        next_update_time: None,
+        ..sample_engine("etl")
     }
 }
 
@@ -664,10 +656,7 @@ impl Binary {
             ),
         )
         .expect("config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = e2e::free_port();
         let log = std::fs::File::create(dir.path().join("rucat.log")).expect("log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
             .args([
@@ -855,14 +844,6 @@ async fn render_refuses_what_a_create_would() {
     assert!(double.pods(NS).is_empty(), "render creates nothing");
 }
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The driver container of the pod Rucat creates, run here as a kubelet would run it (its
 /// command, arguments and environment), with what only a cluster has swapped for local
 /// stand-ins: Spark under `SPARK_HOME` instead of `/opt/spark`, a local master instead of the
@@ -871,11 +852,7 @@ fn free_port() -> u16 {
 /// queries from a real Spark Connect client.
 #[tokio::test]
 async fn the_driver_container_command_starts_a_real_spark_connect_server() {
-    let spark_home = std::env::var("SPARK_HOME")
-        .map(std::path::PathBuf::from)
-        .ok()
-        .or_else(rucat::config::installed_spark_home)
-        .expect("no Spark: run scripts/setup.sh (or set SPARK_HOME)");
+    let spark_home = e2e::spark_home();
     let engine = engine(&[("spark.sql.shuffle.partitions", "4")]);
     let spec = DriverSpec::from(&engine);
     let pod = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
@@ -898,7 +875,7 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
     let probe_port = container["readinessProbe"]["tcpSocket"]["port"]
         .as_i64()
         .expect("a probe port");
-    let connect_port = free_port();
+    let connect_port = e2e::free_port();
     let swaps = [
         (
             "k8s://https://kubernetes.default.svc:443".to_owned(),

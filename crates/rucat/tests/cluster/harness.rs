@@ -1,18 +1,15 @@
 //! Several real `rucat server` and `rucat monitor` processes on one store and one data
 //! directory, as a cluster deployment runs them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
+use crate::e2e::free_port;
+use tempfile::TempDir;
 
 /// One child process of the real binary, with its log file.
 pub struct Process {

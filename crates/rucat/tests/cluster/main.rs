@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{query, spark_processes};
+use e2e::{query, spark_home, spark_processes};
 use harness::Cluster;
 use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
 use tokio::sync::Semaphore;
@@ -316,14 +316,6 @@ async fn a_monitor_killed_while_holding_claims_is_taken_over_without_duplicates(
     }
     let running: HashSet<String> = ids.iter().cloned().collect();
     check_journal(&cluster, &running);
-}
-
-/// The Spark the tests use: `SPARK_HOME`, else the one `scripts/setup.sh` installed.
-fn spark_home() -> std::path::PathBuf {
-    std::env::var_os("SPARK_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(rucat::config::installed_spark_home)
-        .expect("no Spark: run scripts/setup.sh (or set SPARK_HOME) before these tests")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,13 +20,14 @@ pub struct Rucat {
     starts: u32,
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }
 
 /// The Spark the tests use: `SPARK_HOME`, else the one `scripts/setup.sh` installed.
-fn spark_home() -> PathBuf {
+pub fn spark_home() -> PathBuf {
     std::env::var_os("SPARK_HOME")
         .map(PathBuf::from)
         .or_else(rucat::config::installed_spark_home)
