@@ -3,43 +3,52 @@
 //!
 //! # What it simulates
 //!
-//! Core v1 pods and services, as kube-rs's `Api<Pod>`, `Api<Service>` and
-//! `kube::runtime::watcher` use them:
+//! Core v1 pods, services, secrets and configmaps, and `networking.k8s.io/v1` networkpolicies,
+//! as kube-rs's `Api<Pod>`, `Api<Service>`, `Api<Secret>`, `Api<ConfigMap>`,
+//! `Api<NetworkPolicy>` and `kube::runtime::watcher` use them. Below, `{api}` is `/api/v1` and
+//! `{plural}` one of `pods`, `services`, `secrets`, `configmaps`, or `{api}` is
+//! `/apis/networking.k8s.io/v1` and `{plural}` is `networkpolicies`; every kind has the same
+//! semantics:
 //!
-//! - `GET|POST /api/v1/namespaces/{ns}/{pods|services}`, `GET /api/v1/{pods|services}` (every
-//!   namespace): lists (`PodList`/`ServiceList` with `metadata.resourceVersion`;
-//!   `labelSelector` with `=`, `==`, `!=`, `k`, `!k`, `in`, `notin`; `fieldSelector` on any
-//!   dotted field with `=`, `==`, `!=`; `limit`/`continue` paging) and creation (uid,
-//!   resourceVersion, creationTimestamp, namespace, `generateName`, name validation, 409
+//! - `GET|POST {api}/namespaces/{ns}/{plural}`, `GET {api}/{plural}` (every namespace): lists
+//!   (`PodList`, `NetworkPolicyList`… with the kind's `apiVersion` and
+//!   `metadata.resourceVersion`; `labelSelector` with `=`, `==`, `!=`, `k`, `!k`, `in`,
+//!   `notin`; `fieldSelector` on any dotted field with `=`, `==`, `!=`; `limit`/`continue`
+//!   paging) and creation (uid, resourceVersion, creationTimestamp, namespace, `generateName`,
+//!   name validation (a DNS-1035 label for services, a DNS-1123 subdomain for the rest), 409
 //!   AlreadyExists, 422 Invalid, `dryRun=All`; a pod starts `{"phase":"Pending"}`, a service
-//!   gets a clusterIP unless it names one, `None` for headless; no other defaulting,
-//!   so a stored object is what was sent plus metadata and status).
+//!   gets a clusterIP unless it names one, `None` for headless; a Secret's `stringData` is
+//!   folded into its base64 `data` and dropped, and its `type` defaults to `Opaque`; no other
+//!   defaulting, so a stored object is what was sent plus metadata and status).
 //! - `?watch=true` on those lists: a stream of watch events after `resourceVersion` (ADDED for
 //!   everything first when it is absent or "0"), `timeoutSeconds`, `allowWatchBookmarks`
 //!   (a BOOKMARK every second when idle), `sendInitialEvents` (ends the initial ADDED events
 //!   with the `k8s.io/initial-events-end` bookmark), selectors applied to every event (an
 //!   object that stops matching is sent as DELETED), 410 Expired as an ERROR event for a
 //!   resourceVersion older than the kept history (the last 4096 changes).
-//! - `GET|DELETE /api/v1/namespaces/{ns}/{pods|services}/{name}`: 404 NotFound; a delete answers
-//!   the object, honours `gracePeriodSeconds: 0`, `propagationPolicy: Orphan` and `dryRun`,
-//!   and garbage-collects what the object owns (every object in the namespace whose
+//! - `GET|DELETE {api}/namespaces/{ns}/{plural}/{name}`: 404 NotFound; a delete answers the
+//!   object, honours `gracePeriodSeconds: 0`, `propagationPolicy: Orphan` and `dryRun`, and
+//!   garbage-collects what the object owns (every object of any kind in the namespace whose
 //!   `ownerReferences` name its uid), as background propagation does.
 //! - `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the text given to
 //!   [`KubeDouble::set_pod_log`], with `tailLines` (the last lines) then `limitBytes` (the first
 //!   bytes of those).
 //! - `GET /version`. Everything else: 404 with a `Status`; a wrong method: 405.
 //!
-//! Errors are `Status` objects (`kind: Status`, `reason`, `code`) with `application/json`;
-//! resourceVersions come from one global counter.
+//! Errors are `Status` objects (`kind: Status`, `reason`, `code`, `details`) with
+//! `application/json`, their messages naming the resource as Kubernetes does (`pods "x" not
+//! found`, `networkpolicies.networking.k8s.io "x" not found`); resourceVersions come from one
+//! global counter.
 //!
 //! # What it does not
 //!
 //! No scheduler, kubelet or controllers: pods stay `Pending` until the test calls
 //! [`KubeDouble::set_pod_status`]; nothing runs containers, nothing is validated beyond names
-//! and namespaces, no admission, no authentication (any token works), no PUT/PATCH, no other
-//! kinds or API groups, no discovery (`/api`, `/apis`), no `follow` for logs (the current log is
-//! answered and the response ends), no HTTP/2, no TLS. Only pods have a deletion grace
-//! period ([`KubeDouble::set_deletion_delay`]); services go at once, as in Kubernetes.
+//! and namespaces (a Secret's `data` is not checked to be base64), no admission, no
+//! authentication (any token works), no PUT/PATCH, no other kinds or API groups, no
+//! discovery (`/api`, `/apis`), no `follow` for logs (the current log is answered and the
+//! response ends), no HTTP/2, no TLS. Only pods have a deletion grace period
+//! ([`KubeDouble::set_deletion_delay`]); every other kind goes at once, as in Kubernetes.
 //! Setting a log is not a change of the pod (no watch event).
 //!
 //! # With kube-rs
@@ -62,6 +71,7 @@
 //! 403, 409, 500… reach it at once.
 
 mod meta;
+mod secret;
 mod select;
 mod server;
 mod status;
@@ -291,7 +301,7 @@ preferences: {{}}
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.shared.store().get(Kind::Pod, namespace, name).cloned()
+        self.object(Kind::Pod, namespace, name)
     }
 
     /// The services of a namespace, by name.
@@ -300,10 +310,38 @@ preferences: {{}}
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.shared
-            .store()
-            .get(Kind::Service, namespace, name)
-            .cloned()
+        self.object(Kind::Service, namespace, name)
+    }
+
+    /// The secrets of a namespace, by name (`data` base64, as the API serves them).
+    pub fn secrets(&self, namespace: &str) -> Vec<Value> {
+        self.objects(Kind::Secret, namespace)
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.object(Kind::Secret, namespace, name)
+    }
+
+    /// The configmaps of a namespace, by name.
+    pub fn config_maps(&self, namespace: &str) -> Vec<Value> {
+        self.objects(Kind::ConfigMap, namespace)
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.object(Kind::ConfigMap, namespace, name)
+    }
+
+    /// The networkpolicies (`networking.k8s.io/v1`) of a namespace, by name.
+    pub fn network_policies(&self, namespace: &str) -> Vec<Value> {
+        self.objects(Kind::NetworkPolicy, namespace)
+    }
+
+    pub fn network_policy(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.object(Kind::NetworkPolicy, namespace, name)
+    }
+
+    fn object(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        self.shared.store().get(kind, namespace, name).cloned()
     }
 
     /// Replaces a pod's `.status`, as the kubelet would (MODIFIED). False if no such pod.
@@ -347,10 +385,32 @@ preferences: {{}}
         self.insert(Kind::Service, namespace, service);
     }
 
+    /// Adds a secret as someone else would have made it; see [`KubeDouble::insert_pod`]. As
+    /// every stored Secret, its `stringData` is folded into `data` (base64) and its `type`
+    /// defaults to `Opaque`.
+    ///
+    /// # Panics
+    ///
+    /// If `secret` has no `metadata.name`, or a `stringData` that is not an object of strings.
+    pub fn insert_secret(&self, namespace: &str, secret: Value) {
+        self.insert(Kind::Secret, namespace, secret);
+    }
+
+    /// Adds a configmap as someone else would have made it; see [`KubeDouble::insert_pod`].
+    pub fn insert_config_map(&self, namespace: &str, config_map: Value) {
+        self.insert(Kind::ConfigMap, namespace, config_map);
+    }
+
+    /// Adds a networkpolicy as someone else would have made it (`apiVersion`
+    /// `networking.k8s.io/v1` unless given); see [`KubeDouble::insert_pod`].
+    pub fn insert_network_policy(&self, namespace: &str, network_policy: Value) {
+        self.insert(Kind::NetworkPolicy, namespace, network_policy);
+    }
+
     fn insert(&self, kind: Kind, namespace: &str, object: Value) {
-        self.shared
-            .update(|s| s.insert(kind, namespace, object))
-            .expect("kube-double: an inserted object needs metadata.name");
+        if let Err(why) = self.shared.update(|s| s.insert(kind, namespace, object)) {
+            panic!("kube-double: cannot insert a {}: {why}", kind.name());
+        }
     }
 
     /// Injects a failure for the next matching requests. Rules apply in the order given.

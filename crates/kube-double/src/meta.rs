@@ -70,31 +70,31 @@ fn random() -> u64 {
 }
 
 /// Why `name` is not a valid name for a `kind`, in the words of the API server; `None` if valid.
-/// Pods need an RFC 1123 subdomain, services an RFC 1035 label.
+/// Services need an RFC 1035 label; pods, secrets, configmaps and networkpolicies an RFC 1123
+/// subdomain.
 pub(crate) fn invalid_name(kind: Kind, name: &str) -> Option<String> {
     let lower_alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let valid = match kind {
-        Kind::Pod => {
-            name.len() <= 253
-                && name.split('.').all(|label| {
-                    label.starts_with(lower_alnum)
-                        && label.ends_with(lower_alnum)
-                        && label.chars().all(|c| lower_alnum(c) || c == '-')
-                })
-        }
-        Kind::Service => {
-            name.len() <= 63
-                && name.starts_with(|c: char| c.is_ascii_lowercase())
-                && name.ends_with(lower_alnum)
-                && name.chars().all(|c| lower_alnum(c) || c == '-')
-        }
+    let dns_label = kind == Kind::Service;
+    let valid = if dns_label {
+        name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.ends_with(lower_alnum)
+            && name.chars().all(|c| lower_alnum(c) || c == '-')
+    } else {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                label.starts_with(lower_alnum)
+                    && label.ends_with(lower_alnum)
+                    && label.chars().all(|c| lower_alnum(c) || c == '-')
+            })
     };
     if valid {
         return None;
     }
-    let rule = match kind {
-        Kind::Pod => "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 253 characters)",
-        Kind::Service => "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (at most 63 characters)",
+    let rule = if dns_label {
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (at most 63 characters)"
+    } else {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 253 characters)"
     };
     Some(format!("metadata.name: Invalid value: \"{name}\": {rule}"))
 }
@@ -134,5 +134,10 @@ mod tests {
         assert!(invalid_name(Kind::Pod, "-x").is_some());
         assert!(invalid_name(Kind::Pod, "").is_some());
         assert!(invalid_name(Kind::Service, &"a".repeat(64)).is_some());
+        assert_eq!(invalid_name(Kind::Secret, "spark.conf-1"), None);
+        assert_eq!(invalid_name(Kind::ConfigMap, "9-spark"), None);
+        assert_eq!(invalid_name(Kind::NetworkPolicy, "a.b"), None);
+        assert!(invalid_name(Kind::ConfigMap, "Upper").is_some());
+        assert!(invalid_name(Kind::NetworkPolicy, "a_b").is_some());
     }
 }

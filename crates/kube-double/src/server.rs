@@ -251,14 +251,26 @@ fn route(
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-double", "platform": "linux/amd64"}),
         ));
     }
-    let Some(rest) = path.strip_prefix("/api/v1/") else {
-        return Err(ApiError::no_such_path());
+    // `/api/v1/…` serves core v1, `/apis/{group}/{version}/…` the groups.
+    let (api_version, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        ("v1".to_owned(), rest)
+    } else {
+        let mut parts = path
+            .strip_prefix("/apis/")
+            .unwrap_or_default()
+            .splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(group), Some(version), Some(rest)) => (format!("{group}/{version}"), rest),
+            _ => return Err(ApiError::no_such_path()),
+        }
     };
     let segments: Vec<&str> = rest.split('/').collect();
     if segments.iter().any(|s| s.is_empty()) {
         return Err(ApiError::no_such_path());
     }
-    let kind = |plural: &str| Kind::from_plural(plural).ok_or_else(ApiError::no_such_path);
+    let kind_of = |plural: &str| Kind::from_path(&api_version, plural);
+    let kind = |plural: &str| kind_of(plural).ok_or_else(ApiError::no_such_path);
+    let is_pods = |plural: &str| kind_of(plural) == Some(Kind::Pod);
     let m = method.as_str();
     match (m, segments.as_slice()) {
         ("GET", [plural]) => collection(shared, kind(plural)?, None, params),
@@ -268,12 +280,16 @@ fn route(
         ("DELETE", ["namespaces", ns, plural, name]) => {
             delete(shared, kind(plural)?, ns, name, params, body)
         }
-        ("GET", ["namespaces", ns, "pods", name, "log"]) => log(shared, ns, name, params),
+        ("GET", ["namespaces", ns, plural, name, "log"]) if is_pods(plural) => {
+            log(shared, ns, name, params)
+        }
         (_, [plural] | ["namespaces", _, plural] | ["namespaces", _, plural, _]) => {
             kind(plural)?;
             Err(ApiError::method_not_allowed(m))
         }
-        (_, ["namespaces", _, "pods", _, "log"]) => Err(ApiError::method_not_allowed(m)),
+        (_, ["namespaces", _, plural, _, "log"]) if is_pods(plural) => {
+            Err(ApiError::method_not_allowed(m))
+        }
         _ => Err(ApiError::no_such_path()),
     }
 }
@@ -319,7 +335,7 @@ fn collection(
     }
     let list = json!({
         "kind": format!("{}List", kind.name()),
-        "apiVersion": "v1",
+        "apiVersion": kind.api_version(),
         "metadata": metadata,
         "items": items,
     });

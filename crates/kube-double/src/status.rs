@@ -43,20 +43,28 @@ impl ApiError {
     }
 
     pub(crate) fn not_found(kind: Kind, name: &str) -> ApiError {
-        ApiError::new(404, format!("{} \"{name}\" not found", kind.plural())).about(kind, name)
+        ApiError::new(404, format!("{} \"{name}\" not found", kind.resource())).about(
+            kind,
+            kind.plural(),
+            name,
+        )
     }
 
     pub(crate) fn already_exists(kind: Kind, name: &str) -> ApiError {
-        ApiError::new(409, format!("{} \"{name}\" already exists", kind.plural())).about(kind, name)
+        ApiError::new(
+            409,
+            format!("{} \"{name}\" already exists", kind.resource()),
+        )
+        .about(kind, kind.plural(), name)
     }
 
     /// 422: the object fails validation; `cause` says which field and why.
     pub(crate) fn invalid(kind: Kind, name: &str, cause: &str) -> ApiError {
         ApiError::new(
             422,
-            format!("{} \"{name}\" is invalid: {cause}", kind.name()),
+            format!("{} \"{name}\" is invalid: {cause}", kind.qualified_name()),
         )
-        .about(kind, name)
+        .about(kind, kind.name(), name)
     }
 
     /// 410 for a watch from a resourceVersion older than the history kept.
@@ -67,8 +75,14 @@ impl ApiError {
         }
     }
 
-    fn about(mut self, kind: Kind, name: &str) -> ApiError {
-        self.details = Some(json!({"name": name, "kind": kind.plural()}));
+    /// The `details` of a Status about one object: `what` is the resource for most errors,
+    /// the kind for Invalid, as in Kubernetes.
+    fn about(mut self, kind: Kind, what: &str, name: &str) -> ApiError {
+        let mut details = json!({"name": name, "kind": what});
+        if !kind.group().is_empty() {
+            details["group"] = kind.group().into();
+        }
+        self.details = Some(details);
         self
     }
 

@@ -10,35 +10,89 @@ use serde_json::{json, Map, Value};
 use crate::meta;
 use crate::status::ApiError;
 
-/// The kinds the double serves (core v1).
+/// The kinds the double serves: core v1 pods, services, secrets and configmaps, and
+/// `networking.k8s.io/v1` networkpolicies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Kind {
     Pod,
     Service,
+    Secret,
+    ConfigMap,
+    NetworkPolicy,
 }
 
 impl Kind {
-    pub(crate) fn from_plural(plural: &str) -> Option<Kind> {
-        match plural {
-            "pods" => Some(Kind::Pod),
-            "services" => Some(Kind::Service),
-            _ => None,
-        }
+    const ALL: [Kind; 5] = [
+        Kind::Pod,
+        Kind::Service,
+        Kind::Secret,
+        Kind::ConfigMap,
+        Kind::NetworkPolicy,
+    ];
+
+    /// The kind a path serves: `api_version` is `v1` for `/api/v1/…` and `group/version` for
+    /// `/apis/group/version/…`.
+    pub(crate) fn from_path(api_version: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.api_version() == api_version && k.plural() == plural)
     }
 
     pub(crate) fn plural(self) -> &'static str {
         match self {
             Kind::Pod => "pods",
             Kind::Service => "services",
+            Kind::Secret => "secrets",
+            Kind::ConfigMap => "configmaps",
+            Kind::NetworkPolicy => "networkpolicies",
         }
     }
 
-    /// The `kind` field: `Pod`, `Service`.
+    /// The `kind` field: `Pod`, `Service`…
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
+    }
+
+    /// The API group: "" for core.
+    pub(crate) fn group(self) -> &'static str {
+        match self {
+            Kind::Pod | Kind::Service | Kind::Secret | Kind::ConfigMap => "",
+            Kind::NetworkPolicy => "networking.k8s.io",
+        }
+    }
+
+    /// The `apiVersion` field of its objects and lists.
+    pub(crate) fn api_version(self) -> &'static str {
+        match self {
+            Kind::Pod | Kind::Service | Kind::Secret | Kind::ConfigMap => "v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+        }
+    }
+
+    /// The resource as the API server names it in messages: `pods`,
+    /// `networkpolicies.networking.k8s.io`.
+    pub(crate) fn resource(self) -> String {
+        qualified(self.plural(), self.group())
+    }
+
+    /// The kind as the API server names it in validation messages: `Pod`,
+    /// `NetworkPolicy.networking.k8s.io`.
+    pub(crate) fn qualified_name(self) -> String {
+        qualified(self.name(), self.group())
+    }
+}
+
+fn qualified(name: &str, group: &str) -> String {
+    if group.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}.{group}")
     }
 }
 
@@ -197,7 +251,7 @@ impl Store {
                 "the request body is not a JSON object",
             ));
         };
-        for (field, expected) in [("kind", kind.name()), ("apiVersion", "v1")] {
+        for (field, expected) in [("kind", kind.name()), ("apiVersion", kind.api_version())] {
             match object.get(field) {
                 None => {
                     object.insert(field.into(), expected.into());
@@ -210,6 +264,13 @@ impl Store {
                 }
             }
         }
+        decode(kind, object).map_err(|cause| {
+            ApiError::bad_request(format!(
+                "{name} in version {version:?} cannot be handled as a {name}: {cause}",
+                name = kind.name(),
+                version = kind.api_version().rsplit('/').next().unwrap_or_default(),
+            ))
+        })?;
         let meta = object
             .entry("metadata")
             .or_insert_with(|| json!({}))
@@ -264,7 +325,8 @@ impl Store {
     }
 
     /// What the API server sets on a new object: a pod's initial status, a service's clusterIP
-    /// when it names none. No other defaulting: the spec stays as sent.
+    /// when it names none. No other defaulting: the spec stays as sent (a Secret's `type` is
+    /// defaulted by [`decode`]).
     fn initialize(&mut self, kind: Kind, object: &mut Map<String, Value>) {
         match kind {
             Kind::Pod => {
@@ -282,22 +344,35 @@ impl Store {
                 }
                 object.insert("status".into(), json!({"loadBalancer": {}}));
             }
+            Kind::Secret | Kind::ConfigMap | Kind::NetworkPolicy => {}
         }
     }
 
-    /// Puts `object` in as it is (filling in missing metadata), as if another client made it:
-    /// ADDED, or MODIFIED if it replaces an object of the same name. None if it has no name.
+    /// Puts `object` in as it is (filling in missing metadata; a Secret as [`decode`] makes
+    /// it), as if another client made it: ADDED, or MODIFIED if it replaces an object of the
+    /// same name. An error if it has no name or cannot be decoded.
     pub(crate) fn insert(
         &mut self,
         kind: Kind,
         namespace: &str,
         mut object: Value,
-    ) -> Option<Value> {
-        let fields = object.as_object_mut()?;
+    ) -> Result<Value, String> {
+        let fields = object
+            .as_object_mut()
+            .ok_or("an inserted object must be a JSON object")?;
         fields.entry("kind").or_insert_with(|| kind.name().into());
-        fields.entry("apiVersion").or_insert_with(|| "v1".into());
-        let meta = fields.get_mut("metadata")?.as_object_mut()?;
-        let name = meta.get("name")?.as_str()?.to_owned();
+        fields
+            .entry("apiVersion")
+            .or_insert_with(|| kind.api_version().into());
+        decode(kind, fields)?;
+        let meta = fields.get_mut("metadata").and_then(Value::as_object_mut);
+        let name = meta
+            .as_ref()
+            .and_then(|meta| meta.get("name")?.as_str())
+            .map(str::to_owned);
+        let (Some(meta), Some(name)) = (meta, name) else {
+            return Err("an inserted object needs metadata.name".into());
+        };
         meta.insert("namespace".into(), namespace.into());
         meta.entry("uid").or_insert_with(|| meta::uid().into());
         meta.entry("creationTimestamp")
@@ -311,7 +386,7 @@ impl Store {
             None => ChangeType::Added,
         };
         self.record(kind, change, object.clone(), previous);
-        Some(object)
+        Ok(object)
     }
 
     /// Changes an object in place: MODIFIED. None if there is no such object. A change that
@@ -439,5 +514,15 @@ impl Store {
             .get(kind, namespace, name)
             .is_some_and(|o| o["metadata"]["uid"] == uid);
         same && self.remove(kind, namespace, name, cascade).is_some()
+    }
+}
+
+/// What decoding does to every object of a kind, whatever the request: a Secret's `stringData`
+/// is folded into `data` and its `type` defaults to `Opaque`. An error says why the object
+/// cannot be decoded.
+fn decode(kind: Kind, object: &mut Map<String, Value>) -> Result<(), String> {
+    match kind {
+        Kind::Secret => crate::secret::normalize(object),
+        Kind::Pod | Kind::Service | Kind::ConfigMap | Kind::NetworkPolicy => Ok(()),
     }
 }

@@ -195,7 +195,7 @@ fn bookmark(filter: &Filter, position: u64, initial_end: bool) -> Value {
     if initial_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    json!({"kind": filter.kind.name(), "apiVersion": "v1", "metadata": metadata})
+    json!({"kind": filter.kind.name(), "apiVersion": filter.kind.api_version(), "metadata": metadata})
 }
 
 fn event_line(out: &mut Vec<u8>, event: &str, object: &Value) {

@@ -223,8 +223,19 @@ async fn create_get_delete_and_the_errors_kubernetes_gives() {
         (status, &unknown["kind"]),
         (StatusCode::NOT_FOUND, &json!("Status"))
     );
-    let (status, _) = api.get("/api/v1/namespaces/spark/configmaps").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    for unserved in [
+        "/api/v1/namespaces/spark/endpoints",
+        "/api/v1/namespaces/spark/networkpolicies",
+        "/apis/networking.k8s.io/v1/namespaces/spark/pods",
+        "/apis/networking.k8s.io/v2/namespaces/spark/networkpolicies",
+        "/apis/networking.k8s.io/v1",
+    ] {
+        assert_eq!(
+            api.get(unserved).await.0,
+            StatusCode::NOT_FOUND,
+            "{unserved}"
+        );
+    }
     let (status, bad) = api
         .send(api.http.put(api.url(&format!("{}/x", pods_path()))))
         .await;
@@ -777,4 +788,458 @@ fn on_its_own_thread_it_answers_a_blocked_caller() {
         std::net::TcpStream::connect(&address).is_err(),
         "stopped with its last handle"
     );
+}
+
+fn path(plural: &str) -> String {
+    match plural {
+        "networkpolicies" => format!("/apis/networking.k8s.io/v1/namespaces/{NS}/{plural}"),
+        _ => format!("/api/v1/namespaces/{NS}/{plural}"),
+    }
+}
+
+fn owned_by(pod: &Value) -> Value {
+    json!([{"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
+        "uid": pod["metadata"]["uid"], "controller": true}])
+}
+
+impl Api {
+    /// POSTs `body` to a collection of the `spark` namespace; asserts 201.
+    async fn create(&self, plural: &str, body: Value) -> Value {
+        let (status, created) = self.post(&path(plural), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created
+    }
+
+    async fn get_path(&self, path: String) -> (StatusCode, Value) {
+        self.get(&path).await
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_stored_as_the_api_server_stores_them() {
+    let api = Api::start().await;
+    let created = api
+        .create(
+            "secrets",
+            json!({"metadata": {"name": "spark-conf", "labels": {"app": "rucat"}},
+                "data": {"kept": "a2VwdA==", "both": "b2xk"},
+                "stringData": {"both": "new", "token": "s3cr3t"}}),
+        )
+        .await;
+    assert_eq!(created["kind"], "Secret");
+    assert_eq!(created["apiVersion"], "v1");
+    assert_eq!(created["type"], "Opaque");
+    assert_eq!(
+        created["data"],
+        json!({"kept": "a2VwdA==", "both": "bmV3", "token": "czNjcjN0"}),
+        "stringData folded into base64 data, over data of the same key"
+    );
+    assert!(created.get("stringData").is_none());
+    assert!(created.get("status").is_none());
+    let meta = &created["metadata"];
+    assert_eq!(meta["namespace"], NS);
+    assert_eq!(meta["uid"].as_str().expect("uid").len(), 36);
+    assert!(meta["creationTimestamp"].is_string());
+    assert_eq!(
+        meta["resourceVersion"],
+        api.double.resource_version().to_string()
+    );
+    assert_eq!(api.double.secret(NS, "spark-conf"), Some(created.clone()));
+    let (status, got) = api
+        .get_path(format!("{}/spark-conf", path("secrets")))
+        .await;
+    assert_eq!((status, &got), (StatusCode::OK, &created));
+
+    let tls = api
+        .create(
+            "secrets",
+            json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Y3J0", "tls.key": "a2V5"}}),
+        )
+        .await;
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    let (_, typed) = api
+        .get_path(format!(
+            "{}?fieldSelector=type%3Dkubernetes.io%2Ftls",
+            path("secrets")
+        ))
+        .await;
+    assert_eq!(typed["kind"], "SecretList");
+    assert_eq!(names(&typed), ["tls"]);
+
+    let (status, bad) = api
+        .post(
+            &path("secrets"),
+            &json!({"metadata": {"name": "bad"}, "stringData": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &bad["reason"]),
+        (StatusCode::BAD_REQUEST, &json!("BadRequest"))
+    );
+    assert!(bad["message"]
+        .as_str()
+        .expect("message")
+        .starts_with("Secret in version \"v1\" cannot be handled as a Secret"));
+    assert!(api.double.secret(NS, "bad").is_none());
+
+    // Inserted as every stored Secret is.
+    api.double.insert_secret(
+        "elsewhere",
+        json!({"metadata": {"name": "inserted"}, "stringData": {"a": "b"}}),
+    );
+    let inserted = api
+        .double
+        .secret("elsewhere", "inserted")
+        .expect("inserted");
+    assert_eq!(
+        (
+            &inserted["data"],
+            &inserted["type"],
+            &inserted["apiVersion"]
+        ),
+        (&json!({"a": "Yg=="}), &json!("Opaque"), &json!("v1"))
+    );
+    assert!(inserted.get("stringData").is_none());
+    let (_, everywhere) = api.get("/api/v1/secrets").await;
+    assert_eq!(names(&everywhere), ["inserted", "spark-conf", "tls"]);
+}
+
+#[tokio::test]
+async fn configmaps_and_networkpolicies_are_served_like_pods() {
+    let api = Api::start().await;
+    let config = api
+        .create(
+            "configmaps",
+            json!({"metadata": {"name": "spark.conf", "labels": {"app": "rucat"}},
+                "data": {"spark.master": "k8s://x"}}),
+        )
+        .await;
+    assert_eq!(
+        (&config["kind"], &config["apiVersion"]),
+        (&json!("ConfigMap"), &json!("v1"))
+    );
+    assert_eq!(config["data"], json!({"spark.master": "k8s://x"}));
+    assert_eq!(api.double.config_map(NS, "spark.conf"), Some(config));
+    let (status, conflict) = api
+        .post(
+            &path("configmaps"),
+            &json!({"metadata": {"name": "spark.conf"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        (&conflict["reason"], &conflict["message"]),
+        (
+            &json!("AlreadyExists"),
+            &json!("configmaps \"spark.conf\" already exists")
+        )
+    );
+    let (status, invalid) = api
+        .post(
+            &path("configmaps"),
+            &json!({"metadata": {"name": "Not_A_Name"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(invalid["message"]
+        .as_str()
+        .expect("message")
+        .starts_with("ConfigMap \"Not_A_Name\" is invalid: metadata.name"));
+    api.create("configmaps", json!({"metadata": {"name": "other"}}))
+        .await;
+
+    let policy = json!({
+        "metadata": {"name": "driver-ingress", "labels": {"app": "rucat"}},
+        "spec": {"podSelector": {"matchLabels": {"app": "rucat"}}, "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": 15002, "protocol": "TCP"}]}]},
+    });
+    let created = api.create("networkpolicies", policy.clone()).await;
+    assert_eq!(created["kind"], "NetworkPolicy");
+    assert_eq!(created["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(created["spec"], policy["spec"], "no defaulting");
+    assert!(created.get("status").is_none());
+    assert_eq!(
+        api.double.network_policy(NS, "driver-ingress"),
+        Some(created.clone())
+    );
+    let (status, wrong_version) = api
+        .post(
+            &path("networkpolicies"),
+            &json!({"apiVersion": "v1", "kind": "NetworkPolicy", "metadata": {"name": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &wrong_version["reason"]),
+        (StatusCode::BAD_REQUEST, &json!("BadRequest"))
+    );
+    let (status, _) = api
+        .post(
+            &format!("{}?dryRun=All", path("networkpolicies")),
+            &json!({"metadata": {"name": "dry"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(api.double.network_policy(NS, "dry").is_none());
+    let (status, elsewhere) = api
+        .post(
+            "/apis/networking.k8s.io/v1/namespaces/elsewhere/networkpolicies",
+            &json!({"metadata": {"name": "deny-all", "labels": {"app": "rucat"}}, "spec": {"podSelector": {}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{elsewhere}");
+    api.double.insert_network_policy(
+        NS,
+        json!({"metadata": {"name": "inserted"}, "spec": {"podSelector": {}}}),
+    );
+    assert_eq!(
+        api.double.network_policy(NS, "inserted").expect("inserted")["apiVersion"],
+        "networking.k8s.io/v1"
+    );
+
+    let (status, list) = api
+        .get_path(format!(
+            "{}?labelSelector=app%3Drucat",
+            path("networkpolicies")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["kind"], "NetworkPolicyList");
+    assert_eq!(list["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(
+        list["metadata"]["resourceVersion"],
+        api.double.resource_version().to_string()
+    );
+    assert_eq!(names(&list), ["driver-ingress"]);
+    let (_, all) = api.get("/apis/networking.k8s.io/v1/networkpolicies").await;
+    assert_eq!(names(&all), ["deny-all", "driver-ingress", "inserted"]);
+    let (_, first) = api
+        .get("/apis/networking.k8s.io/v1/networkpolicies?limit=2")
+        .await;
+    assert_eq!(names(&first), ["deny-all", "driver-ingress"]);
+    let token = first["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token");
+    let (_, rest) = api
+        .get_path(format!(
+            "/apis/networking.k8s.io/v1/networkpolicies?limit=2&continue={token}"
+        ))
+        .await;
+    assert_eq!(names(&rest), ["inserted"]);
+    let (_, by_name) = api
+        .get_path(format!(
+            "{}?fieldSelector=metadata.name%3Dother",
+            path("configmaps")
+        ))
+        .await;
+    assert_eq!(by_name["kind"], "ConfigMapList");
+    assert_eq!(names(&by_name), ["other"]);
+
+    let item = format!("{}/driver-ingress", path("networkpolicies"));
+    let (status, deleted) = api.delete(&item, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["metadata"]["uid"], created["metadata"]["uid"]);
+    let (status, missing) = api.get(&item).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing["message"],
+        "networkpolicies.networking.k8s.io \"driver-ingress\" not found"
+    );
+    assert_eq!(
+        missing["details"],
+        json!({"name": "driver-ingress", "group": "networking.k8s.io", "kind": "networkpolicies"})
+    );
+    let (status, _) = api
+        .delete(&format!("{}/spark.conf", path("configmaps")), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(api.double.config_map(NS, "spark.conf").is_none());
+    assert_eq!(api.double.config_maps(NS).len(), 1);
+    let (status, bad) = api.send(api.http.put(api.url(&item))).await;
+    assert_eq!(
+        (status, &bad["reason"]),
+        (StatusCode::METHOD_NOT_ALLOWED, &json!("MethodNotAllowed"))
+    );
+}
+
+#[tokio::test]
+async fn watches_follow_each_kind_on_its_own() {
+    let api = Api::start().await;
+    api.create("configmaps", json!({"metadata": {"name": "early"}}))
+        .await;
+    let rv = api.double.resource_version();
+    let mut policies = api
+        .watch(&format!(
+            "{}?watch=true&allowWatchBookmarks=true&resourceVersion={rv}",
+            path("networkpolicies")
+        ))
+        .await;
+    let mut configs = api
+        .watch(&format!(
+            "/api/v1/configmaps?watch=true&labelSelector=app%3Drucat&resourceVersion={rv}"
+        ))
+        .await;
+    let mut secrets = api
+        .watch(&format!("{}?watch=true&resourceVersion=0", path("secrets")))
+        .await;
+
+    api.create_pod("driver", json!({"app": "rucat"})).await;
+    api.create("secrets", json!({"metadata": {"name": "token"}}))
+        .await;
+    api.create(
+        "networkpolicies",
+        json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}),
+    )
+    .await;
+    api.create(
+        "configmaps",
+        json!({"metadata": {"name": "conf", "labels": {"app": "rucat"}}}),
+    )
+    .await;
+    let added = policies.next().await.expect("an event");
+    assert_eq!(added["type"], "ADDED");
+    assert_eq!(added["object"]["kind"], "NetworkPolicy");
+    assert_eq!(added["object"]["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(secrets.next_brief().await, ("ADDED".into(), "token".into()));
+    assert_eq!(configs.next_brief().await, ("ADDED".into(), "conf".into()));
+
+    api.double.insert_config_map(
+        NS,
+        json!({"metadata": {"name": "conf", "labels": {"app": "rucat"}}, "data": {"k": "v"}}),
+    );
+    let modified = configs.next().await.expect("an event");
+    assert_eq!(modified["type"], "MODIFIED");
+    assert_eq!(modified["object"]["data"], json!({"k": "v"}));
+    api.delete(&format!("{}/token", path("secrets")), None)
+        .await;
+    assert_eq!(
+        secrets.next_brief().await,
+        ("DELETED".into(), "token".into())
+    );
+    api.delete(&format!("{}/deny", path("networkpolicies")), None)
+        .await;
+    assert_eq!(
+        policies.next_brief().await,
+        ("DELETED".into(), "deny".into())
+    );
+
+    // Idle: the bookmark names the kind and its group.
+    let bookmark = policies.next().await.expect("a bookmark");
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert_eq!(
+        (
+            &bookmark["object"]["kind"],
+            &bookmark["object"]["apiVersion"]
+        ),
+        (&json!("NetworkPolicy"), &json!("networking.k8s.io/v1"))
+    );
+
+    api.double.expire_resource_versions();
+    let error = configs.next().await.expect("an error event");
+    assert_eq!(
+        (&error["type"], &error["object"]["code"]),
+        (&json!("ERROR"), &json!(410))
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_pod_collects_what_it_owns_of_every_kind() {
+    let api = Api::start().await;
+    let driver = api.create_pod("driver", json!({})).await;
+    let owners = owned_by(&driver);
+    api.create_owned_service("driver", &driver).await;
+    let secret = api
+        .create(
+            "secrets",
+            json!({"metadata": {"name": "driver-token", "ownerReferences": owners}}),
+        )
+        .await;
+    api.create(
+        "configmaps",
+        json!({"metadata": {"name": "driver-conf", "ownerReferences": owners}}),
+    )
+    .await;
+    api.create(
+        "networkpolicies",
+        json!({"metadata": {"name": "driver-ingress", "ownerReferences": owners},
+            "spec": {"podSelector": {}}}),
+    )
+    .await;
+    // Owned by the secret: collected with it.
+    api.create(
+        "configmaps",
+        json!({"metadata": {"name": "token-conf", "ownerReferences": [{"apiVersion": "v1",
+            "kind": "Secret", "name": "driver-token", "uid": secret["metadata"]["uid"]}]}}),
+    )
+    .await;
+    api.create("configmaps", json!({"metadata": {"name": "unowned"}}))
+        .await;
+    let rv = api.double.resource_version();
+    let mut secrets = api
+        .watch(&format!(
+            "{}?watch=true&resourceVersion={rv}",
+            path("secrets")
+        ))
+        .await;
+    let mut configs = api
+        .watch(&format!(
+            "{}?watch=true&resourceVersion={rv}",
+            path("configmaps")
+        ))
+        .await;
+    let mut policies = api
+        .watch(&format!(
+            "{}?watch=true&resourceVersion={rv}",
+            path("networkpolicies")
+        ))
+        .await;
+
+    let (status, _) = api
+        .delete(
+            &format!("{}/driver", pods_path()),
+            Some(json!({"propagationPolicy": "Background"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(api.double.service(NS, "driver").is_none());
+    assert!(api.double.secrets(NS).is_empty());
+    assert!(api.double.network_policies(NS).is_empty());
+    let left: Vec<Value> = api.double.config_maps(NS);
+    assert_eq!(
+        left.iter()
+            .map(|c| c["metadata"]["name"].as_str().expect("name"))
+            .collect::<Vec<_>>(),
+        ["unowned"]
+    );
+    assert_eq!(
+        secrets.next_brief().await,
+        ("DELETED".into(), "driver-token".into())
+    );
+    let mut deleted = vec![configs.next_brief().await, configs.next_brief().await];
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            ("DELETED".into(), "driver-conf".into()),
+            ("DELETED".into(), "token-conf".into())
+        ]
+    );
+    assert_eq!(
+        policies.next_brief().await,
+        ("DELETED".into(), "driver-ingress".into())
+    );
+
+    // An orphaning delete leaves them.
+    let kept = api.create_pod("kept", json!({})).await;
+    api.create(
+        "secrets",
+        json!({"metadata": {"name": "kept-token", "ownerReferences": owned_by(&kept)}}),
+    )
+    .await;
+    api.delete(
+        &format!("{}/kept", pods_path()),
+        Some(json!({"propagationPolicy": "Orphan"})),
+    )
+    .await;
+    assert!(api.double.secret(NS, "kept-token").is_some());
 }

@@ -1,10 +1,13 @@
-//! The double through kube-rs itself: `Api<Pod>`/`Api<Service>` calls and the runtime watcher,
-//! unchanged, against the kubeconfig the double writes.
+//! The double through kube-rs itself: `Api<Pod>`, `Api<Service>`, `Api<Secret>`,
+//! `Api<ConfigMap>`, `Api<NetworkPolicy>` calls and the runtime watcher, unchanged, against the
+//! kubeconfig the double writes.
 
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -223,4 +226,152 @@ async fn the_streaming_list_watcher_works_too() {
     let mut applied = events.applied_objects().boxed();
     let late = until(&mut applied, |p| p.metadata.name.as_deref() == Some("late")).await;
     assert_eq!(phase(&late), Some("Pending"));
+}
+
+/// An object of any kind, owned by `pod`.
+fn owned<K: serde::de::DeserializeOwned>(name: &str, pod: &Pod, rest: serde_json::Value) -> K {
+    let mut object = json!({"metadata": {"name": name, "labels": {"app": "rucat"},
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
+            "uid": pod.metadata.uid, "controller": true}]}});
+    if let (Some(object), Some(rest)) = (object.as_object_mut(), rest.as_object()) {
+        object.extend(rest.clone());
+    }
+    serde_json::from_value(object).expect("an object")
+}
+
+#[tokio::test]
+async fn kube_api_serves_secrets_configmaps_and_networkpolicies() {
+    let double = KubeDouble::start().await;
+    let client = client(&double).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    let configs: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let policies: Api<NetworkPolicy> = Api::default_namespaced(client.clone());
+    let driver = pods
+        .create(&PostParams::default(), &pod("driver"))
+        .await
+        .expect("pod");
+
+    let secret: Secret = owned(
+        "driver-token",
+        &driver,
+        json!({"stringData": {"token": "s3cr3t"}}),
+    );
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(created.string_data.is_none());
+    let data = created.data.expect("data");
+    assert_eq!(data["token"], ByteString(b"s3cr3t".to_vec()));
+    assert_eq!(
+        double.secret(NS, "driver-token").expect("stored")["data"]["token"],
+        "czNjcjN0"
+    );
+
+    let config: ConfigMap = owned("driver-conf", &driver, json!({"data": {"k": "v"}}));
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("configmap");
+    let got = configs.get("driver-conf").await.expect("get");
+    assert_eq!(got.data.expect("data")["k"], "v");
+    let error = configs
+        .create(&PostParams::default(), &config)
+        .await
+        .expect_err("exists");
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{error}"
+    );
+
+    let policy: NetworkPolicy = owned(
+        "driver-ingress",
+        &driver,
+        json!({"spec": {"podSelector": {"matchLabels": {"app": "rucat"}},
+            "ingress": [{"ports": [{"port": 15002}]}]}}),
+    );
+    let created = policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("networkpolicy");
+    assert!(created.metadata.uid.is_some());
+    assert_eq!(created.spec, policy.spec, "no defaulting");
+    let everywhere: Api<NetworkPolicy> = Api::all(client.clone());
+    let listed = everywhere
+        .list(&ListParams::default().labels("app=rucat"))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let error = policies.get("nothing").await.expect_err("missing");
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 404),
+        "{error}"
+    );
+    assert!(secrets
+        .list(&ListParams::default().labels("app=other"))
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+
+    // Deleting the pod collects what it owns, of every kind.
+    pods.delete("driver", &DeleteParams::background())
+        .await
+        .expect("delete");
+    assert!(secrets
+        .get_opt("driver-token")
+        .await
+        .expect("get_opt")
+        .is_none());
+    assert!(configs
+        .get_opt("driver-conf")
+        .await
+        .expect("get_opt")
+        .is_none());
+    assert!(policies
+        .get_opt("driver-ingress")
+        .await
+        .expect("get_opt")
+        .is_none());
+}
+
+#[tokio::test]
+async fn the_watcher_follows_networkpolicies_and_secrets() {
+    let double = KubeDouble::start().await;
+    let client = client(&double).await;
+    let policies: Api<NetworkPolicy> = Api::default_namespaced(client.clone());
+    let mut names = watcher(policies.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .map(|p| p.map(|p: NetworkPolicy| p.metadata.name.unwrap_or_default()))
+        .boxed();
+    let secrets: Api<Secret> = Api::all(client);
+    let mut secret_events = watcher(secrets, watcher::Config::default().streaming_lists())
+        .applied_objects()
+        .boxed();
+
+    double.insert_network_policy(
+        NS,
+        json!({"metadata": {"name": "deny-all"}, "spec": {"podSelector": {}}}),
+    );
+    let name = tokio::time::timeout(Duration::from_secs(10), names.next())
+        .await
+        .expect("within 10 s")
+        .expect("the watcher goes on")
+        .expect("no error");
+    assert_eq!(name, "deny-all");
+
+    double.insert_secret(
+        "elsewhere",
+        json!({"metadata": {"name": "token"}, "stringData": {"t": "x"}}),
+    );
+    let secret = tokio::time::timeout(Duration::from_secs(10), secret_events.next())
+        .await
+        .expect("within 10 s")
+        .expect("the watcher goes on")
+        .expect("no error");
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("elsewhere"));
+    assert_eq!(secret.data.expect("data")["t"], ByteString(b"x".to_vec()));
 }
