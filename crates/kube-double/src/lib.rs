@@ -30,6 +30,21 @@
 //!   object, honours `gracePeriodSeconds: 0`, `propagationPolicy: Orphan` and `dryRun`, and
 //!   garbage-collects what the object owns (every object of any kind in the namespace whose
 //!   `ownerReferences` name its uid), as background propagation does.
+//! - `PATCH {api}/namespaces/{ns}/{plural}/{name}` with `Content-Type:
+//!   application/merge-patch+json` (an RFC 7386 JSON merge patch, kube-rs's `Patch::Merge`) or
+//!   `application/strategic-merge-patch+json` (applied as a merge patch too: lists are replaced
+//!   whole, never merged by key, and `$patch` directives are not understood), and
+//!   `dryRun=All`: the patched object gets a new resourceVersion and a MODIFIED event (a patch
+//!   that changes nothing writes nothing, as in Kubernetes); a Secret's `stringData` is folded
+//!   as on creation. A `metadata.resourceVersion` in the patch other than the object's is 409
+//!   Conflict (optimistic concurrency); a changed name or namespace is 400 BadRequest, as
+//!   Kubernetes answers; changes to uid, creationTimestamp, deletionTimestamp,
+//!   deletionGracePeriodSeconds and a pod's or service's `status` (a subresource) are ignored
+//!   (Kubernetes ignores the status, creationTimestamp and an existing deletionTimestamp
+//!   likewise, but answers other changes to those fields, a different uid among them, with 422
+//!   Invalid). Any other
+//!   Content-Type (`application/json-patch+json`, `application/apply-patch+yaml`…) is 415
+//!   UnsupportedMediaType; a missing object 404.
 //! - `GET /api/v1/namespaces/{ns}/pods/{name}/log`: the text given to
 //!   [`KubeDouble::set_pod_log`], with `tailLines` (the last lines) then `limitBytes` (the first
 //!   bytes of those).
@@ -45,7 +60,9 @@
 //! No scheduler, kubelet or controllers: pods stay `Pending` until the test calls
 //! [`KubeDouble::set_pod_status`]; nothing runs containers, nothing is validated beyond names
 //! and namespaces (a Secret's `data` is not checked to be base64), no admission, no
-//! authentication (any token works), no PUT/PATCH, no other kinds or API groups, no
+//! authentication (any token works), no PUT, no JSON patch or server-side apply, no
+//! validation of what an update may change beyond the metadata above (a pod's spec can be
+//! patched freely), no other kinds or API groups, no
 //! discovery (`/api`, `/apis`), no `follow` for logs (the current log is answered and the
 //! response ends), no HTTP/2, no TLS. Only pods have a deletion grace period
 //! ([`KubeDouble::set_deletion_delay`]); every other kind goes at once, as in Kubernetes.
@@ -71,6 +88,7 @@
 //! 403, 409, 500… reach it at once.
 
 mod meta;
+mod patch;
 mod secret;
 mod select;
 mod server;

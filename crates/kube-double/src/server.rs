@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
@@ -188,8 +188,12 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let params = Params::parse(&uri);
     let path = uri.path();
     let query = uri.query().unwrap_or_default();
@@ -206,9 +210,8 @@ async fn handle(
     };
     let fault = shared.admit(request, &target);
     let serve = || match &params {
-        Ok(params) => {
-            route(&shared, &method, path, params, &body).unwrap_or_else(IntoResponse::into_response)
-        }
+        Ok(params) => route(&shared, &method, path, params, content_type, &body)
+            .unwrap_or_else(IntoResponse::into_response),
         Err(error) => error.clone().into_response(),
     };
     let Some((fault, after_commit)) = fault else {
@@ -243,6 +246,7 @@ fn route(
     method: &Method,
     path: &str,
     params: &Params,
+    content_type: Option<&str>,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     if path == "/version" {
@@ -279,6 +283,9 @@ fn route(
         ("GET", ["namespaces", ns, plural, name]) => get(shared, kind(plural)?, ns, name),
         ("DELETE", ["namespaces", ns, plural, name]) => {
             delete(shared, kind(plural)?, ns, name, params, body)
+        }
+        ("PATCH", ["namespaces", ns, plural, name]) => {
+            patch(shared, kind(plural)?, ns, name, params, content_type, body)
         }
         ("GET", ["namespaces", ns, plural, name, "log"]) if is_pods(plural) => {
             log(shared, ns, name, params)
@@ -367,6 +374,37 @@ fn get(
         .get(kind, namespace, name)
         .ok_or_else(|| ApiError::not_found(kind, name))?;
     Ok(json_response(StatusCode::OK, object))
+}
+
+/// The patch types PATCH takes; both are applied as a JSON merge patch.
+const PATCH_TYPES: [&str; 2] = [
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+];
+
+/// PATCH: a JSON merge patch (or a strategic merge patch, applied the same way) with
+/// `dryRun=All`; any other Content-Type is 415.
+fn patch(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    params: &Params,
+    content_type: Option<&str>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    // Parameters such as "; charset=utf-8" do not matter, as in Kubernetes.
+    let media_type = content_type
+        .and_then(|c| c.split(';').next())
+        .map(str::trim);
+    if !media_type.is_some_and(|m| PATCH_TYPES.contains(&m)) {
+        return Err(ApiError::unsupported_media_type(&PATCH_TYPES));
+    }
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")))?;
+    let dry_run = params.get("dryRun") == Some("All");
+    let patched = shared.update(|s| s.patch(kind, namespace, name, &patch, dry_run))?;
+    Ok(json_response(StatusCode::OK, &patched))
 }
 
 /// DELETE with optional `DeleteOptions` in the body (`gracePeriodSeconds`, `propagationPolicy`,

@@ -67,6 +67,33 @@ impl ApiError {
         .about(kind, kind.name(), name)
     }
 
+    /// 409 Conflict: the object is not the one the request expects (a stale resourceVersion, a
+    /// failed precondition); `cause` says how.
+    pub(crate) fn conflict(kind: Kind, name: &str, cause: &str) -> ApiError {
+        ApiError {
+            reason: "Conflict",
+            ..ApiError::new(
+                409,
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": {cause}",
+                    kind.resource()
+                ),
+            )
+        }
+        .about(kind, kind.plural(), name)
+    }
+
+    /// 415 for a PATCH whose Content-Type is not one of `accepted`.
+    pub(crate) fn unsupported_media_type(accepted: &[&str]) -> ApiError {
+        ApiError::new(
+            415,
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
+            ),
+        )
+    }
+
     /// 410 for a watch from a resourceVersion older than the history kept.
     pub(crate) fn expired(from: u64, oldest: u64) -> ApiError {
         ApiError {

@@ -415,6 +415,112 @@ impl Store {
         Some(object)
     }
 
+    /// PATCH with a JSON merge patch: MODIFIED with a new resourceVersion, or nothing when the
+    /// patch changes nothing. The name and namespace cannot change (400); uid,
+    /// creationTimestamp and the deletion fields keep their values whatever the patch says,
+    /// and so does a pod's or service's status (a subresource); a `metadata.resourceVersion`
+    /// in the patch other than the object's is a 409 Conflict.
+    pub(crate) fn patch(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let current = self
+            .get(kind, namespace, name)
+            .ok_or_else(|| ApiError::not_found(kind, name))?;
+        if !patch.is_object() {
+            return Err(ApiError::bad_request("Invalid JSON Patch"));
+        }
+        let mut object = current.clone();
+        crate::patch::merge(&mut object, patch);
+        let undecodable = |cause: String| ApiError::invalid(kind, name, &format!("patch: {cause}"));
+        let fields = object
+            .as_object_mut()
+            .ok_or_else(|| undecodable("not a JSON object".into()))?;
+        for (field, expected) in [("kind", kind.name()), ("apiVersion", kind.api_version())] {
+            match fields.get(field) {
+                None | Some(Value::Null) => {
+                    fields.insert(field.into(), expected.into());
+                }
+                Some(value) if value == expected => {}
+                Some(value) => {
+                    return Err(undecodable(format!(
+                        "{field}: {value} does not match the resource: expected {expected:?}"
+                    )))
+                }
+            }
+        }
+        decode(kind, fields).map_err(undecodable)?;
+        let meta = fields
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| undecodable("metadata: not an object".into()))?;
+        match meta.get("namespace") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(ns)) if ns.is_empty() || ns == namespace => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
+            }
+        }
+        let patched_name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+        if patched_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({patched_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let current_meta = &current["metadata"];
+        match meta.get("resourceVersion") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(rv)) if rv.is_empty() || *rv == current_meta["resourceVersion"] => {}
+            Some(Value::String(_)) => {
+                return Err(ApiError::conflict(
+                    kind,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ))
+            }
+            Some(other) => {
+                return Err(undecodable(format!(
+                    "metadata.resourceVersion: {other} is not a string"
+                )))
+            }
+        }
+        for field in [
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            match current_meta.get(field) {
+                Some(value) => meta.insert(field.into(), value.clone()),
+                None => meta.remove(field),
+            };
+        }
+        if matches!(kind, Kind::Pod | Kind::Service) {
+            match current.get("status") {
+                Some(status) => fields.insert("status".into(), status.clone()),
+                None => fields.remove("status"),
+            };
+        }
+        if object == *current || dry_run {
+            return Ok(object);
+        }
+        let previous = current.clone();
+        self.stamp(&mut object);
+        self.objects
+            .insert(key(kind, namespace, name), object.clone());
+        self.record(kind, ChangeType::Modified, object.clone(), Some(previous));
+        Ok(object)
+    }
+
     /// DELETE. With a deletion delay, a pod first terminates (`deletionTimestamp`, MODIFIED)
     /// and the caller removes it later; `grace == Some(0)` removes at once. `cascade`: delete
     /// the objects it owns too (background propagation); false for `Orphan`.

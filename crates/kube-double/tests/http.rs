@@ -1243,3 +1243,355 @@ async fn deleting_a_pod_collects_what_it_owns_of_every_kind() {
     .await;
     assert!(api.double.secret(NS, "kept-token").is_some());
 }
+
+const MERGE: &str = "application/merge-patch+json";
+
+impl Api {
+    async fn patch(&self, path: &str, content_type: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .patch(self.url(path))
+                .header("content-type", content_type)
+                .body(body.to_string()),
+        )
+        .await
+    }
+}
+
+fn rv(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a resourceVersion")
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn a_merge_patch_changes_the_object_but_not_what_the_server_owns() {
+    let api = Api::start().await;
+    let created = api
+        .create_pod("driver", json!({"app": "rucat", "tier": "driver"}))
+        .await;
+    let item = format!("{}/driver", pods_path());
+    let mut events = api
+        .watch(&format!(
+            "{}?watch=true&resourceVersion={}",
+            pods_path(),
+            api.double.resource_version()
+        ))
+        .await;
+
+    let (status, patched) = api
+        .patch(
+            &item,
+            "application/merge-patch+json; charset=utf-8",
+            &json!({
+                "metadata": {
+                    "labels": {"tier": null, "patched": "yes"},
+                    "annotations": {"note": "a"},
+                    "uid": "not-the-uid",
+                    "creationTimestamp": "2000-01-01T00:00:00Z",
+                    "namespace": NS,
+                },
+                "spec": {"nodeName": "node-1"},
+                "status": {"phase": "Running"},
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    let meta = &patched["metadata"];
+    assert_eq!(meta["labels"], json!({"app": "rucat", "patched": "yes"}));
+    assert_eq!(meta["annotations"], json!({"note": "a"}));
+    assert_eq!(meta["uid"], created["metadata"]["uid"], "uid ignored");
+    assert_eq!(
+        meta["creationTimestamp"], created["metadata"]["creationTimestamp"],
+        "creationTimestamp ignored"
+    );
+    assert_eq!(patched["spec"]["nodeName"], "node-1");
+    assert_eq!(
+        patched["spec"]["containers"], created["spec"]["containers"],
+        "the rest kept"
+    );
+    assert_eq!(
+        patched["status"],
+        json!({"phase": "Pending"}),
+        "status is a subresource"
+    );
+    assert!(rv(&patched) > rv(&created));
+    assert_eq!(rv(&patched), api.double.resource_version());
+    assert_eq!(api.double.pod(NS, "driver"), Some(patched.clone()));
+    let modified = events.next().await.expect("an event");
+    assert_eq!(modified["type"], "MODIFIED");
+    assert_eq!(modified["object"], patched);
+
+    // A patch that changes nothing writes nothing: no resourceVersion, no event.
+    let (status, same) = api
+        .patch(
+            &item,
+            MERGE,
+            &json!({"metadata": {"labels": {"app": "rucat"}}}),
+        )
+        .await;
+    assert_eq!((status, &same), (StatusCode::OK, &patched));
+    assert_eq!(api.double.resource_version(), rv(&patched));
+    // A dry run answers the change and stores nothing.
+    let (status, dry) = api
+        .patch(
+            &format!("{item}?dryRun=All"),
+            MERGE,
+            &json!({"metadata": {"labels": {"dry": "yes"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dry["metadata"]["labels"]["dry"], "yes");
+    assert_eq!(api.double.pod(NS, "driver"), Some(patched.clone()));
+    // So the next event is the next real change.
+    api.patch(
+        &item,
+        MERGE,
+        &json!({"metadata": {"labels": {"next": "1"}}}),
+    )
+    .await;
+    let next = events.next().await.expect("an event");
+    assert_eq!(next["type"], "MODIFIED");
+    assert_eq!(next["object"]["metadata"]["labels"]["next"], "1");
+    assert!(next["object"]["metadata"]["labels"].get("dry").is_none());
+}
+
+#[tokio::test]
+async fn a_patch_is_refused_as_kubernetes_refuses_it() {
+    let api = Api::start().await;
+    let created = api.create_pod("driver", json!({"app": "rucat"})).await;
+    let item = format!("{}/driver", pods_path());
+    let stale = created["metadata"]["resourceVersion"].clone();
+    let (status, current) = api
+        .patch(
+            &item,
+            MERGE,
+            &json!({"metadata": {"resourceVersion": stale, "labels": {"n": "1"}}}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the current resourceVersion: {current}"
+    );
+
+    // Optimistic concurrency: a resourceVersion that is no longer the object's.
+    let (status, conflict) = api
+        .patch(
+            &item,
+            MERGE,
+            &json!({"metadata": {"resourceVersion": stale, "labels": {"n": "2"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["reason"], "Conflict");
+    assert_eq!(conflict["code"], 409);
+    assert_eq!(
+        conflict["message"],
+        "Operation cannot be fulfilled on pods \"driver\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+    assert_eq!(
+        conflict["details"],
+        json!({"name": "driver", "kind": "pods"})
+    );
+    assert_eq!(
+        api.double.pod(NS, "driver"),
+        Some(current.clone()),
+        "unchanged"
+    );
+
+    let (status, renamed) = api
+        .patch(&item, MERGE, &json!({"metadata": {"name": "other"}}))
+        .await;
+    assert_eq!(
+        (status, &renamed["reason"], &renamed["message"]),
+        (
+            StatusCode::BAD_REQUEST,
+            &json!("BadRequest"),
+            &json!("the name of the object (other) does not match the name on the URL (driver)")
+        )
+    );
+    let (status, _) = api
+        .patch(&item, MERGE, &json!({"metadata": {"namespace": "other"}}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(api.double.pod(NS, "other").is_none());
+
+    for content_type in [
+        "application/json-patch+json",
+        "application/apply-patch+yaml",
+        "application/json",
+    ] {
+        let (status, unsupported) = api
+            .patch(
+                &item,
+                content_type,
+                &json!([{"op": "add", "path": "/x", "value": 1}]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+        assert_eq!(unsupported["reason"], "UnsupportedMediaType");
+        assert_eq!(unsupported["code"], 415);
+        assert_eq!(
+            unsupported["message"],
+            "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json"
+        );
+    }
+    let (status, _) = api.send(api.http.patch(api.url(&item)).body("{}")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "no Content-Type"
+    );
+    let (status, _) = api
+        .send(
+            api.http
+                .patch(api.url(&item))
+                .header("content-type", MERGE)
+                .body("{not json"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, missing) = api
+        .patch(&format!("{}/nothing", pods_path()), MERGE, &json!({}))
+        .await;
+    assert_eq!(
+        (status, &missing["reason"]),
+        (StatusCode::NOT_FOUND, &json!("NotFound"))
+    );
+    let (status, _) = api.patch(&pods_path(), MERGE, &json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not on a collection"
+    );
+    assert_eq!(api.double.pod(NS, "driver"), Some(current), "unchanged");
+}
+
+#[tokio::test]
+async fn every_kind_takes_a_patch() {
+    let api = Api::start().await;
+    let driver = api.create_pod("driver", json!({})).await;
+    let policy = api
+        .create(
+            "networkpolicies",
+            json!({"metadata": {"name": "ingress"}, "spec": {"podSelector": {}}}),
+        )
+        .await;
+    api.create(
+        "configmaps",
+        json!({"metadata": {"name": "conf"}, "data": {"a": "1", "b": "2"}}),
+    )
+    .await;
+    api.create(
+        "secrets",
+        json!({"metadata": {"name": "token"}, "data": {"a": "YQ=="}}),
+    )
+    .await;
+    let mut policies = api
+        .watch(&format!(
+            "/apis/networking.k8s.io/v1/networkpolicies?watch=true&resourceVersion={}",
+            api.double.resource_version()
+        ))
+        .await;
+
+    // A strategic merge patch is applied as a merge patch.
+    let (status, conf) = api
+        .patch(
+            &format!("{}/conf", path("configmaps")),
+            "application/strategic-merge-patch+json",
+            &json!({"data": {"a": null, "b": "3", "c": "4"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{conf}");
+    assert_eq!(conf["data"], json!({"b": "3", "c": "4"}));
+    assert_eq!(api.double.config_map(NS, "conf"), Some(conf));
+
+    // A patched Secret's stringData is folded into data like a created one's.
+    let (_, token) = api
+        .patch(
+            &format!("{}/token", path("secrets")),
+            MERGE,
+            &json!({"stringData": {"b": "b"}, "metadata": {"ownerReferences": owned_by(&driver)}}),
+        )
+        .await;
+    assert_eq!(token["data"], json!({"a": "YQ==", "b": "Yg=="}));
+    assert!(token.get("stringData").is_none());
+    assert_eq!(token["type"], "Opaque");
+
+    let (status, patched) = api
+        .patch(
+            &format!("{}/ingress", path("networkpolicies")),
+            MERGE,
+            &json!({"metadata": {"ownerReferences": owned_by(&driver)},
+                "spec": {"policyTypes": ["Ingress"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(
+        patched["spec"],
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]})
+    );
+    assert_eq!(patched["metadata"]["uid"], policy["metadata"]["uid"]);
+    assert_eq!(
+        policies.next_brief().await,
+        ("MODIFIED".into(), "ingress".into())
+    );
+    let (status, _) = api
+        .patch(
+            &format!("{}/ingress", path("networkpolicies")),
+            MERGE,
+            &json!({"apiVersion": "v1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Ownership given by patches is honoured by the garbage collector.
+    api.delete(&format!("{}/driver", pods_path()), None).await;
+    assert!(api.double.secret(NS, "token").is_none());
+    assert_eq!(
+        policies.next_brief().await,
+        ("DELETED".into(), "ingress".into())
+    );
+}
+
+#[tokio::test]
+async fn faults_and_the_request_log_cover_patches() {
+    let api = Api::start().await;
+    let created = api.create_pod("driver", json!({})).await;
+    let item = format!("{}/driver", pods_path());
+    api.double
+        .fail_next(Fault::new("/pods/driver", 500).with_method("PATCH"));
+    api.double.reset_requests();
+    let (status, error) = api
+        .patch(&item, MERGE, &json!({"metadata": {"labels": {"a": "b"}}}))
+        .await;
+    assert_eq!(
+        (status, &error["reason"]),
+        (StatusCode::INTERNAL_SERVER_ERROR, &json!("InternalError"))
+    );
+    assert_eq!(api.double.pod(NS, "driver"), Some(created), "not served");
+    assert_eq!(
+        api.double.requests(),
+        [Request {
+            method: "PATCH".into(),
+            path: item.clone(),
+            query: String::new(),
+            watch: false,
+        }]
+    );
+    api.double
+        .fail_after_commit(Fault::new("/pods/driver", 503).with_method("PATCH"));
+    let (status, _) = api
+        .patch(&item, MERGE, &json!({"metadata": {"labels": {"a": "b"}}}))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        api.double.pod(NS, "driver").expect("pod")["metadata"]["labels"]["a"],
+        "b",
+        "served, then answered with the fault"
+    );
+}

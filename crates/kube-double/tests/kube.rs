@@ -8,7 +8,7 @@ use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube_double::{Fault, KubeDouble};
@@ -374,4 +374,142 @@ async fn the_watcher_follows_networkpolicies_and_secrets() {
         .expect("no error");
     assert_eq!(secret.metadata.namespace.as_deref(), Some("elsewhere"));
     assert_eq!(secret.data.expect("data")["t"], ByteString(b"x".to_vec()));
+}
+
+fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> kube::core::Status {
+    match result.expect_err("an API error") {
+        kube::Error::Api(status) => *status,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn kube_api_patches_with_merge_and_refuses_stale_versions() {
+    let double = KubeDouble::start().await;
+    let client = client(&double).await;
+    let configs: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let config: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "conf", "labels": {"app": "rucat"}},
+        "data": {"a": "1", "b": "1"},
+    }))
+    .expect("a configmap");
+    let created = configs
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("create");
+
+    let patch = Patch::Merge(json!({
+        "metadata": {"labels": {"patched": "yes"}},
+        "data": {"a": null, "b": "2"},
+    }));
+    let patched = configs
+        .patch("conf", &PatchParams::default(), &patch)
+        .await
+        .expect("patch");
+    let labels = patched.metadata.labels.clone().expect("labels");
+    assert_eq!(labels["app"], "rucat");
+    assert_eq!(labels["patched"], "yes");
+    let data = patched.data.clone().expect("data");
+    assert_eq!(data.len(), 1);
+    assert_eq!(data["b"], "2");
+    assert_ne!(
+        patched.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    assert_eq!(patched.metadata.uid, created.metadata.uid);
+    assert_eq!(configs.get("conf").await.expect("get"), patched);
+
+    // Optimistic concurrency: a patch naming a resourceVersion that is no longer current.
+    let stale = Patch::Merge(json!({"metadata": {
+        "resourceVersion": created.metadata.resource_version,
+        "labels": {"stale": "yes"},
+    }}));
+    let status = api_error(configs.patch("conf", &PatchParams::default(), &stale).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        configs.get("conf").await.expect("get"),
+        patched,
+        "unchanged"
+    );
+    let current = Patch::Merge(json!({"metadata": {
+        "resourceVersion": patched.metadata.resource_version,
+        "labels": {"current": "yes"},
+    }}));
+    configs
+        .patch("conf", &PatchParams::default(), &current)
+        .await
+        .expect("a patch at the current resourceVersion");
+
+    // A JSON patch is not served.
+    let json_patch = Patch::Json::<()>(
+        serde_json::from_value(json!([{"op": "add", "path": "/data/c", "value": "3"}]))
+            .expect("a JSON patch"),
+    );
+    let status = api_error(
+        configs
+            .patch("conf", &PatchParams::default(), &json_patch)
+            .await,
+    );
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (415, "UnsupportedMediaType")
+    );
+
+    // Dry runs store nothing; strategic merge patches work on the other kinds too.
+    let before = configs.get("conf").await.expect("get");
+    let dry = configs
+        .patch(
+            "conf",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(json!({"data": {"dry": "yes"}})),
+        )
+        .await
+        .expect("a dry run");
+    assert_eq!(dry.data.expect("data")["dry"], "yes");
+    assert_eq!(configs.get("conf").await.expect("get"), before);
+
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "token"}})).expect("a secret"),
+        )
+        .await
+        .expect("create");
+    let secret = secrets
+        .patch(
+            "token",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"stringData": {"token": "s3cr3t"}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(
+        secret.data.expect("data")["token"],
+        ByteString(b"s3cr3t".to_vec())
+    );
+
+    let policies: Api<NetworkPolicy> = Api::default_namespaced(client);
+    double.insert_network_policy(
+        NS,
+        json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}),
+    );
+    let policy = policies
+        .patch(
+            "deny",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"policyTypes": ["Ingress", "Egress"]}})),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(
+        policy.spec.expect("spec").policy_types,
+        Some(vec!["Ingress".into(), "Egress".into()])
+    );
+    let status = api_error(
+        policies
+            .patch("nothing", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await,
+    );
+    assert_eq!(status.code, 404);
 }
