@@ -29,7 +29,11 @@
 //! - `GET|DELETE {api}/namespaces/{ns}/{plural}/{name}`: 404 NotFound; a delete answers the
 //!   object, honours `gracePeriodSeconds: 0`, `propagationPolicy: Orphan` and `dryRun`, and
 //!   garbage-collects what the object owns (every object of any kind in the namespace whose
-//!   `ownerReferences` name its uid), as background propagation does.
+//!   `ownerReferences` name its uid), as background propagation does. `preconditions`
+//!   (`uid`, `resourceVersion`) the object does not meet are a 409 Conflict (`Operation cannot
+//!   be fulfilled on pods "x": Precondition failed: UID in precondition: A, UID in object
+//!   meta: B`, the API server's message without the storage error text it wraps around the
+//!   precondition) and nothing is deleted, dry run or not.
 //! - `PATCH {api}/namespaces/{ns}/{plural}/{name}` with `Content-Type:
 //!   application/merge-patch+json` (an RFC 7386 JSON merge patch, kube-rs's `Patch::Merge`) or
 //!   `application/strategic-merge-patch+json` (applied as a merge patch too: lists are replaced

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::select::Filter;
 use crate::status::ApiError;
-use crate::store::{Deletion, Kind, Store};
+use crate::store::{DeleteOptions, Deletion, Kind, Preconditions, Store};
 use crate::{Fault, Request};
 
 /// Everything the server and the handles share.
@@ -407,8 +407,8 @@ fn patch(
     Ok(json_response(StatusCode::OK, &patched))
 }
 
-/// DELETE with optional `DeleteOptions` in the body (`gracePeriodSeconds`, `propagationPolicy`,
-/// `dryRun`) or `dryRun=All` in the query.
+/// DELETE with optional `DeleteOptions` in the body (`preconditions`, `gracePeriodSeconds`,
+/// `propagationPolicy`, `dryRun`) or `dryRun=All` in the query.
 fn delete(
     shared: &Arc<Shared>,
     kind: Kind,
@@ -432,22 +432,45 @@ fn delete(
                 .max(0) as u64,
         ),
     };
-    let cascade = options["propagationPolicy"] != "Orphan";
-    let dry_run = params.get("dryRun") == Some("All")
-        || options["dryRun"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|v| v == "All"));
-    let deletion = shared.update(|s| s.delete(kind, namespace, name, grace, cascade, dry_run))?;
+    let options = DeleteOptions {
+        preconditions: preconditions(&options["preconditions"])?,
+        grace,
+        cascade: options["propagationPolicy"] != "Orphan",
+        dry_run: params.get("dryRun") == Some("All")
+            || options["dryRun"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|v| v == "All")),
+    };
+    let deletion = shared.update(|s| s.delete(kind, namespace, name, &options))?;
     let object = match deletion {
         Deletion::Gone(object) => object,
         Deletion::Terminating { object, uid, after } => {
             if let Some(after) = after {
-                shared.finish_deletion_later(kind, namespace, name, uid, after, cascade);
+                shared.finish_deletion_later(kind, namespace, name, uid, after, options.cascade);
             }
             object
         }
     };
     Ok(json_response(StatusCode::OK, &object))
+}
+
+/// `DeleteOptions.preconditions`: absent or null, or an object with optional string `uid` and
+/// `resourceVersion`.
+fn preconditions(value: &Value) -> Result<Preconditions, ApiError> {
+    let invalid = || ApiError::bad_request(format!("invalid DeleteOptions.preconditions: {value}"));
+    let field = |name: &str| match &value[name] {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(invalid()),
+    };
+    match value {
+        Value::Null => Ok(Preconditions::default()),
+        Value::Object(_) => Ok(Preconditions {
+            uid: field("uid")?,
+            resource_version: field("resourceVersion")?,
+        }),
+        _ => Err(invalid()),
+    }
 }
 
 /// `pods/{name}/log`: the log set by `set_pod_log`; `tailLines` keeps the last lines, then

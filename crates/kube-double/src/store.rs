@@ -140,6 +140,52 @@ pub(crate) enum Deletion {
     },
 }
 
+/// What a DELETE asks (its `DeleteOptions` and `dryRun`).
+#[derive(Debug)]
+pub(crate) struct DeleteOptions {
+    pub(crate) preconditions: Preconditions,
+    /// `gracePeriodSeconds`.
+    pub(crate) grace: Option<u64>,
+    /// Delete what the object owns too (background propagation); false for `Orphan`.
+    pub(crate) cascade: bool,
+    pub(crate) dry_run: bool,
+}
+
+/// `DeleteOptions.preconditions`: what the object to delete must be.
+#[derive(Debug, Default)]
+pub(crate) struct Preconditions {
+    pub(crate) uid: Option<String>,
+    pub(crate) resource_version: Option<String>,
+}
+
+impl Preconditions {
+    /// Why `object` does not meet them, in the API server's words; `None` if it does.
+    fn failure(&self, object: &Value) -> Option<String> {
+        let actual = |field: &str| {
+            object["metadata"][field]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let checks = [
+            ("UID", &self.uid, actual("uid")),
+            (
+                "ResourceVersion",
+                &self.resource_version,
+                actual("resourceVersion"),
+            ),
+        ];
+        checks.into_iter().find_map(|(what, expected, actual)| {
+            let expected = expected.as_ref()?;
+            (*expected != actual).then(|| {
+                format!(
+                    "Precondition failed: {what} in precondition: {expected}, {what} in object meta: {actual}"
+                )
+            })
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Store {
     resource_version: u64,
@@ -522,21 +568,22 @@ impl Store {
     }
 
     /// DELETE. With a deletion delay, a pod first terminates (`deletionTimestamp`, MODIFIED)
-    /// and the caller removes it later; `grace == Some(0)` removes at once. `cascade`: delete
-    /// the objects it owns too (background propagation); false for `Orphan`.
+    /// and the caller removes it later; a grace period of 0 removes at once. An object that
+    /// does not meet the preconditions is a 409 Conflict and stays, with what it owns.
     pub(crate) fn delete(
         &mut self,
         kind: Kind,
         namespace: &str,
         name: &str,
-        grace: Option<u64>,
-        cascade: bool,
-        dry_run: bool,
+        options: &DeleteOptions,
     ) -> Result<Deletion, ApiError> {
         let object = self
             .get(kind, namespace, name)
             .ok_or_else(|| ApiError::not_found(kind, name))?;
-        if dry_run {
+        if let Some(failure) = options.preconditions.failure(object) {
+            return Err(ApiError::conflict(kind, name, &failure));
+        }
+        if options.dry_run {
             return Ok(Deletion::Gone(object.clone()));
         }
         let uid = object["metadata"]["uid"]
@@ -545,7 +592,7 @@ impl Store {
             .to_owned();
         let terminating = !object["metadata"]["deletionTimestamp"].is_null();
         let delay = self.deletion_delay;
-        if kind == Kind::Pod && grace != Some(0) {
+        if kind == Kind::Pod && options.grace != Some(0) {
             if terminating {
                 return Ok(Deletion::Terminating {
                     object: object.clone(),
@@ -567,7 +614,7 @@ impl Store {
                 });
             }
         }
-        self.remove(kind, namespace, name, cascade)
+        self.remove(kind, namespace, name, options.cascade)
             .map(Deletion::Gone)
             .ok_or_else(|| ApiError::not_found(kind, name))
     }

@@ -1595,3 +1595,123 @@ async fn faults_and_the_request_log_cover_patches() {
         "served, then answered with the fault"
     );
 }
+
+#[tokio::test]
+async fn delete_preconditions_name_the_incarnation_to_delete() {
+    let api = Api::start().await;
+    let first = api.create_pod("driver", json!({})).await;
+    let item = format!("{}/driver", pods_path());
+    api.delete(&item, None).await;
+    let second = api.create_pod("driver", json!({})).await;
+    let conf = api
+        .create(
+            "configmaps",
+            json!({"metadata": {"name": "driver-conf", "ownerReferences": owned_by(&second)}}),
+        )
+        .await;
+    let mut events = api
+        .watch(&format!(
+            "/api/v1/namespaces/{NS}/pods?watch=true&resourceVersion={}",
+            api.double.resource_version()
+        ))
+        .await;
+
+    // The uid of the pod that was: the one there now stays, with what it owns.
+    let (old_uid, uid) = (&first["metadata"]["uid"], &second["metadata"]["uid"]);
+    let (status, conflict) = api
+        .delete(&item, Some(json!({"preconditions": {"uid": old_uid}})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["kind"], "Status");
+    assert_eq!(conflict["reason"], "Conflict");
+    assert_eq!(conflict["code"], 409);
+    assert_eq!(
+        conflict["message"],
+        format!(
+            "Operation cannot be fulfilled on pods \"driver\": Precondition failed: UID in precondition: {}, UID in object meta: {}",
+            old_uid.as_str().expect("uid"),
+            uid.as_str().expect("uid")
+        )
+    );
+    assert_eq!(api.double.pod(NS, "driver"), Some(second.clone()));
+    assert_eq!(api.double.config_map(NS, "driver-conf"), Some(conf));
+    // A dry run checks them too.
+    let (status, _) = api
+        .delete(
+            &format!("{item}?dryRun=All"),
+            Some(json!({"preconditions": {"uid": old_uid}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // A stale resourceVersion fails the same way.
+    let stale = first["metadata"]["resourceVersion"].as_str().expect("rv");
+    let (status, conflict) = api
+        .delete(
+            &item,
+            Some(json!({"preconditions": {"uid": uid, "resourceVersion": stale}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(conflict["message"]
+        .as_str()
+        .expect("message")
+        .ends_with(&format!(
+            "Precondition failed: ResourceVersion in precondition: {stale}, ResourceVersion in object meta: {}",
+            rv(&second)
+        )));
+    let (status, bad) = api
+        .delete(&item, Some(json!({"preconditions": {"uid": 7}})))
+        .await;
+    assert_eq!(
+        (status, &bad["reason"]),
+        (StatusCode::BAD_REQUEST, &json!("BadRequest"))
+    );
+    assert!(api.double.pod(NS, "driver").is_some());
+
+    // The right incarnation goes, with what it owns; nothing happened to it before.
+    let (status, deleted) = api
+        .delete(
+            &item,
+            Some(json!({"preconditions": {"uid": uid, "resourceVersion": second["metadata"]["resourceVersion"]}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["metadata"]["uid"], *uid);
+    assert!(api.double.pod(NS, "driver").is_none());
+    assert!(api.double.config_map(NS, "driver-conf").is_none());
+    assert_eq!(
+        events.next_brief().await,
+        ("DELETED".into(), "driver".into())
+    );
+
+    // Every kind.
+    let policy = api
+        .create(
+            "networkpolicies",
+            json!({"metadata": {"name": "ingress"}, "spec": {"podSelector": {}}}),
+        )
+        .await;
+    let policy_item = format!("{}/ingress", path("networkpolicies"));
+    let (status, conflict) = api
+        .delete(
+            &policy_item,
+            Some(json!({"preconditions": {"uid": "another"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(conflict["message"]
+        .as_str()
+        .expect("message")
+        .starts_with(
+            "Operation cannot be fulfilled on networkpolicies.networking.k8s.io \"ingress\": Precondition failed: UID in precondition: another"
+        ));
+    let (status, _) = api
+        .delete(
+            &policy_item,
+            Some(json!({"preconditions": {"uid": policy["metadata"]["uid"]}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(api.double.network_policy(NS, "ingress").is_none());
+}

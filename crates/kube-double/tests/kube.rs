@@ -8,7 +8,9 @@ use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube_double::{Fault, KubeDouble};
@@ -512,4 +514,77 @@ async fn kube_api_patches_with_merge_and_refuses_stale_versions() {
             .await,
     );
     assert_eq!(status.code, 404);
+}
+
+#[tokio::test]
+async fn kube_api_deletes_only_the_incarnation_its_preconditions_name() {
+    let double = KubeDouble::start().await;
+    let client = client(&double).await;
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "token"}})).expect("a secret");
+    let first = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create");
+    secrets
+        .delete("token", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let second = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create again");
+    assert_ne!(first.metadata.uid, second.metadata.uid);
+
+    let of = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        DeleteParams::default().preconditions(Preconditions {
+            uid: meta.uid.clone(),
+            resource_version: None,
+        })
+    };
+    let status = api_error(secrets.delete("token", &of(&first.metadata)).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(
+        status.message.contains(&format!(
+            "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+            first.metadata.uid.clone().unwrap_or_default(),
+            second.metadata.uid.clone().unwrap_or_default()
+        )),
+        "{}",
+        status.message
+    );
+    assert_eq!(secrets.get("token").await.expect("still there"), second);
+
+    let stale_version = DeleteParams::default().preconditions(Preconditions {
+        uid: second.metadata.uid.clone(),
+        resource_version: first.metadata.resource_version.clone(),
+    });
+    let status = api_error(secrets.delete("token", &stale_version).await);
+    assert_eq!(status.code, 409);
+    assert!(secrets.get_opt("token").await.expect("get_opt").is_some());
+
+    let deleted = secrets
+        .delete("token", &of(&second.metadata))
+        .await
+        .expect("delete");
+    assert!(deleted.is_left(), "the deleted object");
+    assert!(secrets.get_opt("token").await.expect("get_opt").is_none());
+
+    // Pods too, where a controller needs it most.
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let driver = pods
+        .create(&PostParams::default(), &pod("driver"))
+        .await
+        .expect("create");
+    let wrong = DeleteParams::background().preconditions(Preconditions {
+        uid: Some("not-the-uid".into()),
+        resource_version: None,
+    });
+    assert_eq!(api_error(pods.delete("driver", &wrong).await).code, 409);
+    assert!(double.pod(NS, "driver").is_some());
+    pods.delete("driver", &of(&driver.metadata))
+        .await
+        .expect("delete");
+    assert!(double.pod(NS, "driver").is_none());
 }
