@@ -192,7 +192,9 @@ async fn main() -> Result<(), Error> {
     let addr = listener.local_addr()?;
     let context = ApiContext {
         store: store.clone(),
+        auth: Arc::new(rucat::auth::Authenticator::disabled()),
         policy: Arc::new(ConfPolicy::default()),
+        quotas: Arc::default(),
         versions: Arc::new(vec![VERSION.to_owned()]),
         live_logs: None,
     };

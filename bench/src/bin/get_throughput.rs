@@ -72,7 +72,7 @@ fn seed_engine(i: usize) -> Engine {
     Engine {
         id: EngineId::generate(),
         name: format!("bench-{i:05}"),
-        owner: server::ANONYMOUS.to_owned(),
+        owner: rucat::auth::ANONYMOUS.to_owned(),
         engine_type: "Spark".to_owned(),
         version: "4.3.0".to_owned(),
         state: EngineState::Running,
@@ -150,7 +150,9 @@ async fn start_servers(
     let rucat_addr = rucat_listener.local_addr()?;
     let context = ApiContext {
         store,
+        auth: Arc::new(rucat::auth::Authenticator::disabled()),
         policy: Arc::new(ConfPolicy::default()),
+        quotas: Arc::default(),
         versions: Arc::new(vec!["4.3.0".to_owned()]),
         live_logs: None,
     };

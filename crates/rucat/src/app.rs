@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{PlatformKind, Settings};
 use crate::monitor::Monitor;
 use crate::platform::kubernetes::KubernetesPlatform;
@@ -29,8 +30,10 @@ pub enum AppError {
         "no Spark found: set --spark-home or SPARK_HOME, or run scripts/setup.sh to install it"
     )]
     NoSpark,
-    #[error("refusing to listen on {0}: authentication is not configured, so Rucat listens on loopback addresses only (set allow_unauthenticated, or RUCAT_ALLOW_UNAUTHENTICATED=true, to listen anyway, behind a network policy)")]
+    #[error("refusing to listen on {0}: authentication is not configured, so Rucat listens on loopback addresses only (configure [auth] tokens, a tokens file or [auth.jwt]; or, for development behind a network policy only, set allow_unauthenticated)")]
     NotLoopback(SocketAddr),
+    #[error("cannot set up authentication: {0}")]
+    Auth(#[from] AuthSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -79,7 +82,7 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, AppError> {
     let deadline = tokio::time::Instant::now() + STORE_WAIT;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
-        match store::open(&settings.database_url, &settings.store).await {
+        match store::open(settings.database_url.expose(), &settings.store).await {
             Ok(store) => return Ok(store),
             Err(error @ StoreError::Unreachable { .. })
                 if tokio::time::Instant::now() < deadline =>
@@ -99,12 +102,23 @@ pub struct Application {
     monitor: Option<Monitor>,
 }
 
+/// Creates the data directory, readable by Rucat's user only (it holds the SQLite store and the
+/// engines' logs). A directory Rucat cannot tighten (one it does not own) is only warned about.
+fn create_data_dir(path: &std::path::Path) -> Result<(), AppError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).map_err(|source| AppError::DataDir {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+        warn!(path = %path.display(), %error, "cannot make the data directory private (mode 0700)");
+    }
+    Ok(())
+}
+
 impl Application {
     pub async fn build(settings: &Settings, roles: Roles) -> Result<Self, AppError> {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| AppError::DataDir {
-            path: settings.data_dir.display().to_string(),
-            source,
-        })?;
+        create_data_dir(&settings.data_dir)?;
         let store = open_store(settings).await?;
         let (platform, versions): (Arc<dyn Platform>, Vec<String>) = match settings.platform {
             PlatformKind::Local => {
@@ -130,11 +144,12 @@ impl Application {
                 (Arc::new(platform), versions)
             }
         };
-        info!(store = %store::redact(&settings.database_url), versions = ?versions, "store and platform ready");
+        info!(store = %settings.database_url, versions = ?versions, "store and platform ready");
 
         let (listener, context) = if roles.server {
+            let auth = Arc::new(Authenticator::new(&settings.auth).await?);
             let loopback = settings.listen.ip().is_loopback();
-            if !loopback && !settings.allow_unauthenticated {
+            if !loopback && !auth.is_enabled() && !settings.allow_unauthenticated {
                 return Err(AppError::NotLoopback(settings.listen));
             }
             let listener =
@@ -144,14 +159,20 @@ impl Application {
                         addr: settings.listen,
                         source,
                     })?;
-            if loopback {
-                warn!("authentication is not configured: listening on loopback only");
+            if auth.is_enabled() {
+                if settings.allow_unauthenticated {
+                    warn!("allow_unauthenticated is set but authentication is configured: it has no effect");
+                }
+            } else if loopback {
+                warn!("authentication is not configured: every caller is the anonymous admin; listening on loopback only");
             } else {
-                warn!(addr = %settings.listen, "authentication is not configured and allow_unauthenticated is set: anyone who can reach this address can manage every engine");
+                error!(addr = %settings.listen, "AUTHENTICATION IS OFF on a non-loopback address (allow_unauthenticated): anyone who can reach it manages every engine; for development behind a network policy only");
             }
             let context = ApiContext {
                 store: store.clone(),
+                auth,
                 policy: Arc::new(settings.policy.clone()),
+                quotas: Arc::new(settings.quotas.clone()),
                 versions: Arc::new(versions),
                 live_logs: Some(platform.clone()),
             };
@@ -182,6 +203,7 @@ impl Application {
             .map(|monitor| tokio::spawn(monitor.run(shutdown.clone())));
         let served = match (self.listener, self.context) {
             (Some(listener), Some(context)) => {
+                context.auth.spawn_reloads(shutdown.clone());
                 if let Ok(addr) = listener.local_addr() {
                     info!(%addr, "REST API listening");
                 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
@@ -75,15 +76,39 @@ struct Events {
     events: Vec<EngineEvent>,
 }
 
+/// What a listing asks for; every field may be left out.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub state: Option<EngineState>,
+    /// Only this owner's engines (an admin's filter; a user sees only their own anyway).
+    pub owner: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     server: String,
-    token: Option<String>,
+    token: Option<SecretString>,
 }
 
 impl Client {
-    pub fn new(server: &str, token: Option<String>) -> Self {
+    pub fn new(server: &str, token: Option<SecretString>) -> Self {
         Client {
             http: reqwest::Client::new(),
             server: server.trim_end_matches('/').to_owned(),
@@ -102,7 +127,7 @@ impl Client {
             .request(method, format!("{}{path}", self.server))
             .timeout(Duration::from_secs(30));
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose_secret());
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -175,20 +200,38 @@ impl Client {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<EnginePage, ClientError> {
+        self.list_with(&ListRequest {
+            state,
+            limit,
+            cursor: cursor.map(str::to_owned),
+            owner: None,
+        })
+        .await
+    }
+
+    /// A page of engines: the caller's own, or (for an admin) everyone's or one owner's.
+    pub async fn list_with(&self, request: &ListRequest) -> Result<EnginePage, ClientError> {
         let mut query = Vec::new();
-        if let Some(state) = state {
-            query.push(format!("state={state}"));
+        if let Some(state) = request.state {
+            query.push(("state", state.to_string()));
         }
-        if let Some(limit) = limit {
-            query.push(format!("limit={limit}"));
+        if let Some(owner) = &request.owner {
+            query.push(("owner", owner.clone()));
         }
-        if let Some(cursor) = cursor {
-            query.push(format!("cursor={cursor}"));
+        if let Some(limit) = request.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &request.cursor {
+            query.push(("cursor", cursor.clone()));
         }
         let path = if query.is_empty() {
             "/engines".to_owned()
         } else {
-            format!("/engines?{}", query.join("&"))
+            let encoded: Vec<String> = query
+                .iter()
+                .map(|(key, value)| format!("{key}={}", percent_encode(value)))
+                .collect();
+            format!("/engines?{}", encoded.join("&"))
         };
         self.call_some(Method::GET, &path, None).await
     }

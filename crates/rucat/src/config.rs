@@ -6,13 +6,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::auth::{AuthConfig, AuthFile};
 use crate::engine::policy::ConfPolicy;
+use crate::engine::quota::Quotas;
 use crate::monitor::MonitorConfig;
-use crate::platform::kubernetes::KubernetesConfig;
+use crate::platform::kubernetes::{KubernetesConfig, NetworkPolicyConfig};
 use crate::platform::simulated::SimulatedConfig;
-use crate::store::StoreOptions;
+use crate::store::{DatabaseUrl, StoreOptions};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:3000";
@@ -70,6 +73,8 @@ pub struct FileConfig {
     pub database: DatabaseFile,
     pub monitor: MonitorFile,
     pub policy: Option<ConfPolicy>,
+    pub auth: AuthFile,
+    pub quota: Quotas,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -115,6 +120,7 @@ pub struct KubernetesFile {
     pub cluster_domain: Option<String>,
     pub api_timeout_ms: Option<u64>,
     pub delete_wait_ms: Option<u64>,
+    pub network_policy: Option<NetworkPolicyConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -144,7 +150,7 @@ pub enum PlatformKind {
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub store: StoreOptions,
     pub platform: PlatformKind,
     /// `None` when neither given nor installed by the setup script.
@@ -154,8 +160,10 @@ pub struct Settings {
     pub kubernetes: KubernetesConfig,
     pub monitor: MonitorConfig,
     pub policy: ConfPolicy,
+    pub auth: AuthConfig,
+    pub quotas: Quotas,
     pub server: String,
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// Whether the REST server may listen beyond loopback although nothing authenticates its
     /// users (behind a network policy, say).
     pub allow_unauthenticated: bool,
@@ -188,10 +196,12 @@ impl Settings {
             Some(dir) => dir,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
-        let database_url = overrides
-            .database_url
-            .or(file.database_url)
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("rucat.db").display()));
+        let database_url = DatabaseUrl::new(
+            overrides
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("rucat.db").display())),
+        );
         let platform = match overrides
             .platform
             .or(file.platform)
@@ -211,6 +221,10 @@ impl Settings {
             .or(file.spark_home)
             .or_else(installed_spark_home);
         let monitor = monitor_config(&file.monitor)?;
+        let auth = AuthConfig::from_file(&file.auth).map_err(|message| ConfigError::Invalid {
+            name: "auth",
+            message,
+        })?;
         Ok(Settings {
             listen,
             data_dir,
@@ -226,11 +240,13 @@ impl Settings {
             kubernetes,
             monitor,
             policy: file.policy.unwrap_or_default(),
+            auth,
+            quotas: file.quota,
             server: overrides
                 .server
                 .or(file.server)
                 .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
-            token: overrides.token.or(file.token),
+            token: overrides.token.or(file.token).map(SecretString::from),
             allow_unauthenticated: overrides
                 .allow_unauthenticated
                 .or(file.allow_unauthenticated)
@@ -456,6 +472,28 @@ fn kubernetes_config(file: &KubernetesFile) -> Result<KubernetesConfig, ConfigEr
             format!("{cluster_domain:?} is not a domain name"),
         ));
     }
+    if let Some(policy) = &file.network_policy {
+        if policy.connect_from.is_empty() {
+            return Err(invalid(
+                "kubernetes.network_policy.connect_from",
+                "must name at least one peer (the monitor's and the proxy's pods), or the engines cannot be reached",
+            ));
+        }
+        for peer in &policy.connect_from {
+            if let Some(namespace) = peer.namespace.as_deref().filter(|n| !is_dns_label(n)) {
+                return Err(invalid(
+                    "kubernetes.network_policy.connect_from",
+                    format!("{namespace:?} is not a namespace name"),
+                ));
+            }
+            if peer.pod_labels.is_empty() {
+                return Err(invalid(
+                    "kubernetes.network_policy.connect_from",
+                    "each peer needs pod_labels (an empty selector would admit every pod)",
+                ));
+            }
+        }
+    }
     Ok(KubernetesConfig {
         namespace: file.namespace.clone(),
         instance,
@@ -479,6 +517,7 @@ fn kubernetes_config(file: &KubernetesFile) -> Result<KubernetesConfig, ConfigEr
             file.delete_wait_ms,
             defaults.delete_wait,
         )?,
+        network_policy: file.network_policy.clone(),
     })
 }
 
@@ -526,6 +565,7 @@ fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
             None => defaults.concurrency,
         },
         batch: defaults.batch,
+        name: defaults.name,
     })
 }
 
@@ -599,7 +639,10 @@ mod tests {
         let settings = Settings::resolve(overrides, file).expect("resolves");
         assert_eq!(settings.listen, "127.0.0.1:5000".parse().expect("addr"));
         assert_eq!(settings.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(settings.database_url, "sqlite:///from/file/rucat.db");
+        assert_eq!(
+            settings.database_url.expose(),
+            "sqlite:///from/file/rucat.db"
+        );
         assert_eq!(settings.server, "http://file:1");
         assert_eq!(settings.monitor.poll_interval, Duration::from_millis(500));
         assert_eq!(settings.policy.deny, vec!["spark.jars".to_owned()]);

@@ -5,6 +5,7 @@
 //! [`monitor`] (the reconciler), [`server`] (the REST API), [`client`], and [`app`] (wiring).
 
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod engine;

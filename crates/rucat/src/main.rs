@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use rucat::app::{Application, Roles};
-use rucat::client::Client;
+use rucat::auth::token::{self, TokenEntry};
+use rucat::auth::Role;
+use rucat::client::{Client, ClientError, ListRequest};
 use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::{Engine, EngineId, EngineName, EngineState, SparkConf};
 use rucat::platform::kubernetes::{objects, DriverSpec};
@@ -44,6 +46,33 @@ enum Command {
     Monitor(RoleArgs),
     /// Manage engines through a Rucat server.
     Engine(EngineArgs),
+    /// Make API tokens (an operator's command; it needs no server).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a new random API token (256 bits) once, with the configuration entry that lets it
+    /// in: add the entry to the tokens file ([auth] tokens_file, read again when it changes) or
+    /// as [[auth.tokens]] to the configuration file, and give the token to its user. Rucat keeps
+    /// only the token's SHA-256; a lost token cannot be shown again, only replaced.
+    Create {
+        /// The user the token authenticates as (the owner of the engines they create)
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// Make it an admin token: it sees and acts on every engine
+        #[arg(long)]
+        admin: bool,
+        /// Print {"user", "role", "token", "hash"} as JSON instead
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -89,7 +118,7 @@ struct EngineArgs {
     /// Rucat server to talk to [default: http://127.0.0.1:3000]
     #[arg(long, env = "RUCAT_SERVER", global = true, value_name = "URL")]
     server: Option<String>,
-    /// Bearer token for the server
+    /// API token (or OIDC JWT) for the server, sent as Authorization: Bearer
     #[arg(long, env = "RUCAT_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -126,11 +155,14 @@ enum EngineCommand {
     },
     /// Show an engine (JSON).
     Get { id: String },
-    /// List engines.
+    /// List engines: your own, or with an admin token everyone's.
     List {
         /// Only engines in this state (e.g. Running)
         #[arg(long)]
         state: Option<EngineState>,
+        /// Only this user's engines (admins only)
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
         /// At most this many engines per page
         #[arg(long)]
         limit: Option<u32>,
@@ -217,8 +249,24 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if let Some(hint) = error.downcast_ref::<ClientError>().and_then(auth_hint) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about a refused credential, in one line.
+fn auth_hint(error: &ClientError) -> Option<&'static str> {
+    match error {
+        ClientError::Api { status, .. } if status.as_u16() == 401 => Some(
+            "the server wants a valid credential: pass --token TOKEN or set RUCAT_TOKEN (an operator makes tokens with `rucat token create --user NAME`)",
+        ),
+        ClientError::Api { status, code, .. } if status.as_u16() == 403 && code == "forbidden" => {
+            Some("this needs an admin: use an admin token (`rucat token create --user NAME --admin`)")
+        }
+        _ => None,
     }
 }
 
@@ -235,6 +283,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => run_roles(args, file, Roles::ALL).await,
         Command::Server(args) => run_roles(args, file, Roles::SERVER).await,
         Command::Monitor(args) => run_roles(args, file, Roles::MONITOR).await,
+        Command::Token(TokenArgs {
+            command: TokenCommand::Create { user, admin, json },
+        }) => create_token(user, admin, json),
         Command::Engine(args) => {
             init_logging("warn");
             let settings = Settings::resolve(
@@ -254,7 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 return render(&settings, request, id, namespace).await;
             }
-            let client = Client::new(&settings.server, settings.token);
+            let client = Client::new(&settings.server, settings.token.clone());
             engine_command(&client, args.command).await
         }
     }
@@ -283,6 +334,39 @@ async fn run_roles(args: RoleArgs, file: FileConfig, roles: Roles) -> anyhow::Re
         trigger.fire();
     });
     application.run(shutdown).await?;
+    Ok(())
+}
+
+/// `rucat token create`: a new token, shown once, and its configuration entry.
+fn create_token(user: String, admin: bool, json: bool) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    rucat::auth::check_user_name(&user).map_err(anyhow::Error::msg)?;
+    let (secret, hash) = token::generate().map_err(anyhow::Error::msg)?;
+    let entry = TokenEntry {
+        user,
+        role: if admin { Role::Admin } else { Role::User },
+        hash,
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "user": entry.user,
+            "role": entry.role,
+            "token": secret.expose_secret(),
+            "hash": entry.hash,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(
+            out,
+            "# The token of {} (shown this once; Rucat keeps only its hash):\n{}\n\n\
+             # Add this entry to the tokens file (or as [[auth.tokens]] to the configuration file):\n{}",
+            entry.user,
+            secret.expose_secret(),
+            token::entry_toml(&entry, "tokens")
+        )?;
+    }
+    out.flush().context("cannot write to standard output")?;
     Ok(())
 }
 
@@ -384,8 +468,20 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             let engine = client.get(&id).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&engine)?)?;
         }
-        EngineCommand::List { state, limit, json } => {
-            let page = client.list(state, limit, None).await?;
+        EngineCommand::List {
+            state,
+            owner,
+            limit,
+            json,
+        } => {
+            let page = client
+                .list_with(&ListRequest {
+                    state,
+                    owner,
+                    limit,
+                    cursor: None,
+                })
+                .await?;
             if json {
                 let value =
                     serde_json::json!({"engines": page.engines, "next_cursor": page.next_cursor});
@@ -393,15 +489,16 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             } else {
                 writeln!(
                     out,
-                    "{:<32}  {:<24}  {:<20}  {:<8}  ENDPOINT",
-                    "ID", "NAME", "STATE", "VERSION"
+                    "{:<32}  {:<24}  {:<16}  {:<20}  {:<8}  ENDPOINT",
+                    "ID", "NAME", "OWNER", "STATE", "VERSION"
                 )?;
                 for engine in page.engines {
                     writeln!(
                         out,
-                        "{:<32}  {:<24}  {:<20}  {:<8}  {}",
+                        "{:<32}  {:<24}  {:<16}  {:<20}  {:<8}  {}",
                         engine.id,
                         engine.name,
+                        engine.owner,
                         engine.state.as_str(),
                         engine.version,
                         engine.endpoint.as_deref().unwrap_or("-")
@@ -443,12 +540,17 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
                     .from
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "-".into());
+                let by = event
+                    .actor
+                    .map(|actor| actor.to_string())
+                    .unwrap_or_else(|| "-".into());
                 writeln!(
                     out,
-                    "{}  {:<20} -> {:<20}  {}",
+                    "{}  {:<20} -> {:<20}  {:<24}  {}",
                     event.time.to_rfc3339(),
                     from,
                     event.to.as_str(),
+                    by,
                     event.message.unwrap_or_default()
                 )?;
             }

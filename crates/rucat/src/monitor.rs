@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::engine::state::monitor_transition;
-use crate::engine::{Engine, EngineId, EngineState, MonitorStep};
+use crate::engine::{Actor, Engine, EngineId, EngineState, MonitorStep};
 use crate::platform::{Platform, PlatformError, ResourceState};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
@@ -39,6 +39,18 @@ pub struct MonitorConfig {
     pub concurrency: usize,
     /// How many due engines one pass reads.
     pub batch: u32,
+    /// The name this monitor records in the events it causes (default: host name and pid).
+    pub name: String,
+}
+
+/// `HOST-PID`: on Kubernetes the host name is the pod's name.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "monitor".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Default for MonitorConfig {
@@ -52,6 +64,7 @@ impl Default for MonitorConfig {
             orphan_scan_interval: Duration::from_secs(60),
             concurrency: 16,
             batch: 256,
+            name: default_name(),
         }
     }
 }
@@ -277,7 +290,8 @@ impl Monitor {
             warn!(engine = %engine.id, %from, ?step, "no such transition; ignoring");
             return Ok(false);
         };
-        let mut transition = Transition::new(from, to);
+        let mut transition =
+            Transition::new(from, to).by(Actor::Monitor(self.inner.config.name.clone()));
         transition.error = engine.error.clone();
         let transition = shape(transition);
         match self

@@ -16,7 +16,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_double::{Fault, KubeDouble};
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
-use rucat::platform::kubernetes::{objects, DriverSpec, KubernetesConfig, KubernetesPlatform};
+use rucat::platform::kubernetes::{
+    objects, DriverSpec, KubernetesConfig, KubernetesPlatform, NetworkPolicyConfig, Peer,
+};
 use rucat::platform::{Platform, ResourceState};
 use rucat::store::conformance::sample_engine;
 use serde_json::{json, Value};
@@ -137,9 +139,12 @@ async fn create_makes_exactly_the_rendered_pod_and_an_owned_headless_service() {
     assert_eq!(pod_spec["serviceAccountName"], "rucat-spark");
     let container = &pod_spec["containers"][0];
     assert_eq!(container["image"], format!("apache/spark:{VERSION}"));
-    assert_eq!(
-        container["command"],
-        json!(["/opt/spark/sbin/start-connect-server.sh"])
+    let command = container["command"].as_array().expect("command");
+    assert_eq!(command[0], "/bin/sh");
+    let script = command[2].as_str().expect("the script");
+    assert!(
+        script.ends_with("exec /opt/spark/sbin/start-connect-server.sh \"$@\""),
+        "{script}"
     );
     assert_eq!(container["readinessProbe"]["tcpSocket"]["port"], 15002);
     let args: Vec<&str> = container["args"]
@@ -158,15 +163,32 @@ async fn create_makes_exactly_the_rendered_pod_and_an_owned_headless_service() {
         format!("spark.kubernetes.executor.podNamePrefix=rucat-{id}"),
         format!("spark.app.id=rucat-{id}"),
         "spark.executor.instances=3".to_owned(),
+        // Executors: their own identity, the restricted pod template, the engine's label.
+        "spark.kubernetes.authenticate.executor.serviceAccountName=default".to_owned(),
+        format!(
+            "spark.kubernetes.executor.podTemplateFile={}",
+            objects::EXECUTOR_TEMPLATE_FILE
+        ),
+        format!("spark.kubernetes.executor.label.rucat.io/engine-id={id}"),
     ] {
         assert!(args.contains(&wanted.as_str()), "{wanted} not in {args:?}");
     }
-    let env = &container["env"];
-    assert!(env
-        .as_array()
-        .expect("env")
+    let env = container["env"].as_array().expect("env");
+    assert!(env.iter().any(|e| e["name"] == "SPARK_NO_DAEMONIZE"));
+    let template = env
         .iter()
-        .any(|e| e["name"] == "SPARK_NO_DAEMONIZE"));
+        .find(|e| e["name"] == objects::EXECUTOR_TEMPLATE_ENV)
+        .and_then(|e| e["value"].as_str())
+        .expect("the executors' pod template");
+    let template: Value = serde_json::from_str(template).expect("JSON");
+    assert_eq!(template["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(template["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        template["spec"]["containers"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    // No NetworkPolicy unless configured.
+    assert!(double.network_policies(NS).is_empty());
 
     let services = double.services(NS);
     assert_eq!(services.len(), 1);
@@ -318,6 +340,78 @@ async fn delete_removes_pod_and_service_and_waits_for_them() {
 
     // Deleting nothing succeeds.
     platform.delete(&engine.id).await.expect("delete again");
+}
+
+fn with_network_policy() -> KubernetesConfig {
+    KubernetesConfig {
+        network_policy: Some(NetworkPolicyConfig {
+            connect_from: vec![Peer {
+                namespace: Some("rucat".into()),
+                pod_labels: [("rucat.io/engine-access".to_owned(), "true".to_owned())].into(),
+            }],
+        }),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn each_engine_gets_a_network_policy_owned_by_its_pod() {
+    let double = KubeDouble::start().await;
+    let config = with_network_policy();
+    let platform = platform_with(&double, config.clone()).await;
+    let engine = engine(&[]);
+    platform.create(&engine).await.expect("create");
+
+    let pod = double.pod(NS, &name(&engine)).expect("pod");
+    let policy = double
+        .network_policy(NS, &name(&engine))
+        .expect("a network policy");
+    let uid = pod["metadata"]["uid"].as_str().expect("uid");
+    let policy_config = config.network_policy.as_ref().expect("configured");
+    let expected = serde_json::to_value(objects::engine_network_policy(
+        &engine.id,
+        NS,
+        &config,
+        policy_config,
+        Some((&name(&engine), uid)),
+    ))
+    .expect("json");
+    assert_eq!(as_sent(policy.clone()), expected);
+    // Spelled out: the engine's pods (driver and executors) reach each other; the peers reach
+    // the Spark Connect port only; nothing else is admitted.
+    let id = engine.id.to_string();
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["rucat.io/engine-id"],
+        id.as_str()
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    let rules = spec["ingress"].as_array().expect("rules");
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[0]["from"],
+        json!([{"podSelector": {"matchLabels": {"rucat.io/engine-id": id}}}])
+    );
+    assert_eq!(
+        rules[1]["ports"],
+        json!([{"port": 15002, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        rules[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "rucat"
+    );
+    assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], uid);
+
+    // Deleted with the engine.
+    platform.delete(&engine.id).await.expect("delete");
+    assert!(double.network_policy(NS, &name(&engine)).is_none());
+
+    // Owned by the pod: a pod that vanishes takes its policy along.
+    let other = self::engine(&[]);
+    platform.create(&other).await.expect("create");
+    assert!(double.network_policy(NS, &name(&other)).is_some());
+    assert!(double.remove_pod(NS, &name(&other)));
+    assert!(double.network_policy(NS, &name(&other)).is_none());
 }
 
 #[tokio::test]
@@ -652,6 +746,8 @@ impl Binary {
             format!(
                 "platform = \"kubernetes\"\n\
                  [kubernetes]\nversions = [\"{VERSION}\"]\n\
+                 [kubernetes.network_policy]\n\
+                 connect_from = [{{ namespace = \"rucat\", pod_labels = {{ \"rucat.io/engine-access\" = \"true\" }} }}]\n\
                  [monitor]\npoll_interval_ms = 100\nstart_check_interval_ms = 50\n"
             ),
         )
@@ -779,7 +875,7 @@ async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
         "--id",
         &id,
     ])));
-    assert_eq!(rendered.len(), 2);
+    assert_eq!(rendered.len(), 3);
     assert_eq!(rendered[0], as_sent(created));
     assert_eq!(rendered[1]["kind"], "Service");
     let mut service = as_sent(double.service(NS, &pod_name).expect("service"));
@@ -792,6 +888,16 @@ async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
         spec.remove("type");
     }
     assert_eq!(rendered[1], service);
+    assert_eq!(rendered[2]["kind"], "NetworkPolicy");
+    let mut policy = as_sent(
+        double
+            .network_policy(NS, &pod_name)
+            .expect("network policy"),
+    );
+    if let Some(meta) = policy["metadata"].as_object_mut() {
+        meta.remove("ownerReferences");
+    }
+    assert_eq!(rendered[2], policy);
 
     double.set_pod_status(NS, &pod_name, ready());
     let waited = rucat.cli(&["engine", "wait", &id, "--timeout", "30"]);
@@ -805,6 +911,7 @@ async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
     stdout(&rucat.cli(&["engine", "stop", &id, "--wait", "--timeout", "30"]));
     assert!(double.pod(NS, &pod_name).is_none());
     assert!(double.service(NS, &pod_name).is_none());
+    assert!(double.network_policy(NS, &pod_name).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -865,13 +972,16 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
             .map(|v| v.as_str().expect("a string").to_owned())
             .collect()
     };
+    // `/bin/sh -c SCRIPT rucat-driver ARGS…`: the script writes the executors' pod template,
+    // then runs Spark Connect from /opt/spark (here: SPARK_HOME) in the pod's /tmp (here: a
+    // directory of the test's own).
+    let home = tempfile::tempdir().expect("a home");
     let command = strings(&container["command"]);
-    assert_eq!(command.len(), 1);
-    let program = spark_home.join(
-        command[0]
-            .strip_prefix("/opt/spark/")
-            .expect("the command is under /opt/spark"),
-    );
+    assert_eq!(command.len(), 4, "{command:?}");
+    let program = command[0].clone();
+    let script = command[2]
+        .replace("/opt/spark", &spark_home.to_string_lossy())
+        .replace("/tmp", &home.path().to_string_lossy());
     let probe_port = container["readinessProbe"]["tcpSocket"]["port"]
         .as_i64()
         .expect("a probe port");
@@ -905,7 +1015,9 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
             "spark.ui.enabled=false".to_owned(),
         ),
     ];
-    let mut args = strings(&container["args"]);
+    let mut args = vec!["-c".to_owned(), script, command[3].clone()];
+    let pod_args = args.len();
+    args.extend(strings(&container["args"]));
     for (from, to) in &swaps {
         let at = args
             .iter()
@@ -913,7 +1025,7 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
             .unwrap_or_else(|| panic!("{from} not in the pod's arguments {args:?}"));
         args[at] = to.clone();
     }
-    let home = tempfile::tempdir().expect("a home");
+    assert!(args.len() > pod_args);
     let mut process = std::process::Command::new(&program);
     process.args(&args).env("SPARK_HOME", &spark_home);
     for var in container["env"].as_array().expect("env") {
@@ -967,4 +1079,23 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
+    // The executors' pod template is where Spark is told to read it, private, and as rendered.
+    let template = home.path().join(
+        objects::EXECUTOR_TEMPLATE_FILE
+            .strip_prefix("/tmp/")
+            .expect("under /tmp"),
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&template).expect("template written"))
+            .expect("JSON");
+    assert_eq!(
+        written,
+        serde_json::to_value(objects::executor_pod_template(&config())).expect("json")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&template)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "only the driver's user reads it");
 }

@@ -1,6 +1,7 @@
 //! What an engine is: its identity, its request, its record, and the state machine it follows.
 
 pub mod policy;
+pub mod quota;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -243,6 +244,44 @@ pub struct EngineEvent {
     pub to: EngineState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Who caused the change (absent in events recorded before Rucat kept it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+}
+
+/// Who caused a change: a user (by name), or a monitor (by the name it runs under).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Actor {
+    User(String),
+    Monitor(String),
+}
+
+impl Actor {
+    /// How the store keeps it: `user:NAME` or `monitor:NAME`.
+    pub fn to_text(&self) -> String {
+        match self {
+            Actor::User(name) => format!("user:{name}"),
+            Actor::Monitor(name) => format!("monitor:{name}"),
+        }
+    }
+
+    pub fn from_text(text: &str) -> Option<Self> {
+        match text.split_once(':')? {
+            ("user", name) => Some(Actor::User(name.to_owned())),
+            ("monitor", name) => Some(Actor::Monitor(name.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::User(name) => write!(f, "user {name}"),
+            Actor::Monitor(name) => write!(f, "monitor {name}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +296,21 @@ mod tests {
         assert_eq!(EngineId::parse(a.as_str()), Some(a.clone()));
         assert_eq!(EngineId::parse("../etc/passwd"), None);
         assert_eq!(EngineId::parse(&a.as_str().to_uppercase()), None);
+    }
+
+    #[test]
+    fn actors_round_trip_through_text_and_json() {
+        for actor in [
+            Actor::User("alice:x@y".into()),
+            Actor::Monitor("host-12".into()),
+        ] {
+            assert_eq!(Actor::from_text(&actor.to_text()), Some(actor.clone()));
+        }
+        assert_eq!(Actor::from_text("robot:r2"), None);
+        assert_eq!(
+            serde_json::to_value(Actor::User("alice".into())).expect("json"),
+            serde_json::json!({"kind": "user", "name": "alice"})
+        );
     }
 
     #[test]

@@ -2,8 +2,14 @@
 //!
 //! Some keys are Rucat's own wiring (a user value would break or bypass it); others would let a
 //! user escape their engine (another namespace, identity, pod spec, image, volume or secret).
-//! Both are refused, naming the key. Operators may deny more keys, restrict users to an allow
-//! list, and list the container images users may pick.
+//! Both are refused, naming the key, and so are keys that load code into the driver or change
+//! its JVM (the driver holds the identities Rucat gives it). Operators may deny more keys, exempt
+//! some from the deny list, restrict users to an allow list, and list the container images users
+//! may pick.
+//!
+//! Keys are matched without regard to ASCII case, so that a pattern catches every spelling of a
+//! key family (`*featureSteps` matches `excludedFeatureSteps`), and a key cannot slip past the
+//! policy by changing the case of a letter.
 
 use serde::Deserialize;
 
@@ -60,6 +66,51 @@ pub const DEFAULT_DENY: &[&str] = &[
     "spark.kubernetes.driverEnv.*",
     // Image pull settings (images themselves: see `allowed_images`).
     "spark.kubernetes.container.image.*",
+    // Code loaded into the driver or executors, or a changed JVM.
+    "spark.driver.extraJavaOptions",
+    "spark.executor.extraJavaOptions",
+    "spark.driver.defaultJavaOptions",
+    "spark.executor.defaultJavaOptions",
+    "spark.driver.extraClassPath",
+    "spark.executor.extraClassPath",
+    "spark.driver.extraLibraryPath",
+    "spark.executor.extraLibraryPath",
+    "spark.jars",
+    "spark.jars.*",
+    "spark.files",
+    "spark.archives",
+    "spark.submit.pyFiles",
+    "spark.pyspark.*",
+    "spark.plugins",
+    "spark.plugins.*",
+    "spark.sql.extensions",
+    "spark.extraListeners",
+    "spark.sql.queryExecutionListeners",
+    "spark.sql.streaming.streamingQueryListeners",
+    "spark.connect.extensions.*",
+    "spark.*.resource.*.discoveryScript",
+    "spark.executorEnv.*",
+];
+
+/// The code-loading keys of [`DEFAULT_DENY`]: denied by default, allowed only by an operator
+/// (through `policy.exempt`, or a `policy.deny` without them).
+pub const CODE_LOADING: &[&str] = &[
+    "spark.driver.extraJavaOptions",
+    "spark.executor.extraJavaOptions",
+    "spark.driver.extraClassPath",
+    "spark.executor.extraClassPath",
+    "spark.driver.extraLibraryPath",
+    "spark.executor.extraLibraryPath",
+    "spark.jars",
+    "spark.jars.packages",
+    "spark.jars.repositories",
+    "spark.jars.ivySettings",
+    "spark.files",
+    "spark.archives",
+    "spark.plugins",
+    "spark.sql.extensions",
+    "spark.extraListeners",
+    "spark.executorEnv.PATH",
 ];
 
 /// Keys that pick a container image: allowed only with a value from `policy.allowed_images`.
@@ -75,6 +126,9 @@ pub const IMAGE_KEYS: &[&str] = &[
 pub struct ConfPolicy {
     /// Key patterns users may not set (`*` matches any run of characters).
     pub deny: Vec<String>,
+    /// Patterns taken out of `deny`: a key matching one of them is not denied (reserved keys
+    /// stay refused). E.g. `["spark.jars.packages"]` lets users pull packages.
+    pub exempt: Vec<String>,
     /// When given, users may set only keys matching one of these patterns.
     pub allow: Option<Vec<String>>,
     /// Container images users may choose with `spark.kubernetes.*container.image`.
@@ -85,6 +139,7 @@ impl Default for ConfPolicy {
     fn default() -> Self {
         ConfPolicy {
             deny: DEFAULT_DENY.iter().map(|s| (*s).to_owned()).collect(),
+            exempt: Vec::new(),
             allow: None,
             allowed_images: Vec::new(),
         }
@@ -118,10 +173,16 @@ impl ConfPolicy {
     }
 
     fn check_one(&self, key: &str, value: &str) -> Result<(), Refused> {
-        if RESERVED.contains(&key) {
+        if RESERVED
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(key))
+        {
             return Err(Refused::Reserved(key.to_owned()));
         }
-        if IMAGE_KEYS.contains(&key) {
+        if IMAGE_KEYS
+            .iter()
+            .any(|image| image.eq_ignore_ascii_case(key))
+        {
             if self.allowed_images.iter().any(|image| image == value) {
                 return Ok(());
             }
@@ -131,7 +192,8 @@ impl ConfPolicy {
                 allowed: self.allowed_images.clone(),
             });
         }
-        if let Some(pattern) = self.deny.iter().find(|p| glob_match(p, key)) {
+        let denied = self.deny.iter().find(|p| glob_match(p, key));
+        if let Some(pattern) = denied.filter(|_| !self.exempt.iter().any(|p| glob_match(p, key))) {
             return Err(Refused::Denied {
                 key: key.to_owned(),
                 pattern: pattern.clone(),
@@ -146,8 +208,13 @@ impl ConfPolicy {
     }
 }
 
-/// `*` matches any run of characters (also none); everything else matches itself.
+/// `*` matches any run of characters (also none); everything else matches itself, whatever its
+/// ASCII case.
 fn glob_match(pattern: &str, text: &str) -> bool {
+    glob_match_exact(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
+}
+
+fn glob_match_exact(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = text.strip_prefix(first) else {
@@ -197,6 +264,56 @@ mod tests {
         ));
         assert!(!glob_match("a*b", "a"));
         assert!(glob_match("*", ""));
+        assert!(glob_match(
+            "spark.kubernetes.*featureSteps",
+            "spark.kubernetes.driver.pod.excludedFeatureSteps"
+        ));
+        assert!(glob_match("spark.jars", "SPARK.JARS"));
+    }
+
+    #[test]
+    fn code_loading_keys_are_denied_by_default_and_allowed_by_an_operator() {
+        let policy = ConfPolicy::default();
+        for key in CODE_LOADING {
+            match policy.check(&conf(key, "x")) {
+                Err(Refused::Denied { key: named, .. }) => assert_eq!(named, *key),
+                other => panic!("{key}: expected a denial, got {other:?}"),
+            }
+        }
+        for key in [
+            "spark.kubernetes.driver.pod.excludedFeatureSteps",
+            "spark.Driver.ExtraJavaOptions",
+            "spark.driver.resource.gpu.discoveryScript",
+            "spark.connect.extensions.relation.classes",
+        ] {
+            assert!(policy.check(&conf(key, "x")).is_err(), "{key}");
+        }
+        let exempting = ConfPolicy {
+            exempt: CODE_LOADING.iter().map(|k| (*k).to_owned()).collect(),
+            ..ConfPolicy::default()
+        };
+        for key in CODE_LOADING {
+            assert_eq!(exempting.check(&conf(key, "x")), Ok(()), "{key}");
+        }
+        let replaced = ConfPolicy {
+            deny: vec!["spark.kubernetes.*".into()],
+            ..ConfPolicy::default()
+        };
+        assert_eq!(
+            replaced.check(&conf("spark.jars.packages", "a:b:1")),
+            Ok(())
+        );
+        // Reserved keys stay refused whatever the operator says, in any case.
+        let lax = ConfPolicy {
+            deny: vec![],
+            exempt: vec!["*".into()],
+            allow: None,
+            allowed_images: vec![],
+        };
+        assert!(matches!(
+            lax.check(&conf("spark.MASTER", "yarn")),
+            Err(Refused::Reserved(_))
+        ));
     }
 
     #[test]
@@ -268,8 +385,8 @@ mod tests {
         };
         assert!(policy.check(&conf("spark.executor.cores", "2")).is_ok());
         assert_eq!(
-            policy.check(&conf("spark.jars", "/etc/passwd")),
-            Err(Refused::NotAllowed("spark.jars".into()))
+            policy.check(&conf("spark.driver.memory", "64g")),
+            Err(Refused::NotAllowed("spark.driver.memory".into()))
         );
         assert!(matches!(
             policy.check(&conf("spark.kubernetes.context", "admin@prod")),

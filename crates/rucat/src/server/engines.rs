@@ -14,11 +14,14 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::auth::Caller;
 use super::error::ApiError;
-use super::{ApiContext, ANONYMOUS};
+use super::ApiContext;
+use crate::auth::Identity;
 use crate::engine::state::{user_transition, CREATED};
 use crate::engine::{
-    Engine, EngineEvent, EngineId, EngineRequest, EngineState, UserOp, UserTarget,
+    Actor, Engine, EngineEvent, EngineId, EngineRequest, EngineState, EngineType, SparkConf,
+    UserOp, UserTarget,
 };
 use crate::store::{Cas, ListQuery, Transition, MAX_KEPT_LOG};
 
@@ -40,13 +43,33 @@ fn parse_id(id: &str) -> Result<EngineId, ApiError> {
     EngineId::parse(id).ok_or_else(|| not_found(id))
 }
 
-async fn load(context: &ApiContext, id: &str) -> Result<Engine, ApiError> {
+/// The engine, if the caller may see it: another user's engine is answered exactly as an
+/// unknown id, so that its existence is not revealed.
+async fn load(context: &ApiContext, caller: &Identity, id: &str) -> Result<Engine, ApiError> {
     let id = parse_id(id)?;
-    context
-        .store
-        .get(&id)
-        .await?
-        .ok_or_else(|| not_found(id.as_str()))
+    match context.store.get(&id).await? {
+        Some(engine) if caller.may_use(&engine.owner) => Ok(engine),
+        _ => Err(not_found(id.as_str())),
+    }
+}
+
+/// Whether an engine may start with these configs and this version under today's policy and
+/// versions: checked at create, and again at each restart.
+fn admit(
+    context: &ApiContext,
+    engine_type: EngineType,
+    version: &str,
+    configs: &SparkConf,
+) -> Result<(), ApiError> {
+    context.policy.check(configs)?;
+    if !context.versions.iter().any(|v| v == version) {
+        return Err(ApiError::Unprocessable(format!(
+            "{} version {version:?} is not available; available: {}",
+            engine_type.as_str(),
+            context.versions.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<EngineRequest, ApiError> {
@@ -72,23 +95,21 @@ struct Created {
 
 async fn create(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = parse_request(body)?;
-    context.policy.check(&request.configs)?;
-    if !context.versions.contains(&request.version) {
-        return Err(ApiError::Unprocessable(format!(
-            "{} version {:?} is not available; available: {}",
-            request.engine_type.as_str(),
-            request.version,
-            context.versions.join(", ")
-        )));
-    }
+    admit(
+        &context,
+        request.engine_type,
+        &request.version,
+        &request.configs,
+    )?;
     let now = Utc::now();
     let engine = Engine {
         id: EngineId::generate(),
         name: request.name.as_str().to_owned(),
-        owner: ANONYMOUS.to_owned(),
+        owner: caller.user.clone(),
         engine_type: request.engine_type.as_str().to_owned(),
         version: request.version,
         state: CREATED,
@@ -103,16 +124,18 @@ async fn create(
         update_time: now,
         next_update_time: Some(now),
     };
-    context.store.insert(&engine).await?;
-    info!(engine = %engine.id, name = %engine.name, "engine created");
+    let limits = context.quotas.for_owner(&caller.user);
+    context.store.insert_within(&engine, &limits).await?;
+    info!(engine = %engine.id, name = %engine.name, owner = %engine.owner, "engine created");
     Ok((StatusCode::CREATED, Json(Created { id: engine.id })))
 }
 
 async fn read(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Engine>, ApiError> {
-    Ok(Json(load(&context, &id).await?))
+    Ok(Json(load(&context, &caller, &id).await?))
 }
 
 #[derive(Serialize)]
@@ -125,6 +148,7 @@ const DEFAULT_PAGE: u32 = 50;
 
 async fn list(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EnginePage>, ApiError> {
     let Query(params) = params
@@ -159,12 +183,26 @@ async fn list(
                     })?;
             }
             "cursor" => query.cursor = Some(value),
+            "owner" => query.owner = Some(value),
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_query",
-                    format!("unknown query parameter {other:?}; known: state, limit, cursor"),
+                    format!(
+                        "unknown query parameter {other:?}; known: state, owner, limit, cursor"
+                    ),
                 ))
             }
+        }
+    }
+    // A user lists their own engines; an admin everyone's, or one owner's.
+    if !caller.is_admin() {
+        match &query.owner {
+            Some(owner) if *owner != caller.user => {
+                return Err(ApiError::Forbidden(
+                    "listing another user's engines (owner=) needs an admin".into(),
+                ))
+            }
+            _ => query.owner = Some(caller.user.clone()),
         }
     }
     let page = context.store.list(&query).await?;
@@ -175,14 +213,15 @@ async fn list(
 }
 
 /// Applies a user operation as a CAS, re-reading and retrying if the state moved meanwhile.
-async fn apply(context: &ApiContext, id: &str, op: UserOp) -> Result<Option<Engine>, ApiError> {
+async fn apply(
+    context: &ApiContext,
+    caller: &Identity,
+    id: &str,
+    op: UserOp,
+) -> Result<Option<Engine>, ApiError> {
     let id = parse_id(id)?;
     for _ in 0..5 {
-        let engine = context
-            .store
-            .get(&id)
-            .await?
-            .ok_or_else(|| not_found(id.as_str()))?;
+        let engine = load(context, caller, id.as_str()).await?;
         let Some(target) = user_transition(engine.state, op) else {
             return Err(ApiError::Conflict(format!(
                 "cannot {} engine {id}: it is {}",
@@ -193,11 +232,15 @@ async fn apply(context: &ApiContext, id: &str, op: UserOp) -> Result<Option<Engi
         let outcome = match target {
             UserTarget::Removed => context.store.remove(&id, engine.state).await?,
             UserTarget::State(to) => {
-                let mut transition = Transition::new(engine.state, to).with_message(format!(
-                    "{} requested by {}",
-                    op.as_str(),
-                    ANONYMOUS
-                ));
+                let mut transition = Transition::new(engine.state, to)
+                    .with_message(format!("{} requested by {}", op.as_str(), caller.user))
+                    .by(Actor::User(caller.user.clone()));
+                if to == EngineState::WaitToStart {
+                    // A restart starts the engine again: under today's policy, versions and
+                    // quota, not those of its creation.
+                    readmit(context, &engine)?;
+                    transition = transition.within(context.quotas.for_owner(&engine.owner));
+                }
                 if !to.is_settled() {
                     transition = transition.due_at(Utc::now());
                 }
@@ -227,35 +270,49 @@ async fn apply(context: &ApiContext, id: &str, op: UserOp) -> Result<Option<Engi
     )))
 }
 
+/// [`admit`] for a stored engine about to start again.
+fn readmit(context: &ApiContext, engine: &Engine) -> Result<(), ApiError> {
+    let engine_type = engine
+        .engine_type
+        .parse::<EngineType>()
+        .map_err(|error| ApiError::Unprocessable(format!("cannot restart: {error}")))?;
+    let configs = SparkConf::parse(engine.configs.clone())?;
+    admit(context, engine_type, &engine.version, &configs)
+}
+
 async fn stop(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let engine = apply(&context, &id, UserOp::Stop).await?;
+    let engine = apply(&context, &caller, &id, UserOp::Stop).await?;
     Ok((StatusCode::ACCEPTED, Json(engine)))
 }
 
 async fn restart(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let engine = apply(&context, &id, UserOp::Restart).await?;
+    let engine = apply(&context, &caller, &id, UserOp::Restart).await?;
     Ok((StatusCode::ACCEPTED, Json(engine)))
 }
 
 async fn delete(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    apply(&context, &id, UserOp::Delete).await?;
+    apply(&context, &caller, &id, UserOp::Delete).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn logs(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let engine = load(&context, &id).await?;
+    let engine = load(&context, &caller, &id).await?;
     if let (Some(platform), true) = (&context.live_logs, engine.state.may_have_resource()) {
         match platform.logs(&engine.id, MAX_KEPT_LOG).await {
             Ok(Some(log)) => return Ok(Json(json!({"source": "live", "log": log}))),
@@ -279,9 +336,10 @@ struct Events {
 
 async fn events(
     State(context): State<ApiContext>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Events>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = load(&context, &caller, &id).await?.id;
     let events = context
         .store
         .events(&id)

@@ -1,13 +1,16 @@
 //! The HTTP layer's one error type: every failure becomes `{"error": {"code", "message"}}`
 //! with a conventional status code, here and nowhere else.
 
-use axum::http::StatusCode;
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use tracing::error;
+use tracing::{error, warn};
 
+use crate::auth::AuthError;
 use crate::engine::policy::Refused;
+use crate::engine::quota::QuotaExceeded;
 use crate::engine::InvalidEngine;
 use crate::store::StoreError;
 
@@ -15,6 +18,14 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// No credential, or one that is not accepted (401 with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    /// An authenticated user asking for something their role does not allow.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    OverQuota(QuotaExceeded),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -49,6 +60,9 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::OverQuota(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -60,6 +74,10 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. } => code,
+            ApiError::Unauthenticated(AuthError::Unavailable(_)) => "unavailable",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::OverQuota(_) => "quota_exceeded",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -77,7 +95,29 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (self.status_code(), Json(body)).into_response()
+        let mut response = (self.status_code(), Json(body)).into_response();
+        if let ApiError::Unauthenticated(reason) = &self {
+            // RFC 6750: a challenge; `invalid_token` when a credential was given but refused.
+            let challenge = match reason {
+                AuthError::Missing => "Bearer realm=\"rucat\"",
+                AuthError::Unavailable(_) => return response,
+                _ => "Bearer realm=\"rucat\", error=\"invalid_token\"",
+            };
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match &error {
+            AuthError::Unavailable(reason) => warn!(%reason, "cannot authenticate a request"),
+            other => tracing::debug!(reason = %other, "request not authenticated"),
+        }
+        ApiError::Unauthenticated(error)
     }
 }
 
@@ -87,9 +127,11 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidCursor(cursor) => {
                 ApiError::bad_request("invalid_cursor", format!("invalid cursor {cursor:?}"))
             }
+            StoreError::OverQuota(exceeded) => ApiError::OverQuota(exceeded),
+            // The detail may name the database, its host or a query: it goes to the log only.
             other => {
                 error!(error = %other, "store failure");
-                ApiError::Unavailable(format!("the store cannot serve the request: {other}"))
+                ApiError::Unavailable("the store cannot serve the request; try again".into())
             }
         }
     }

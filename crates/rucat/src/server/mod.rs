@@ -1,5 +1,6 @@
 //! The REST API. It reads and writes the store only; monitors do the platform work.
 
+mod auth;
 mod engines;
 pub mod error;
 
@@ -13,7 +14,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::engine::policy::ConfPolicy;
+use crate::engine::quota::Quotas;
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -22,14 +25,14 @@ use error::ApiError;
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The owner of engines while authentication is not configured.
-pub const ANONYMOUS: &str = "anonymous";
-
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiContext {
     pub store: Arc<dyn Store>,
+    /// Who is asking: every route but `/healthz` and `/readyz` requires a caller.
+    pub auth: Arc<Authenticator>,
     pub policy: Arc<ConfPolicy>,
+    pub quotas: Arc<Quotas>,
     /// The Spark versions engines can be created with.
     pub versions: Arc<Vec<String>>,
     /// Where live driver logs are read from; without it, only kept logs are served.

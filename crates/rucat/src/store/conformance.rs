@@ -25,7 +25,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::{
     tail, Cas, ListQuery, Store, StoreError, Transition, MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE,
 };
-use crate::engine::{Engine, EngineEvent, EngineId, EngineState};
+use crate::engine::quota::{Limits, QuotaExceeded};
+use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineState};
 
 use EngineState::*;
 
@@ -60,6 +61,9 @@ macro_rules! store_conformance_tests {
             guarded_transitions_need_the_engine_due,
             wake_ups_when_an_engine_becomes_due,
             ping_answers,
+            events_record_who_caused_them,
+            quotas_hold_under_concurrent_creates,
+            quotas_hold_under_concurrent_restarts,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1020,4 +1024,163 @@ pub async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
     insert(&*store, sample_engine("one")).await;
     store.ping().await.expect("ping");
+}
+
+pub async fn events_record_who_caused_them(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("caused")).await;
+    transition(
+        store,
+        &engine.id,
+        Transition::new(WaitToStart, TriggerStart).by(Actor::Monitor("host-7".into())),
+    )
+    .await;
+    transition(
+        store,
+        &engine.id,
+        Transition::new(TriggerStart, StartInProgress),
+    )
+    .await;
+    let actors: Vec<Option<Actor>> = events(store, &engine.id)
+        .await
+        .into_iter()
+        .map(|event| event.actor)
+        .collect();
+    assert_eq!(
+        actors,
+        vec![
+            Some(Actor::User("alice".into())),
+            Some(Actor::Monitor("host-7".into())),
+            None,
+        ]
+    );
+}
+
+fn owned_by(owner: &str, state: EngineState) -> Engine {
+    Engine {
+        owner: owner.to_owned(),
+        state,
+        ..sample_engine(&format!("{owner}-{state}"))
+    }
+}
+
+pub async fn quotas_hold_under_concurrent_creates(store: Arc<dyn Store>) {
+    const TASKS: usize = 16;
+    let limits = Limits {
+        max_engines: Some(5),
+        max_active_engines: Some(3),
+    };
+    // Settled engines count toward max_engines only.
+    insert(&*store, owned_by("alice", Terminated)).await;
+    // Another owner's engines count toward nobody else's limits.
+    for _ in 0..4 {
+        insert(&*store, owned_by("bob", WaitToStart)).await;
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .insert_within(&owned_by("alice", WaitToStart), &limits)
+                .await
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(()) => created += 1,
+            Err(StoreError::OverQuota(QuotaExceeded { limit, value, .. })) => {
+                assert_eq!((limit, value), ("max_active_engines", 3));
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(created, 3, "exactly max_active_engines creates win");
+    let alice = store
+        .list(&ListQuery {
+            owner: Some("alice".into()),
+            limit: MAX_PAGE,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(alice.engines.len(), 4);
+
+    // At max_engines in all, even a settled engine cannot be added.
+    insert(&*store, owned_by("alice", ErrorClean)).await;
+    match store
+        .insert_within(&owned_by("alice", Terminated), &limits)
+        .await
+    {
+        Err(StoreError::OverQuota(exceeded)) => {
+            assert_eq!(
+                (exceeded.limit, exceeded.value, exceeded.current),
+                ("max_engines", 5, 5)
+            );
+        }
+        other => panic!("expected max_engines to refuse, got {other:?}"),
+    }
+    assert_eq!(store.all_states().await.expect("states").len(), 9);
+}
+
+pub async fn quotas_hold_under_concurrent_restarts(store: Arc<dyn Store>) {
+    const ENGINES: usize = 8;
+    let limits = Limits {
+        max_engines: None,
+        max_active_engines: Some(3),
+    };
+    let running = insert(&*store, owned_by("alice", Running)).await;
+    let mut stopped = Vec::new();
+    for _ in 0..ENGINES {
+        stopped.push(insert(&*store, owned_by("alice", Terminated)).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(ENGINES));
+    let mut tasks = Vec::new();
+    for engine in &stopped {
+        let (store, barrier, id) = (Arc::clone(&store), Arc::clone(&barrier), engine.id.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let t = Transition::new(Terminated, WaitToStart).within(limits);
+            (id.clone(), store.update_state(&id, &t).await)
+        }));
+    }
+    let mut restarted = 0;
+    for task in tasks {
+        let (id, result) = task.await.expect("task");
+        match result {
+            Ok(Cas::Done) => restarted += 1,
+            Err(StoreError::OverQuota(exceeded)) => {
+                assert_eq!(exceeded.limit, "max_active_engines");
+                let engine = get(&*store, &id).await;
+                assert_eq!(
+                    engine.state, Terminated,
+                    "a refused restart changes nothing"
+                );
+                assert_eq!(events(&*store, &id).await.len(), 1);
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(
+        restarted, 2,
+        "one Running engine plus two restarted reach the limit of 3"
+    );
+
+    // A change that activates nothing is never refused, even at the limit.
+    transition(
+        &*store,
+        &running.id,
+        Transition::new(Running, WaitToTerminate).within(limits),
+    )
+    .await;
+    let back = Transition::new(WaitToTerminate, Running).within(limits);
+    assert_eq!(
+        store
+            .update_state(&running.id, &back)
+            .await
+            .expect("cancel stop"),
+        Cas::Done
+    );
 }

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::engine::{Engine, EngineEvent, EngineId, EngineState};
+use crate::engine::quota::{Limits, QuotaExceeded};
+use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineState};
 
 /// How many events an engine's history keeps; older ones are dropped.
 pub const MAX_EVENTS: usize = 100;
@@ -40,6 +41,9 @@ pub enum StoreError {
     Open { url: String, reason: String },
     #[error("cannot reach the store at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The change would take the engine's owner beyond a quota; nothing changed.
+    #[error("{0}")]
+    OverQuota(QuotaExceeded),
 }
 
 /// The result of a compare-and-swap.
@@ -70,6 +74,11 @@ pub struct Transition {
     /// (`next_update_time <= due_by`): a monitor taking over a timed-out claim must not take a
     /// fresh claim that another monitor made meanwhile in the same state.
     pub due_by: Option<DateTime<Utc>>,
+    /// Who makes the change, for the event history.
+    pub actor: Option<Actor>,
+    /// When set, the change happens only if it keeps the engine's owner within these limits
+    /// (checked atomically with the change; a refusal is [`StoreError::OverQuota`]).
+    pub limits: Option<Limits>,
 }
 
 impl Transition {
@@ -82,7 +91,20 @@ impl Transition {
             next_update_time: None,
             message: None,
             due_by: None,
+            actor: None,
+            limits: None,
         }
+    }
+
+    pub fn by(mut self, actor: Actor) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// Applies only within `limits` (see [`Transition::limits`]).
+    pub fn within(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Applies only if the engine is due at `at` (see [`Transition::due_by`]).
@@ -134,8 +156,14 @@ pub struct Page {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a new engine and records its first event.
-    async fn insert(&self, engine: &Engine) -> Result<(), StoreError>;
+    /// Stores a new engine and records its first event (caused by its owner).
+    async fn insert(&self, engine: &Engine) -> Result<(), StoreError> {
+        self.insert_within(engine, &Limits::default()).await
+    }
+
+    /// [`Store::insert`], only if the owner stays within `limits` (checked atomically with the
+    /// insert: concurrent creates cannot exceed them together).
+    async fn insert_within(&self, engine: &Engine, limits: &Limits) -> Result<(), StoreError>;
 
     async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError>;
 
@@ -236,22 +264,66 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
     }
 }
 
-/// A database URL without its password, for messages and logs.
+/// A database URL without its password (in the user part, or a `password=` parameter), for
+/// messages and logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
+            let credentials = &base[scheme + 3..at];
             match credentials.find(':') {
                 Some(colon) => format!(
                     "{}{}:***{}",
-                    &url[..scheme + 3],
+                    &base[..scheme + 3],
                     &credentials[..colon],
-                    &url[at..]
+                    &base[at..]
                 ),
-                None => url.to_owned(),
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// A database URL, which may hold a password: its `Debug` and `Display` show it redacted, so it
+/// cannot reach a log by accident; [`DatabaseUrl::expose`] gives the real one to connect with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", redact(&self.0))
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
     }
 }
 
@@ -265,6 +337,17 @@ mod tests {
         );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
+        assert_eq!(
+            super::redact("postgres://u@h/db?sslmode=disable&Password=s3cret&x=1"),
+            "postgres://u@h/db?sslmode=disable&Password=***&x=1"
+        );
+        assert_eq!(
+            super::redact("postgres://u:p@h/db?password=q"),
+            "postgres://u:***@h/db?password=***"
+        );
+        let url = super::DatabaseUrl::new("postgres://u:hunter2@h/db?password=hunter2");
+        assert!(!format!("{url:?} {url}").contains("hunter2"));
+        assert!(url.expose().contains("hunter2"));
     }
 
     #[test]

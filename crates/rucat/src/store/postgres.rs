@@ -159,16 +159,18 @@ async fn record_event(
     from: Option<EngineState>,
     to: EngineState,
     message: Option<&str>,
+    actor: Option<&Actor>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO engine_events (engine_seq, time, from_state, to_state, message) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO engine_events (engine_seq, time, from_state, to_state, message, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(engine_seq)
     .bind(time.timestamp_millis())
     .bind(from.map(EngineState::as_str))
     .bind(to.as_str())
     .bind(message.map(without_nul))
+    .bind(actor.map(|a| without_nul(&a.to_text())))
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -194,6 +196,38 @@ async fn failed_cas(conn: &mut PgConnection, id: &EngineId) -> Result<Cas, Store
     }
 }
 
+/// The advisory lock class of quota checks (the second key is the owner's hash): every change
+/// checked against one owner's limits takes it, so their counts cannot interleave.
+const QUOTA_LOCK_CLASS: i32 = 0x7275_6361; // "ruca"
+
+/// Checks `limits` for `owner` inside a transaction, holding the owner's quota lock until it
+/// ends. `other_than` is the engine being changed.
+async fn check_limits(
+    conn: &mut PgConnection,
+    owner: &str,
+    other_than: &EngineId,
+    limits: &Limits,
+    adds_engine: bool,
+    activates: bool,
+) -> Result<(), StoreError> {
+    if limits.is_unlimited() || !(adds_engine || activates) {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(QUOTA_LOCK_CLASS)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    let (total, active): (i64, i64) = sqlx::query_as(QUOTA_COUNTS_SQL)
+        .bind(owner)
+        .bind(other_than.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+    limits
+        .check(count(total), count(active), adds_engine, activates)
+        .map_err(StoreError::OverQuota)
+}
+
 /// PostgreSQL text cannot hold NUL characters; they are dropped from free text.
 fn without_nul(text: &str) -> String {
     text.replace('\0', "")
@@ -210,9 +244,11 @@ pub(crate) fn list_due_sql() -> String {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn insert(&self, engine: &Engine) -> Result<(), StoreError> {
+    async fn insert_within(&self, engine: &Engine, limits: &Limits) -> Result<(), StoreError> {
         let configs = configs_json(engine)?;
         let mut tx = self.pool.begin().await?;
+        let activates = !engine.state.is_settled();
+        check_limits(&mut tx, &engine.owner, &engine.id, limits, true, activates).await?;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, error, \
              endpoint, create_time, update_time, next_update_time) \
@@ -239,7 +275,17 @@ impl Store for PostgresStore {
             }
             Err(e) => return Err(e.into()),
         };
-        record_event(&mut tx, seq, engine.create_time, None, engine.state, None).await?;
+        let actor = Actor::User(engine.owner.clone());
+        record_event(
+            &mut tx,
+            seq,
+            engine.create_time,
+            None,
+            engine.state,
+            None,
+            Some(&actor),
+        )
+        .await?;
         announce(&mut tx, engine.next_update_time).await?;
         tx.commit().await?;
         self.wake_if_due(engine.next_update_time);
@@ -281,6 +327,17 @@ impl Store for PostgresStore {
     async fn update_state(&self, id: &EngineId, t: &Transition) -> Result<Cas, StoreError> {
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
+        if let Some(limits) = &t.limits {
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT owner FROM engines WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(owner) = owner {
+                let activates = t.from.is_settled() && !t.to.is_settled();
+                check_limits(&mut tx, &owner, id, limits, false, activates).await?;
+            }
+        }
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE engines SET state = $1, error = $2, endpoint = $3, next_update_time = $4, \
              update_time = $5 WHERE id = $6 AND state = $7 \
@@ -301,7 +358,16 @@ impl Store for PostgresStore {
             tx.rollback().await?;
             return Ok(cas);
         };
-        record_event(&mut tx, seq, now, Some(t.from), t.to, t.message.as_deref()).await?;
+        record_event(
+            &mut tx,
+            seq,
+            now,
+            Some(t.from),
+            t.to,
+            t.message.as_deref(),
+            t.actor.as_ref(),
+        )
+        .await?;
         announce(&mut tx, t.next_update_time).await?;
         tx.commit().await?;
         self.wake_if_due(t.next_update_time);
@@ -372,7 +438,7 @@ impl Store for PostgresStore {
         // One statement, so that the engine and its events are read from one snapshot. An engine
         // without events yields one row of NULLs.
         let rows = sqlx::query(
-            "SELECT ev.time, ev.from_state, ev.to_state, ev.message \
+            "SELECT ev.time, ev.from_state, ev.to_state, ev.message, ev.actor \
              FROM engines e LEFT JOIN engine_events ev ON ev.engine_seq = e.seq \
              WHERE e.id = $1 ORDER BY ev.seq",
         )

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::StoreError;
-use crate::engine::{Engine, EngineId, EngineState};
+use crate::engine::{Actor, Engine, EngineId, EngineState};
 
 /// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
 pub(super) const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, \
@@ -148,6 +148,7 @@ where
     };
     let time: i64 = column(row, id, "time")?;
     let from: Option<String> = column(row, id, "from_state")?;
+    let actor: Option<String> = column(row, id, "actor")?;
     Ok(Some(crate::engine::EngineEvent {
         time: time_from(id, "event time", time)?,
         from: from
@@ -155,7 +156,25 @@ where
             .transpose()?,
         to: state_from(id, "event to_state", &to)?,
         message: column(row, id, "message")?,
+        actor: actor
+            .map(|text| {
+                Actor::from_text(&text)
+                    .ok_or_else(|| corrupt(id, format_args!("event actor {text:?}")))
+            })
+            .transpose()?,
     }))
+}
+
+/// An owner's engines other than one (`$1` the owner, `$2` the engine's id): how many in all,
+/// and how many are active (neither `Terminated` nor `ErrorClean`). `$n` placeholders read the
+/// same in SQLite and PostgreSQL.
+pub(super) const QUOTA_COUNTS_SQL: &str = "SELECT count(*), \
+     coalesce(sum(CASE WHEN state IN ('Terminated', 'ErrorClean') THEN 0 ELSE 1 END), 0) \
+     FROM engines WHERE owner = $1 AND id <> $2";
+
+/// A count from the database as the limits compare it.
+pub(super) fn count(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
 /// Parses a listing cursor: the decimal `seq` of the last engine of the previous page.

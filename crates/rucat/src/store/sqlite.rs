@@ -66,6 +66,12 @@ impl SqliteStore {
                     .await
                     .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
             }
+            make_private(file).map_err(|e| {
+                fail(format!(
+                    "cannot make {} readable by its owner only: {e}",
+                    file.display()
+                ))
+            })?;
         }
 
         let pool = SqlitePoolOptions::new()
@@ -96,6 +102,36 @@ impl SqliteStore {
     }
 }
 
+/// Creates the database file with mode 0600 (engine records are nobody else's business), or
+/// tightens an existing one and its WAL files. SQLite gives the WAL files it creates the
+/// database file's mode.
+fn make_private(file: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error),
+    }
+    let mut name = file.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        name.push(suffix);
+        let path = std::path::Path::new(&name);
+        if suffix.is_empty() || path.exists() {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        name = file.as_os_str().to_owned();
+    }
+    Ok(())
+}
+
 /// Records an event and drops the oldest ones beyond [`MAX_EVENTS`].
 async fn record_event(
     conn: &mut SqliteConnection,
@@ -104,16 +140,18 @@ async fn record_event(
     from: Option<EngineState>,
     to: EngineState,
     message: Option<&str>,
+    actor: Option<&Actor>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO engine_events (engine_seq, time, from_state, to_state, message) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO engine_events (engine_seq, time, from_state, to_state, message, actor) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(engine_seq)
     .bind(time.timestamp_millis())
     .bind(from.map(EngineState::as_str))
     .bind(to.as_str())
     .bind(message)
+    .bind(actor.map(Actor::to_text))
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -141,6 +179,29 @@ async fn failed_cas(conn: &mut SqliteConnection, id: &EngineId) -> Result<Cas, S
     }
 }
 
+/// Checks `limits` for `owner` inside a write transaction (which SQLite serializes, so the
+/// counts cannot change before the commit). `other_than` is the engine being changed.
+async fn check_limits(
+    conn: &mut SqliteConnection,
+    owner: &str,
+    other_than: &EngineId,
+    limits: &Limits,
+    adds_engine: bool,
+    activates: bool,
+) -> Result<(), StoreError> {
+    if limits.is_unlimited() || !(adds_engine || activates) {
+        return Ok(());
+    }
+    let (total, active): (i64, i64) = sqlx::query_as(QUOTA_COUNTS_SQL)
+        .bind(owner)
+        .bind(other_than.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+    limits
+        .check(count(total), count(active), adds_engine, activates)
+        .map_err(StoreError::OverQuota)
+}
+
 /// The due engines, soonest first. `next_update_time IS NOT NULL` lets SQLite use the partial
 /// index `engines_due`, so the cost grows with the due engines only.
 fn list_due_sql() -> String {
@@ -153,9 +214,11 @@ fn list_due_sql() -> String {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert(&self, engine: &Engine) -> Result<(), StoreError> {
+    async fn insert_within(&self, engine: &Engine, limits: &Limits) -> Result<(), StoreError> {
         let configs = configs_json(engine)?;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let activates = !engine.state.is_settled();
+        check_limits(&mut tx, &engine.owner, &engine.id, limits, true, activates).await?;
         let inserted = sqlx::query(
             "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, error, \
              endpoint, create_time, update_time, next_update_time) \
@@ -182,7 +245,17 @@ impl Store for SqliteStore {
             }
             Err(e) => return Err(e.into()),
         };
-        record_event(&mut tx, seq, engine.create_time, None, engine.state, None).await?;
+        let actor = Actor::User(engine.owner.clone());
+        record_event(
+            &mut tx,
+            seq,
+            engine.create_time,
+            None,
+            engine.state,
+            None,
+            Some(&actor),
+        )
+        .await?;
         tx.commit().await?;
         self.wake_if_due(engine.next_update_time);
         Ok(())
@@ -223,6 +296,17 @@ impl Store for SqliteStore {
     async fn update_state(&self, id: &EngineId, t: &Transition) -> Result<Cas, StoreError> {
         let now = Utc::now();
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        if let Some(limits) = &t.limits {
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT owner FROM engines WHERE id = ?")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(owner) = owner {
+                let activates = t.from.is_settled() && !t.to.is_settled();
+                check_limits(&mut tx, &owner, id, limits, false, activates).await?;
+            }
+        }
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE engines SET state = ?, error = ?, endpoint = ?, next_update_time = ?, \
              update_time = ? WHERE id = ? AND state = ? \
@@ -244,7 +328,16 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(cas);
         };
-        record_event(&mut tx, seq, now, Some(t.from), t.to, t.message.as_deref()).await?;
+        record_event(
+            &mut tx,
+            seq,
+            now,
+            Some(t.from),
+            t.to,
+            t.message.as_deref(),
+            t.actor.as_ref(),
+        )
+        .await?;
         tx.commit().await?;
         self.wake_if_due(t.next_update_time);
         Ok(Cas::Done)
@@ -313,7 +406,7 @@ impl Store for SqliteStore {
         // One statement, so that the engine and its events are read from one snapshot. An engine
         // without events yields one row of NULLs.
         let rows = sqlx::query(
-            "SELECT ev.time, ev.from_state, ev.to_state, ev.message \
+            "SELECT ev.time, ev.from_state, ev.to_state, ev.message, ev.actor \
              FROM engines e LEFT JOIN engine_events ev ON ev.engine_seq = e.seq \
              WHERE e.id = ? ORDER BY ev.seq",
         )

@@ -2,12 +2,16 @@
 //! file, with typed calls.
 #![allow(dead_code)]
 
+pub mod jwt;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use rucat::app::{Application, Roles};
 use rucat::client::Client;
+use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::policy::ConfPolicy;
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::platform::Platform;
@@ -33,6 +37,14 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A client that authenticates with `token`.
+    pub fn client_as(&self, token: &str) -> Client {
+        Client::new(
+            &format!("http://{}", self.addr),
+            Some(secrecy::SecretString::from(token.to_owned())),
+        )
+    }
+
     /// Every engine in the store, whatever its state.
     pub async fn count(&self) -> usize {
         self.store.all_states().await.expect("store answers").len()
@@ -40,16 +52,31 @@ impl TestApp {
 
     /// Puts an engine straight into the store, in `state`.
     pub async fn plant(&self, state: EngineState) -> Engine {
+        self.plant_as("anonymous", state, VERSION, &[]).await
+    }
+
+    /// Puts an engine of `owner` straight into the store, as an older Rucat (another policy,
+    /// other versions) could have made it.
+    pub async fn plant_as(
+        &self,
+        owner: &str,
+        state: EngineState,
+        version: &str,
+        configs: &[(&str, &str)],
+    ) -> Engine {
         let now = Utc::now();
         let engine = Engine {
             id: EngineId::generate(),
             name: format!("planted-{state}"),
-            owner: "anonymous".into(),
+            owner: owner.into(),
             engine_type: "Spark".into(),
-            version: VERSION.into(),
+            version: version.into(),
             state,
             error: None,
-            configs: Default::default(),
+            configs: configs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             endpoint: (state == EngineState::Running).then(|| "sc://127.0.0.1:1".to_owned()),
             create_time: now,
             update_time: now,
@@ -88,7 +115,9 @@ pub async fn spawn_api_on(
     let addr = listener.local_addr().expect("addr");
     let context = ApiContext {
         store: store.clone(),
+        auth: Arc::new(rucat::auth::Authenticator::disabled()),
         policy: Arc::new(ConfPolicy::default()),
+        quotas: Arc::default(),
         versions: Arc::new(vec![VERSION.to_owned()]),
         live_logs,
     };
@@ -105,6 +134,53 @@ pub async fn spawn_api_on(
         dir,
         _shutdown: trigger,
     }
+}
+
+/// The server role as `rucat server` builds it (through [`Application::build`]), from the text
+/// of a configuration file, on a random port with a fresh SQLite file and the simulated
+/// platform (version [`VERSION`] unless the text has a `[simulated]` table).
+pub async fn spawn_configured(config: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut text = config.to_owned();
+    if !text.contains("[simulated]") {
+        text.push_str(&format!("\n[simulated]\nversions = [\"{VERSION}\"]\n"));
+    }
+    let path = dir.path().join("rucat.toml");
+    std::fs::write(&path, &text).expect("write rucat.toml");
+    let file = FileConfig::load(&path).expect("a valid configuration file");
+    let settings = Settings::resolve(
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.path().join("data")),
+            platform: Some("simulated".into()),
+            ..Overrides::default()
+        },
+        file,
+    )
+    .expect("valid settings");
+    let app = Application::build(&settings, Roles::SERVER)
+        .await
+        .expect("the server starts");
+    let addr = app.local_addr().expect("listening");
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(app.run(shutdown));
+    let store = open_store_at(&dir.path().join("data").join("rucat.db")).await;
+    TestApp {
+        addr,
+        client: Client::new(&format!("http://{addr}"), None),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+        store,
+        dir,
+        _shutdown: trigger,
+    }
+}
+
+async fn open_store_at(path: &std::path::Path) -> Arc<dyn Store> {
+    let url = format!("sqlite://{}", path.display());
+    Arc::new(SqliteStore::open(&url).await.expect("open store"))
 }
 
 /// The PostgreSQL server tests create their scratch databases on: `RUCAT_TEST_POSTGRES_URL`, or

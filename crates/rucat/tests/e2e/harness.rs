@@ -18,6 +18,18 @@ pub struct Rucat {
     pub addr: SocketAddr,
     child: Option<Child>,
     starts: u32,
+    options: Options,
+}
+
+/// How `rucat serve` is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--platform` (default local, with the tests' Spark).
+    pub platform: Option<String>,
+    /// The configuration file's text (`--config`).
+    pub config: Option<String>,
+    /// The credential the harness's client and CLI use.
+    pub token: Option<String>,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -36,11 +48,16 @@ pub fn spark_home() -> PathBuf {
 
 impl Rucat {
     pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
         let mut rucat = Rucat {
             dir: tempfile::tempdir().expect("temp dir"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             child: None,
             starts: 0,
+            options,
         };
         rucat.spawn().await;
         rucat
@@ -50,21 +67,34 @@ impl Rucat {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.path().join(format!("rucat-{}.log", self.starts)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rucat"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
+        command
             .args(["serve", "--listen", &self.addr.to_string(), "--data-dir"])
             .arg(self.dir.path().join("data"))
             .arg("--spark-home")
-            .arg(spark_home())
+            .arg(spark_home());
+        if let Some(platform) = &self.options.platform {
+            command.args(["--platform", platform]);
+        }
+        if let Some(config) = &self.options.config {
+            let path = self.dir.path().join("rucat.toml");
+            std::fs::write(&path, config).expect("write rucat.toml");
+            command.arg("--config").arg(path);
+        }
+        let child = command
             .env("RUCAT_LOG", "info,rucat=debug")
+            .env_remove("RUCAT_TOKEN")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("start rucat serve");
         self.child = Some(child);
-        let client = self.client();
+        let ready = format!("http://{}/readyz", self.addr);
+        let http = reqwest::Client::new();
         for _ in 0..300 {
-            if client.list(None, Some(1), None).await.is_ok() {
+            let answered = http.get(&ready).send().await;
+            if answered.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -83,15 +113,37 @@ impl Rucat {
             .unwrap_or_default()
     }
 
+    /// A client with the harness's credential.
     pub fn client(&self) -> Client {
-        Client::new(&format!("http://{}", self.addr), None)
+        match &self.options.token {
+            Some(token) => self.client_as(token),
+            None => Client::new(&format!("http://{}", self.addr), None),
+        }
     }
 
-    /// Runs `rucat <args>` against this server.
+    pub fn client_as(&self, token: &str) -> Client {
+        Client::new(
+            &format!("http://{}", self.addr),
+            Some(secrecy::SecretString::from(token.to_owned())),
+        )
+    }
+
+    /// Runs `rucat <args>` against this server, with the harness's credential in RUCAT_TOKEN.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_rucat"))
+        self.cli_as(self.options.token.as_deref(), args)
+    }
+
+    /// Runs `rucat <args>` against this server with `token` in RUCAT_TOKEN (none: unset).
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
+        command
             .args(args)
             .env("RUCAT_SERVER", format!("http://{}", self.addr))
+            .env_remove("RUCAT_TOKEN");
+        if let Some(token) = token {
+            command.env("RUCAT_TOKEN", token);
+        }
+        command
             .stdin(Stdio::null())
             .output()
             .expect("run the rucat CLI")

@@ -5,14 +5,43 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{query, spark_processes, Rucat, SPARK_VERSION};
+use harness::{query, spark_processes, Options, Rucat, SPARK_VERSION};
 use rucat::engine::EngineState;
+use serde_json::Value;
 
 const START: Duration = Duration::from_secs(240);
 
+/// `rucat token create --user USER [--admin] --json`: the token and its configuration entry.
+fn token_create(user: &str, admin: bool) -> (String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"));
+    command.args(["token", "create", "--user", user, "--json"]);
+    if admin {
+        command.arg("--admin");
+    }
+    let output = command.output().expect("run rucat token create");
+    assert!(output.status.success(), "{output:?}");
+    let made: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let token = made["token"].as_str().expect("token").to_owned();
+    let entry = format!(
+        "[[auth.tokens]]\nuser = {:?}\nrole = {}\nhash = {}\n",
+        user, made["role"], made["hash"]
+    );
+    (token, entry)
+}
+
+/// Authentication on, with one user (alice) whose token the harness uses.
+fn alice_only() -> Options {
+    let (token, entry) = token_create("alice", false);
+    Options {
+        config: Some(entry),
+        token: Some(token),
+        ..Options::default()
+    }
+}
+
 #[tokio::test]
 async fn rest_lifecycle_with_queries() {
-    let rucat = Rucat::start().await;
+    let rucat = Rucat::start_with(alice_only()).await;
     let client = rucat.client();
 
     let id = client
@@ -72,7 +101,7 @@ async fn rest_lifecycle_with_queries() {
 
 #[tokio::test]
 async fn cli_lifecycle() {
-    let mut rucat = Rucat::start().await;
+    let mut rucat = Rucat::start_with(alice_only()).await;
 
     let created = rucat.cli(&[
         "engine",
@@ -207,4 +236,186 @@ async fn killed_rucat_adopts_or_cleans_its_engines() {
         .await
         .expect("stops");
     assert!(spark_processes(&survivor).is_empty());
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Two users and an admin share one real `rucat serve` (engines on the simulated platform),
+/// through REST and the CLI: each user sees and changes only their own engines, the admin sees
+/// and changes all, quotas are refused with the limit named, and refused credentials get one
+/// line saying what to do.
+#[tokio::test]
+async fn two_users_and_an_admin_share_one_server() {
+    let (alice, alice_entry) = token_create("alice", false);
+    let (bob, bob_entry) = token_create("bob", false);
+    let (root, root_entry) = token_create("root", true);
+    let config = format!(
+        "{alice_entry}{bob_entry}{root_entry}\n[quota]\nmax_active_engines = 2\n\
+         [simulated]\nversions = [\"{SPARK_VERSION}\"]\n"
+    );
+    let rucat = Rucat::start_with(Options {
+        platform: Some("simulated".into()),
+        config: Some(config),
+        token: None,
+    })
+    .await;
+
+    // The text form of `token create` shows the token once and an entry that parses.
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
+        .args(["token", "create", "--user", "zoe"])
+        .output()
+        .expect("token create");
+    let text = stdout(&text);
+    let token_line = text.lines().nth(1).expect("the token line");
+    assert!(
+        token_line.starts_with("rucat_") && token_line.len() >= 6 + 43,
+        "{text}"
+    );
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[tokens]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let parsed: toml::Value = toml::from_str(&entry).expect("the entry is TOML");
+    assert_eq!(parsed["tokens"][0]["user"].as_str(), Some("zoe"));
+    assert!(!entry.contains(token_line), "the entry holds only the hash");
+
+    // Alice creates two engines through REST and waits for them; the third is over quota.
+    let client = rucat.client_as(&alice);
+    let mut mine = Vec::new();
+    for name in ["a1", "a2"] {
+        let id = client
+            .create(name, SPARK_VERSION, &Default::default())
+            .await
+            .expect("create");
+        client
+            .wait(&id, EngineState::Running, START, |_| {})
+            .await
+            .expect("running");
+        mine.push(id);
+    }
+    let over = rucat.cli_as(
+        Some(&alice),
+        &[
+            "engine",
+            "create",
+            "--name",
+            "a3",
+            "--version",
+            SPARK_VERSION,
+        ],
+    );
+    assert!(!over.status.success());
+    assert!(
+        stderr(&over).contains("max_active_engines is 2"),
+        "{}",
+        stderr(&over)
+    );
+
+    // Bob creates one through the CLI.
+    let created = rucat.cli_as(
+        Some(&bob),
+        &[
+            "engine",
+            "create",
+            "--name",
+            "b1",
+            "--version",
+            SPARK_VERSION,
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let bobs = stdout(&created)
+        .lines()
+        .next()
+        .expect("id")
+        .trim()
+        .to_owned();
+
+    let listed = |token: &str, extra: &[&str]| {
+        let mut args = vec!["engine", "list", "--json"];
+        args.extend_from_slice(extra);
+        let output = rucat.cli_as(Some(token), &args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let page: Value = serde_json::from_slice(&output.stdout).expect("json");
+        let mut ids: Vec<String> = page["engines"]
+            .as_array()
+            .expect("engines")
+            .iter()
+            .map(|e| e["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    assert_eq!(listed(&alice, &[]), sorted(mine.clone()));
+    assert_eq!(listed(&bob, &[]), vec![bobs.clone()]);
+    let mut everyone = mine.clone();
+    everyone.push(bobs.clone());
+    assert_eq!(listed(&root, &[]), sorted(everyone));
+    assert_eq!(listed(&root, &["--owner", "alice"]), sorted(mine.clone()));
+    let table = stdout(&rucat.cli_as(Some(&root), &["engine", "list"]));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&bobs) && l.contains("bob")),
+        "{table}"
+    );
+
+    // Bob cannot see or touch alice's engine: as if it did not exist.
+    for args in [
+        vec!["engine", "get", &mine[0]],
+        vec!["engine", "stop", &mine[0]],
+        vec!["engine", "delete", &mine[0]],
+        vec!["engine", "logs", &mine[0]],
+        vec!["engine", "events", &mine[0]],
+    ] {
+        let output = rucat.cli_as(Some(&bob), &args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr(&output).contains("no engine with id"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    let engine = client.get(&mine[0]).await.expect("alice's engine");
+    assert_eq!(engine.state, EngineState::Running, "untouched by bob");
+    let refused = rucat.cli_as(Some(&bob), &["engine", "list", "--owner", "alice"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("admin"), "{}", stderr(&refused));
+
+    // The admin stops alice's engine; the history names him.
+    let stopped = rucat.cli_as(
+        Some(&root),
+        &["engine", "stop", &mine[0], "--wait", "--timeout", "60"],
+    );
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let events = stdout(&rucat.cli_as(Some(&alice), &["engine", "events", &mine[0]]));
+    assert!(events.contains("user root"), "{events}");
+    assert!(events.contains("user alice"), "{events}");
+    assert!(events.contains("monitor "), "{events}");
+
+    // Refused credentials: a non-zero exit and one line on what to do.
+    for token in [None, Some("rucat_not-a-real-token")] {
+        let output = rucat.cli_as(token, &["engine", "list"]);
+        assert!(!output.status.success());
+        let message = stderr(&output);
+        assert!(message.contains("HTTP 401"), "{message}");
+        assert!(
+            message.contains("hint:") && message.contains("--token"),
+            "{message}"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -61,6 +62,24 @@ pub struct KubernetesConfig {
     pub api_timeout: Duration,
     /// How long `delete` waits for a pod to be gone.
     pub delete_wait: Duration,
+    /// When set, each engine gets a NetworkPolicy (owned by its driver pod): its pods accept
+    /// traffic from each other, and the driver's Spark Connect port from these peers only.
+    pub network_policy: Option<NetworkPolicyConfig>,
+}
+
+/// Who may reach engines' Spark Connect port (the monitor and the proxy).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicyConfig {
+    pub connect_from: Vec<Peer>,
+}
+
+/// Pods with these labels, in `namespace` (default: the engines' own).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub namespace: Option<String>,
+    pub pod_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KubernetesConfig {
@@ -80,6 +99,7 @@ impl Default for KubernetesConfig {
             cluster_domain: "cluster.local".to_owned(),
             api_timeout: Duration::from_secs(30),
             delete_wait: Duration::from_secs(60),
+            network_policy: None,
         }
     }
 }
@@ -102,6 +122,7 @@ pub struct KubernetesPlatform {
     config: KubernetesConfig,
     pods: Api<Pod>,
     services: Api<Service>,
+    network_policies: Api<NetworkPolicy>,
     watched: OnceCell<Store<Pod>>,
     watch_task: Mutex<Option<AbortHandle>>,
 }
@@ -153,7 +174,8 @@ impl KubernetesPlatform {
     pub fn new(client: Client, namespace: String, config: KubernetesConfig) -> Self {
         KubernetesPlatform {
             pods: Api::namespaced(client.clone(), &namespace),
-            services: Api::namespaced(client, &namespace),
+            services: Api::namespaced(client.clone(), &namespace),
+            network_policies: Api::namespaced(client, &namespace),
             namespace,
             config,
             watched: OnceCell::new(),
@@ -244,33 +266,67 @@ impl KubernetesPlatform {
             .map_err(|error| PlatformError::Inspect(format!("driver pod {name}: {error}")))
     }
 
-    /// Creates the headless Service owned by `pod`; one left by an earlier pod of the same
-    /// engine (its garbage collection still pending) is replaced.
-    async fn create_service(&self, id: &EngineId, pod: &Pod) -> Result<(), PlatformError> {
+    /// Creates the objects the driver pod owns: the headless Service, and the NetworkPolicy
+    /// when configured.
+    async fn create_owned_objects(&self, id: &EngineId, pod: &Pod) -> Result<(), PlatformError> {
         let name = objects::object_name(id);
         let uid = pod
             .metadata
             .uid
             .as_deref()
             .ok_or_else(|| PlatformError::Create(format!("driver pod {name} has no uid")))?;
-        let service =
-            objects::driver_service(id, &self.namespace, &self.config, Some((&name, uid)));
+        let owner = Some((name.as_str(), uid));
+        let service = objects::driver_service(id, &self.namespace, &self.config, owner);
+        self.create_owned(&self.services, "service", &name, &service, uid)
+            .await?;
+        if let Some(policy) = &self.config.network_policy {
+            let policy =
+                objects::engine_network_policy(id, &self.namespace, &self.config, policy, owner);
+            self.create_owned(
+                &self.network_policies,
+                "network policy",
+                &name,
+                &policy,
+                uid,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates an object owned by the pod with `uid`; one left by an earlier pod of the same
+    /// engine (its garbage collection still pending) is replaced.
+    async fn create_owned<K>(
+        &self,
+        api: &Api<K>,
+        what: &str,
+        name: &str,
+        object: &K,
+        uid: &str,
+    ) -> Result<(), PlatformError>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
         let post = PostParams::default();
         let create = || async {
-            self.call_retrying(|| self.services.create(&post, &service))
+            self.call_retrying(|| api.create(&post, object))
                 .await
                 .map(drop)
-                .map_err(|error| PlatformError::Create(format!("service {name}: {error}")))
+                .map_err(|error| PlatformError::Create(format!("{what} {name}: {error}")))
         };
         let existing = match create().await {
             Ok(()) => return Ok(()),
-            Err(error) => match self.call(self.services.get_opt(&name)).await {
+            Err(error) => match self.call(api.get_opt(name)).await {
                 Ok(Some(existing)) => existing,
                 _ => return Err(error),
             },
         };
         let owned = existing
-            .metadata
+            .meta()
             .owner_references
             .as_deref()
             .unwrap_or_default()
@@ -279,13 +335,13 @@ impl KubernetesPlatform {
         if owned {
             return Ok(());
         }
-        info!(engine = %id, "replacing a Service left by an earlier driver pod");
+        info!(object = %name, what, "replacing an object left by an earlier driver pod");
         let background = DeleteParams::background();
-        self.call_retrying(|| self.services.delete(&name, &background))
+        self.call_retrying(|| api.delete(name, &background))
             .await
             .map(drop)
             .or_else(RequestError::not_found_is_ok)
-            .map_err(|error| PlatformError::Create(format!("stale service {name}: {error}")))?;
+            .map_err(|error| PlatformError::Create(format!("stale {what} {name}: {error}")))?;
         create().await
     }
 
@@ -296,13 +352,23 @@ impl KubernetesPlatform {
             .map(drop)
             .or_else(RequestError::not_found_is_ok)
             .map_err(|error| PlatformError::Delete(format!("driver pod {name}: {error}")))?;
-        // The pod owns the Service, so the garbage collector removes it too; deleting it here
-        // as well makes that immediate.
+        // The pod owns the Service (and the NetworkPolicy), so the garbage collector removes
+        // them too; deleting them here as well makes that immediate.
         self.call_retrying(|| self.services.delete(name, &background))
             .await
             .map(drop)
             .or_else(RequestError::not_found_is_ok)
-            .map_err(|error| PlatformError::Delete(format!("service {name}: {error}")))
+            .map_err(|error| PlatformError::Delete(format!("service {name}: {error}")))?;
+        if self.config.network_policy.is_some() {
+            self.call_retrying(|| self.network_policies.delete(name, &background))
+                .await
+                .map(drop)
+                .or_else(RequestError::not_found_is_ok)
+                .map_err(|error| {
+                    PlatformError::Delete(format!("network policy {name}: {error}"))
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -368,7 +434,7 @@ impl Platform for KubernetesPlatform {
             }
             Err(error) => return Err(PlatformError::Create(format!("driver pod {name}: {error}"))),
         };
-        self.create_service(&engine.id, &created).await
+        self.create_owned_objects(&engine.id, &created).await
     }
 
     async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {

@@ -10,11 +10,15 @@ use k8s_openapi::api::core::v1::{
     PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
     ServiceSpec, TCPSocketAction,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::KubernetesConfig;
+use super::{KubernetesConfig, NetworkPolicyConfig};
 use crate::engine::{Engine, EngineId};
 
 /// Labels every object Rucat creates carries; the watch and the orphan scan select on them.
@@ -34,6 +38,11 @@ pub const CONTAINER: &str = "spark-connect";
 pub const SPARK_HOME: &str = "/opt/spark";
 /// Rucat's own API server address as seen from inside the cluster.
 pub const IN_CLUSTER_MASTER: &str = "k8s://https://kubernetes.default.svc:443";
+/// Where the driver container writes the executors' pod template before Spark starts (from
+/// [`EXECUTOR_TEMPLATE_ENV`]), and the name of its one container.
+pub const EXECUTOR_TEMPLATE_FILE: &str = "/tmp/rucat-executor-pod.json";
+pub const EXECUTOR_TEMPLATE_ENV: &str = "RUCAT_EXECUTOR_POD_TEMPLATE";
+pub const EXECUTOR_CONTAINER: &str = "spark-executor";
 
 /// What the objects of one engine are made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +145,19 @@ pub fn driver_args(
             "spark.kubernetes.authenticate.driver.serviceAccountName={}",
             config.service_account
         ),
+        // Executors run user code: an identity with no rights and no token of its own,
+        // the security of Pod Security `restricted`, and the engine's label (which the
+        // engine's NetworkPolicy selects on).
+        format!(
+            "spark.kubernetes.authenticate.executor.serviceAccountName={}",
+            config.executor_service_account
+        ),
+        format!("spark.kubernetes.executor.podTemplateFile={EXECUTOR_TEMPLATE_FILE}"),
+        format!("spark.kubernetes.executor.podTemplateContainerName={EXECUTOR_CONTAINER}"),
+        format!(
+            "spark.kubernetes.executor.label.{ENGINE_ID_LABEL}={}",
+            spec.id
+        ),
         format!(
             "spark.kubernetes.container.image={}",
             config.image_for(spec.version)
@@ -165,6 +187,62 @@ pub fn driver_args(
         args.push(conf);
     }
     args
+}
+
+/// The executors' pod template (Spark fills in the rest): what Pod Security `restricted`
+/// requires, and no service account token.
+pub fn executor_pod_template(config: &KubernetesConfig) -> Pod {
+    Pod {
+        metadata: ObjectMeta::default(),
+        spec: Some(PodSpec {
+            automount_service_account_token: Some(false),
+            security_context: Some(pod_security(config)),
+            containers: vec![Container {
+                name: EXECUTOR_CONTAINER.to_owned(),
+                security_context: Some(container_security()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_security(config: &KubernetesConfig) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(config.run_as_user),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The driver container's command: write the executors' pod template where Spark reads it,
+/// then run Spark Connect (the pod's arguments follow, as `"$@"`).
+pub fn driver_command() -> Vec<String> {
+    vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        format!(
+            "umask 077 && printf '%s' \"${EXECUTOR_TEMPLATE_ENV}\" > {EXECUTOR_TEMPLATE_FILE} \
+             && exec {SPARK_HOME}/sbin/start-connect-server.sh \"$@\""
+        ),
+        "rucat-driver".to_owned(),
+    ]
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -202,9 +280,13 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
         name: CONTAINER.to_owned(),
         image: Some(driver_image(spec, config)),
         image_pull_policy: Some(config.image_pull_policy.clone()),
-        command: Some(vec![format!("{SPARK_HOME}/sbin/start-connect-server.sh")]),
+        command: Some(driver_command()),
         args: Some(driver_args(spec, namespace, config)),
         env: Some(vec![
+            env(
+                EXECUTOR_TEMPLATE_ENV,
+                &serde_json::to_string(&executor_pod_template(config)).unwrap_or_default(),
+            ),
             // Run in the foreground, so the container lives exactly as long as the driver.
             env("SPARK_NO_DAEMONIZE", "true"),
             // Writable places for a non-root user on any image.
@@ -228,14 +310,7 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
             ..Probe::default()
         }),
         resources: Some(resources),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         ..Container::default()
     };
     let pull_secrets = (!config.image_pull_secrets.is_empty()).then(|| {
@@ -265,15 +340,7 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
             // One Service per engine: environment variables for each would grow without bound.
             enable_service_links: Some(false),
             image_pull_secrets: pull_secrets,
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(config.run_as_user),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".to_owned(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(pod_security(config)),
             ..PodSpec::default()
         }),
         status: None,
@@ -290,15 +357,10 @@ fn service_port(name: &str, number: i32) -> ServicePort {
     }
 }
 
-/// The headless Service that gives the driver its DNS name. With `owner` (the pod's name and
-/// uid), the pod owns it, so deleting the pod removes it.
-pub fn driver_service(
-    id: &EngineId,
-    namespace: &str,
-    config: &KubernetesConfig,
-    owner: Option<(&str, &str)>,
-) -> Service {
-    let owner_references = owner.map(|(name, uid)| {
+/// What makes the driver pod (its name and uid) the owner of an object, so that deleting the
+/// pod removes it.
+fn owned_by(owner: Option<(&str, &str)>) -> Option<Vec<OwnerReference>> {
+    owner.map(|(name, uid)| {
         vec![OwnerReference {
             api_version: "v1".to_owned(),
             kind: "Pod".to_owned(),
@@ -307,7 +369,91 @@ pub fn driver_service(
             controller: Some(true),
             block_owner_deletion: Some(false),
         }]
-    });
+    })
+}
+
+fn engine_selector(id: &EngineId) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            ENGINE_ID_LABEL.to_owned(),
+            id.to_string(),
+        )])),
+        ..LabelSelector::default()
+    }
+}
+
+/// The engine's NetworkPolicy: its pods (the driver and its executors, which carry the
+/// engine-id label) accept traffic from each other, and the driver's Spark Connect port from
+/// the configured peers (the monitor and the proxy). Nothing else reaches them.
+pub fn engine_network_policy(
+    id: &EngineId,
+    namespace: &str,
+    config: &KubernetesConfig,
+    policy: &NetworkPolicyConfig,
+    owner: Option<(&str, &str)>,
+) -> NetworkPolicy {
+    let peers = policy
+        .connect_from
+        .iter()
+        .map(|peer| NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    peer.namespace
+                        .clone()
+                        .unwrap_or_else(|| namespace.to_owned()),
+                )])),
+                ..LabelSelector::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(peer.pod_labels.clone()),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        })
+        .collect();
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(object_name(id)),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels(id, config)),
+            owner_references: owned_by(owner),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(engine_selector(id)),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(engine_selector(id)),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: None,
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(peers),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(CONNECT_PORT)),
+                        protocol: Some("TCP".to_owned()),
+                        ..NetworkPolicyPort::default()
+                    }]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+/// The headless Service that gives the driver its DNS name. With `owner` (the pod's name and
+/// uid), the pod owns it, so deleting the pod removes it.
+pub fn driver_service(
+    id: &EngineId,
+    namespace: &str,
+    config: &KubernetesConfig,
+    owner: Option<(&str, &str)>,
+) -> Service {
+    let owner_references = owned_by(owner);
     let selector = BTreeMap::from([
         (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
         (INSTANCE_LABEL.to_owned(), config.instance.clone()),
@@ -344,15 +490,20 @@ pub fn driver_service(
 pub fn render(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesConfig) -> String {
     let pod = driver_pod(spec, namespace, config);
     let service = driver_service(spec.id, namespace, config, None);
-    format!(
+    let mut out = format!(
         "# The objects Rucat creates for engine {id} in namespace {namespace}.\n\
-         # At creation the Service also gets an ownerReference to the pod (its uid is known only\n\
-         # then), so that deleting the pod removes it.\n\
+         # At creation the objects after the pod also get an ownerReference to it (its uid is\n\
+         # known only then), so that deleting the pod removes them.\n\
          ---\n{pod}\n---\n{service}\n",
         id = spec.id,
         pod = pretty(&pod),
         service = pretty(&service),
-    )
+    );
+    if let Some(policy) = &config.network_policy {
+        let policy = engine_network_policy(spec.id, namespace, config, policy, None);
+        out.push_str(&format!("---\n{}\n", pretty(&policy)));
+    }
+    out
 }
 
 /// k8s-openapi's `Serialize` writes `apiVersion` and `kind` too. Serializing these plain
