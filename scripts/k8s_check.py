@@ -6,8 +6,12 @@ Run it with the Python of the k8s-tools virtualenv that scripts/setup.sh install
 
   PY=~/.cache/rucat/k8s-tools/bin/python
   $PY scripts/k8s_check.py lint deploy/helm/rucat --set database.url=postgres://u@db/rucat
-  $PY scripts/k8s_check.py template deploy/helm/rucat OUT_DIR --set database.url=... [--json]
-  $PY scripts/k8s_check.py check deploy/helm/rucat --set database.url=...   # all three
+  $PY scripts/k8s_check.py template deploy/helm/rucat OUT_DIR --set database.url=... \\
+      --set auth.existingSecret=rucat-tokens [--json]
+  $PY scripts/k8s_check.py check deploy/helm/rucat -f my-values.yaml   # all three
+
+The chart renders only with a store (database.*) and a credential source (auth.existingSecret,
+auth.tokens or auth.jwt.issuer); `lint` reports their absence as a warning only, as helm does.
 
 Two Helm v4 Go libraries do the work (the helm binary is not in either package):
   - helm-sdkpy (Helm 4.3): `helm_sdkpy.Lint(Configuration()).run(chart_dir)` is `helm lint`
@@ -68,14 +72,36 @@ def merge(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
+def apply_set(base: Any, parsed: Any) -> Any:
+    """Parsed --set expressions written into the values files' values, as Helm's
+    strvals.ParseInto does: maps merge key by key, and `list[i]...` sets element i only, keeping
+    the others (the parser fills the indices it skipped with None). One difference: a whole list
+    set over a longer list of a values file keeps that list's extra elements."""
+    if isinstance(base, dict) and isinstance(parsed, dict):
+        merged = dict(base)
+        for key, value in parsed.items():
+            merged[key] = apply_set(base.get(key), value)
+        return merged
+    if isinstance(base, list) and isinstance(parsed, list):
+        merged = list(base) + [None] * max(0, len(parsed) - len(base))
+        for index, value in enumerate(parsed):
+            if value is not None or index >= len(base):
+                merged[index] = apply_set(base[index] if index < len(base) else None, value)
+        return merged
+    return copy.deepcopy(parsed)
+
+
 def user_values(values_files: list[str], sets: list[str]) -> dict[str, Any]:
     import helm_python
 
     values: dict[str, Any] = {}
     for path in values_files:
         values = merge(values, helm_python.values_from_yaml(Path(path).read_text()) or {})
-    for expression in sets:
-        values = merge(values, helm_python.parse_set_string(expression))
+    # All --set expressions in one parse, as Helm applies them one after the other into the
+    # same map: `--set a[0].x=1 --set a[1].x=2` makes a two-element list.
+    expression = ",".join(s for s in sets if s)
+    if expression:
+        values = apply_set(values, helm_python.parse_set_string(expression))
     return values
 
 
@@ -109,7 +135,9 @@ def lint_helm_sdkpy(chart: Path, values: dict[str, Any], strict: bool) -> list[s
         shutil.copytree(chart, copy_dir)
         if values:
             defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
-            (copy_dir / "values.yaml").write_text(yaml.safe_dump(merge(defaults, values)))
+            # As JSON (which YAML reads as is): PyYAML writes strings such as "y" or "n" bare,
+            # and Helm's YAML 1.1 parser would read them back as booleans.
+            (copy_dir / "values.yaml").write_text(json.dumps(merge(defaults, values), indent=2))
         config = helm_sdkpy.Configuration(namespace="default")
         report = asyncio.run(helm_sdkpy.Lint(config).run(str(copy_dir)))
     problems = []

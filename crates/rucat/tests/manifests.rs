@@ -1,19 +1,27 @@
 //! The Helm chart (`deploy/helm/rucat`) checked offline: `helm lint --strict` (two Helm
-//! libraries, no helm binary, no cluster), `helm template` with two sets of values, every
+//! libraries, no helm binary, no cluster), `helm template` with several sets of values, every
 //! rendered object validated by `kubernetes-validate --strict` against the Kubernetes schemas
 //! (the oldest version the chart supports and the newest known), and the behaviours that
-//! matter checked on the rendering: least-privilege RBAC, the store URL from a Secret, the
-//! NetworkPolicy, the pods' security, and a rucat.toml that Rucat's own loader accepts.
+//! matter checked on the rendering: authentication always on (no unauthenticated mode, the
+//! tokens file mounted so that it updates, and read by Rucat's own loaders), least-privilege
+//! RBAC, the engines' own Pod-Security-restricted namespace, their identity-less executors,
+//! the NetworkPolicies, the store URL from a Secret, the pods' security, and a rucat.toml that
+//! Rucat's own loader accepts and that `rucat engine render` turns into objects matching the
+//! chart.
 //!
 //! The tools come from the `k8s-tools` virtualenv that `scripts/setup.sh` installs; its path is
 //! `RUCAT_K8S_TOOLS` (`scripts/test.sh` sets it). Without it these tests fail, never skip.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::Engine as _;
+use rucat::auth::token::{TokenHash, TokenStore};
+use rucat::auth::Role;
 use rucat::config::{FileConfig, Overrides, PlatformKind, Settings};
-use serde_json::Value;
+use rucat::platform::kubernetes::Peer;
+use serde_json::{json, Value};
 
 /// Kubernetes versions every rendering is validated against: the chart's kubeVersion floor
 /// and kubernetes-validate's newest.
@@ -110,16 +118,45 @@ impl Rendering {
             .unwrap_or_else(|| panic!("no {kind} {name} in the rendering"))
     }
 
+    fn find(&self, kind: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+    }
+
     fn container<'a>(&'a self, deployment: &str) -> &'a Value {
-        &self.get("Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+        &self.pod_spec(deployment)["containers"][0]
+    }
+
+    fn pod_spec<'a>(&'a self, deployment: &str) -> &'a Value {
+        &self.get("Deployment", deployment)["spec"]["template"]["spec"]
+    }
+
+    /// How many objects of each kind.
+    fn kinds(&self) -> BTreeMap<String, usize> {
+        let mut kinds = BTreeMap::new();
+        for object in &self.objects {
+            let kind = object["kind"].as_str().expect("a kind").to_owned();
+            *kinds.entry(kind).or_default() += 1;
+        }
+        kinds
+    }
+
+    fn notes(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("NOTES.txt")).expect("NOTES.txt")
     }
 }
 
 fn render(release: &str, namespace: &str, sets: &[&str]) -> Rendering {
+    render_with(release, namespace, &with_sets(Vec::new(), sets))
+}
+
+/// `helm template` with more k8s_check.py arguments (`--set EXPR`, `-f FILE`).
+fn render_with(release: &str, namespace: &str, extra: &[&str]) -> Rendering {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let chart = chart();
     let out = dir.path().to_str().expect("a UTF-8 path").to_owned();
-    let args = vec![
+    let mut args = vec![
         "template",
         chart.to_str().expect("a UTF-8 path"),
         &out,
@@ -129,7 +166,8 @@ fn render(release: &str, namespace: &str, sets: &[&str]) -> Rendering {
         namespace,
         "--json",
     ];
-    let output = k8s_check(&with_sets(args, sets));
+    args.extend_from_slice(extra);
+    let output = k8s_check(&args);
     assert!(
         output.status.success(),
         "helm template failed:\n{}",
@@ -149,6 +187,20 @@ fn render(release: &str, namespace: &str, sets: &[&str]) -> Rendering {
         files,
         objects,
     }
+}
+
+/// `helm template` that must fail (exit status 2): its stderr.
+fn render_fails(sets: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let chart = chart();
+    let args = vec![
+        "template",
+        chart.to_str().expect("a UTF-8 path"),
+        dir.path().to_str().expect("a UTF-8 path"),
+    ];
+    let output = k8s_check(&with_sets(args, sets));
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// `kubernetes-validate --strict` on files, for each version; the output on failure.
@@ -185,26 +237,29 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// A Role's rules as (resource, verbs), each resource in the core API group, once.
-fn rules(role: &Value) -> Vec<(String, BTreeSet<String>)> {
+/// A Role's rules as ((API group, resource), verbs), each resource once.
+fn rules(role: &Value) -> Vec<((String, String), BTreeSet<String>)> {
     let mut out = Vec::new();
     for rule in role["rules"].as_array().expect("rules") {
-        assert_eq!(
-            strings(&rule["apiGroups"]),
-            set(&[""]),
-            "only the core API group: {rule}"
-        );
+        let groups = strings(&rule["apiGroups"]);
+        assert_eq!(groups.len(), 1, "one API group per rule: {rule}");
+        let group = groups.into_iter().next().expect("a group");
         for resource in strings(&rule["resources"]) {
+            let key = (group.clone(), resource);
             assert!(
-                !out.iter().any(|(r, _)| *r == resource),
-                "{resource} appears in two rules of {}",
+                !out.iter().any(|(k, _)| *k == key),
+                "{key:?} appears in two rules of {}",
                 role["metadata"]["name"]
             );
-            out.push((resource, strings(&rule["verbs"])));
+            out.push((key, strings(&rule["verbs"])));
         }
     }
     out.sort();
     out
+}
+
+fn core(resource: &str, verbs: &[&str]) -> ((String, String), BTreeSet<String>) {
+    ((String::new(), resource.to_owned()), set(verbs))
 }
 
 fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
@@ -237,14 +292,95 @@ fn rucat_settings(rendering: &Rendering, configmap: &str) -> Settings {
     .unwrap_or_else(|error| panic!("Rucat refuses the chart's rucat.toml: {error}\n{toml}"))
 }
 
-/// What holds in every rendering: no wildcard and no cluster-wide right, the monitor's and the
-/// server's exact rights, the pods' security, the store URL from a Secret.
-fn check_common(r: &Rendering, fullname: &str, database_secret: (&str, &str)) {
+/// A Secret's value, from `stringData` or (base64) `data`.
+fn secret_value(secret: &Value, key: &str) -> String {
+    if let Some(text) = secret["stringData"][key].as_str() {
+        return text.to_owned();
+    }
+    let encoded = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in Secret {}", secret["metadata"]["name"]));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64 data");
+    String::from_utf8(bytes).expect("UTF-8")
+}
+
+/// The tokens file of a rendered Secret, through Rucat's own tokens-file loader.
+fn token_store(secret: &Value, key: &str) -> TokenStore {
+    let text = secret_value(secret, key);
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let path = dir.path().join(key);
+    std::fs::write(&path, &text).expect("write the tokens file");
+    TokenStore::open(vec![], Some(path))
+        .unwrap_or_else(|error| panic!("Rucat refuses the chart's tokens file: {error}\n{text}"))
+}
+
+const DATABASE_URL: &str = "database.url=postgres://rucat:secret@db:5432/rucat";
+const ALICE_TOKEN: &str = "rucat_alice_test_token";
+const ROOT_TOKEN: &str = "rucat_root_test_token";
+
+/// `--set` expressions for two tokens from values: alice (user), root (admin).
+fn token_sets() -> Vec<String> {
+    vec![
+        format!(
+            "auth.tokens[0].user=alice,auth.tokens[0].role=user,auth.tokens[0].hash={}",
+            TokenHash::of(ALICE_TOKEN)
+        ),
+        format!(
+            "auth.tokens[1].user=root,auth.tokens[1].role=admin,auth.tokens[1].hash={}",
+            TokenHash::of(ROOT_TOKEN)
+        ),
+    ]
+}
+
+const JWT_SET: &str = "auth.jwt.issuer=https://idp.example.com,auth.jwt.audience=rucat,\
+     auth.jwt.jwksUrl=https://idp.example.com/jwks";
+
+/// What a rendering is expected to be made of.
+struct Expect<'a> {
+    release: &'a str,
+    release_namespace: &'a str,
+    fullname: &'a str,
+    engine_namespace: &'a str,
+    database_secret: (&'a str, &'a str),
+    /// The Secret and key of the tokens file, when there is one.
+    tokens_secret: Option<(&'a str, &'a str)>,
+}
+
+/// What holds in every rendering: authentication on and never bypassed, no wildcard and no
+/// cluster-wide right, exact verbs for the monitor, the server and the drivers, executors with
+/// no rights, every object in its namespace, the pods' security, the store URL from a Secret,
+/// the engine NetworkPolicies matching Rucat's configuration. Returns Rucat's settings.
+fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
+    let fullname = e.fullname;
+    let settings = rucat_settings(r, &format!("{fullname}-config"));
+
+    // No way around authentication, anywhere (objects, rucat.toml, notes).
+    let everything = format!(
+        "{}\n{}",
+        serde_json::to_string(&r.objects).expect("JSON"),
+        r.notes()
+    )
+    .to_lowercase()
+    .replace('-', "_");
+    assert!(
+        !everything.contains("allow_unauthenticated"),
+        "nothing may turn authentication off"
+    );
+    assert!(settings.auth.is_enabled(), "authentication is configured");
+    assert!(
+        r.notes().contains("RUCAT_TOKEN="),
+        "the notes say how to use a token"
+    );
+
+    // RBAC: namespaced, no wildcard, exact verbs.
     assert!(
         r.of_kind("ClusterRole").is_empty() && r.of_kind("ClusterRoleBinding").is_empty(),
         "Rucat needs no cluster-wide right"
     );
     for role in r.of_kind("Role") {
+        assert_eq!(role["metadata"]["namespace"], e.engine_namespace);
         for rule in role["rules"].as_array().expect("rules") {
             for field in ["apiGroups", "resources", "verbs"] {
                 assert!(
@@ -255,52 +391,130 @@ fn check_common(r: &Rendering, fullname: &str, database_secret: (&str, &str)) {
             }
         }
     }
-    let monitor_role = r.get("Role", &format!("{fullname}-monitor"));
+    let creates_policies = settings.kubernetes.network_policy.is_some();
+    let mut monitor_rules = vec![
+        core("pods", &["get", "list", "watch", "create", "delete"]),
+        core("pods/log", &["get"]),
+        core("services", &["get", "create", "delete"]),
+    ];
+    if creates_policies {
+        monitor_rules.push((
+            ("networking.k8s.io".to_owned(), "networkpolicies".to_owned()),
+            set(&["get", "create", "delete"]),
+        ));
+    }
+    monitor_rules.sort();
     assert_eq!(
-        rules(monitor_role),
-        vec![
-            (
-                "pods".to_owned(),
-                set(&["get", "list", "watch", "create", "delete"])
-            ),
-            ("pods/log".to_owned(), set(&["get"])),
-            ("services".to_owned(), set(&["get", "create", "delete"])),
-        ],
-        "the monitor's rights"
+        rules(r.get("Role", &format!("{fullname}-monitor"))),
+        monitor_rules,
+        "the monitor's rights (NetworkPolicies exactly when Rucat creates them)"
     );
-    let server_role = r.get("Role", &format!("{fullname}-server"));
     assert_eq!(
-        rules(server_role),
-        vec![("pods/log".to_owned(), set(&["get"]))],
+        rules(r.get("Role", &format!("{fullname}-server"))),
+        vec![core("pods/log", &["get"])],
         "the server's rights"
     );
-    let driver_role = r.get("Role", &format!("{fullname}-spark-driver"));
-    let driver_rules = rules(driver_role);
-    assert!(
-        !driver_rules
-            .iter()
-            .any(|(resource, _)| resource == "secrets" || resource == "services"),
-        "drivers get no right on Secrets or Services: {driver_rules:?}"
-    );
+    let driver_rules = rules(r.get("Role", &format!("{fullname}-spark-driver")));
+    let collection = ["create", "list", "delete", "deletecollection"];
     assert_eq!(
-        driver_rules
-            .iter()
-            .find(|(r, _)| r == "pods")
-            .map(|(_, v)| v.clone()),
-        Some(set(&[
-            "get",
-            "list",
-            "watch",
-            "create",
-            "delete",
-            "deletecollection"
-        ])),
-        "drivers manage their executor pods"
+        driver_rules,
+        vec![
+            core("configmaps", &collection),
+            core("persistentvolumeclaims", &collection),
+            core(
+                "pods",
+                &[
+                    "get",
+                    "list",
+                    "watch",
+                    "create",
+                    "delete",
+                    "deletecollection"
+                ]
+            ),
+        ],
+        "the drivers' rights: their executors and what those need, no Secrets, no Services"
     );
 
+    // Who is bound to what.
+    let driver_sa = settings.kubernetes.service_account.as_str();
+    let executor_sa = settings.kubernetes.executor_service_account.as_str();
+    assert_ne!(driver_sa, executor_sa);
+    for binding in r.of_kind("RoleBinding") {
+        assert_eq!(binding["metadata"]["namespace"], e.engine_namespace);
+        let name = binding["metadata"]["name"].as_str().expect("a name");
+        let subjects = binding["subjects"].as_array().expect("subjects");
+        assert_eq!(subjects.len(), 1, "{name}");
+        let subject = &subjects[0];
+        assert_eq!(subject["kind"], "ServiceAccount");
+        assert_ne!(
+            subject["name"], executor_sa,
+            "no Role is bound to the executors"
+        );
+        assert_eq!(binding["roleRef"]["name"], name);
+        let (account, namespace) = if name.ends_with("-spark-driver") {
+            (driver_sa.to_owned(), e.engine_namespace)
+        } else if name.ends_with("-monitor") {
+            (format!("{fullname}-monitor"), e.release_namespace)
+        } else {
+            (format!("{fullname}-server"), e.release_namespace)
+        };
+        assert_eq!(subject["name"], account, "{name}");
+        assert_eq!(subject["namespace"], namespace, "{name}");
+    }
+    let executor = r.get("ServiceAccount", executor_sa);
+    assert_eq!(executor["metadata"]["namespace"], e.engine_namespace);
+    assert_eq!(
+        executor["automountServiceAccountToken"], false,
+        "executors get no API token"
+    );
+    assert_eq!(
+        r.get("ServiceAccount", driver_sa)["metadata"]["namespace"],
+        e.engine_namespace
+    );
+
+    // Every object where it belongs: the engines' side in the engine namespace.
+    for object in &r.objects {
+        let kind = object["kind"].as_str().expect("a kind");
+        let name = object["metadata"]["name"].as_str().expect("a name");
+        let namespace = &object["metadata"]["namespace"];
+        let expected = match kind {
+            "Namespace" => {
+                assert!(namespace.is_null(), "a Namespace is not namespaced");
+                continue;
+            }
+            "Role" | "RoleBinding" | "ResourceQuota" => e.engine_namespace,
+            "ServiceAccount" if name == driver_sa || name == executor_sa => e.engine_namespace,
+            "NetworkPolicy" if name == format!("{fullname}-engines") => e.engine_namespace,
+            _ => e.release_namespace,
+        };
+        assert_eq!(namespace, expected, "{kind} {name}");
+    }
+    if let Some(namespace) = r.of_kind("Namespace").first() {
+        assert_eq!(r.of_kind("Namespace").len(), 1);
+        assert_eq!(namespace["metadata"]["name"], e.engine_namespace);
+        assert_ne!(e.engine_namespace, e.release_namespace);
+        let labels = &namespace["metadata"]["labels"];
+        for mode in ["enforce", "audit", "warn"] {
+            assert_eq!(
+                labels[format!("pod-security.kubernetes.io/{mode}")],
+                "restricted",
+                "Pod Security {mode}"
+            );
+        }
+        assert_eq!(
+            labels["pod-security.kubernetes.io/enforce-version"],
+            "latest"
+        );
+    }
+    assert_eq!(
+        settings.kubernetes.namespace.as_deref(),
+        Some(e.engine_namespace)
+    );
+
+    // The pods.
     for component in ["server", "monitor"] {
-        let deployment = r.get("Deployment", &format!("{fullname}-{component}"));
-        let pod = &deployment["spec"]["template"]["spec"];
+        let pod = r.pod_spec(&format!("{fullname}-{component}"));
         assert_eq!(pod["serviceAccountName"], format!("{fullname}-{component}"));
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         assert_eq!(pod["securityContext"]["runAsUser"], 65532);
@@ -323,9 +537,18 @@ fn check_common(r: &Rendering, fullname: &str, database_secret: (&str, &str)) {
             url.get("value").is_none(),
             "the store URL is never inline: {url}"
         );
-        assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], database_secret.0);
-        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], database_secret.1);
+        assert_eq!(
+            url["valueFrom"]["secretKeyRef"]["name"],
+            e.database_secret.0
+        );
+        assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], e.database_secret.1);
         let mounts = container["volumeMounts"].as_array().expect("volumeMounts");
+        for mount in mounts {
+            assert!(
+                mount.get("subPath").is_none() && mount.get("subPathExpr").is_none(),
+                "no subPath mount (it would not receive updates): {mount}"
+            );
+        }
         let data = mounts
             .iter()
             .find(|m| m["mountPath"] == "/var/lib/rucat")
@@ -344,14 +567,53 @@ fn check_common(r: &Rendering, fullname: &str, database_secret: (&str, &str)) {
             mounts.iter().any(|m| m["mountPath"] == "/etc/rucat"),
             "the configuration is mounted"
         );
+        let auth_mount = mounts.iter().find(|m| m["mountPath"] == "/etc/rucat/auth");
+        match (component, e.tokens_secret) {
+            ("server", Some((secret, key))) => {
+                let mount = auth_mount.expect("the tokens file is mounted into the server");
+                assert_eq!(mount["readOnly"], true);
+                let volume = pod["volumes"]
+                    .as_array()
+                    .expect("volumes")
+                    .iter()
+                    .find(|v| v["name"] == mount["name"])
+                    .expect("the tokens volume");
+                assert_eq!(volume["secret"]["secretName"], secret);
+                let items = volume["secret"]["items"].as_array().expect("items");
+                assert_eq!(items.len(), 1);
+                assert_eq!(items[0]["key"], key);
+                assert_eq!(items[0]["path"], key);
+                assert_eq!(
+                    settings.auth.tokens_file,
+                    Some(PathBuf::from(format!("/etc/rucat/auth/{key}"))),
+                    "Rucat reads the mounted file"
+                );
+            }
+            _ => assert!(
+                auth_mount.is_none(),
+                "no tokens file in the {component} (expected: {:?})",
+                e.tokens_secret
+            ),
+        }
+    }
+    if e.tokens_secret.is_none() {
+        assert_eq!(settings.auth.tokens_file, None);
+        assert!(settings.auth.jwt.is_some(), "JWTs, then");
     }
 
     let server = r.container(&format!("{fullname}-server"));
     assert_eq!(
         server["args"],
-        serde_json::json!(["server", "--listen", "0.0.0.0:3000"])
+        json!(["server", "--listen", "0.0.0.0:3000"])
     );
-    assert_eq!(env(server, "RUCAT_ALLOW_UNAUTHENTICATED")["value"], "true");
+    assert!(
+        !server["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|v| v["name"] == "RUCAT_ALLOW_UNAUTHENTICATED"),
+        "no unauthenticated mode"
+    );
     assert_eq!(server["ports"][0]["name"], "http");
     assert_eq!(server["ports"][0]["containerPort"], 3000);
     assert_eq!(server["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -359,7 +621,7 @@ fn check_common(r: &Rendering, fullname: &str, database_secret: (&str, &str)) {
     assert_eq!(server["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(server["readinessProbe"]["httpGet"]["port"], "http");
     let monitor = r.container(&format!("{fullname}-monitor"));
-    assert_eq!(monitor["args"], serde_json::json!(["monitor"]));
+    assert_eq!(monitor["args"], json!(["monitor"]));
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         assert!(
             monitor.get(probe).is_none(),
@@ -370,22 +632,100 @@ fn check_common(r: &Rendering, fullname: &str, database_secret: (&str, &str)) {
     assert_eq!(service["spec"]["type"], "ClusterIP");
     assert_eq!(service["spec"]["ports"][0]["port"], 3000);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+
+    // The engines' NetworkPolicies: Rucat's per-engine ones, and the chart's static one, with
+    // the same peers, the first of which are this release's monitor pods.
+    let engine_policy = r.find("NetworkPolicy", &format!("{fullname}-engines"));
+    match &settings.kubernetes.network_policy {
+        Some(policy) => {
+            let monitor_labels = &r.get("Deployment", &format!("{fullname}-monitor"))["spec"]
+                ["template"]["metadata"]["labels"];
+            assert_eq!(monitor_labels["rucat.io/engine-access"], "true");
+            let own = Peer {
+                namespace: Some(e.release_namespace.to_owned()),
+                pod_labels: BTreeMap::from([
+                    (
+                        "app.kubernetes.io/instance".to_owned(),
+                        e.release.to_owned(),
+                    ),
+                    ("rucat.io/engine-access".to_owned(), "true".to_owned()),
+                ]),
+            };
+            assert_eq!(policy.connect_from.first(), Some(&own), "the monitor first");
+            for (label, value) in &own.pod_labels {
+                assert_eq!(
+                    &monitor_labels[label], value,
+                    "the monitor pods match {label}"
+                );
+            }
+            let engine_policy = engine_policy.expect("the static engine NetworkPolicy");
+            check_engine_policy(engine_policy, &policy.connect_from, e.engine_namespace);
+        }
+        None => assert!(engine_policy.is_none(), "no engine policy without policies"),
+    }
+    settings
+}
+
+/// The chart's static engine NetworkPolicy: every engine pod, ingress only from `peers`, only
+/// on TCP 15002.
+fn check_engine_policy(policy: &Value, peers: &[Peer], engine_namespace: &str) {
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"],
+        json!({"matchExpressions": [{"key": "rucat.io/engine-id", "operator": "Exists"}]}),
+        "every engine pod (driver and executors)"
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    let ingress = spec["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": 15002, "protocol": "TCP"}]),
+        "the Spark Connect port only"
+    );
+    let expected: Vec<Value> = peers
+        .iter()
+        .map(|peer| {
+            json!({
+                "namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name":
+                        peer.namespace.as_deref().unwrap_or(engine_namespace),
+                }},
+                "podSelector": {"matchLabels": peer.pod_labels},
+            })
+        })
+        .collect();
+    assert_eq!(
+        ingress[0]["from"],
+        Value::Array(expected),
+        "the peers Rucat's per-engine policies admit"
+    );
 }
 
 #[test]
 fn chart_lints_clean_in_strict_mode() {
     let chart = chart();
     let chart = chart.to_str().expect("a UTF-8 path");
-    // With the chart's own values (as `helm lint` does; the missing store is only a warning in
-    // lint mode) and with a store set.
+    let tokens = token_sets();
+    // With the chart's own values (as `helm lint` does; the missing store and credentials are
+    // only warnings in lint mode), with a store set, and with the variants rendered below.
     for sets in [
-        &[][..],
-        &["database.url=postgres://rucat@db:5432/rucat"][..],
+        vec![],
+        vec![DATABASE_URL],
+        vec![DATABASE_URL, &tokens[0], &tokens[1]],
+        vec![DATABASE_URL, JWT_SET, "networkPolicy.enabled=false"],
+        vec![
+            "database.existingSecret=rucat-db",
+            "auth.existingSecret=rucat-tokens",
+            "kubernetes.namespace=spark",
+            "kubernetes.createNamespace=false",
+            "kubernetes.resourceQuota.pods=100",
+        ],
     ] {
-        let output = k8s_check(&with_sets(vec!["lint", chart], sets));
+        let output = k8s_check(&with_sets(vec!["lint", chart], &sets));
         assert!(
             output.status.success(),
-            "helm lint --strict failed:\n{}",
+            "helm lint --strict failed with {sets:?}:\n{}",
             text(&output)
         );
     }
@@ -393,29 +733,64 @@ fn chart_lints_clean_in_strict_mode() {
 
 #[test]
 fn default_rendering_is_valid_and_least_privileged() {
-    let r = render(
-        "rucat",
-        "rucat",
-        &["database.url=postgres://rucat:secret@db:5432/rucat"],
-    );
+    let tokens = token_sets();
+    let r = render("rucat", "rucat", &[DATABASE_URL, &tokens[0], &tokens[1]]);
     if let Err(problems) = validate(&r.files) {
         panic!("{problems}");
     }
-    check_common(&r, "rucat", ("rucat-database", "url"));
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+        },
+    );
+    let kinds: Vec<(&str, usize)> = vec![
+        ("ConfigMap", 1),
+        ("Deployment", 2),
+        ("Namespace", 1),
+        ("NetworkPolicy", 3),
+        ("PodDisruptionBudget", 2),
+        ("Role", 3),
+        ("RoleBinding", 3),
+        ("Secret", 2),
+        ("Service", 1),
+        ("ServiceAccount", 4),
+    ];
+    assert_eq!(
+        r.kinds(),
+        kinds
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect::<BTreeMap<_, _>>()
+    );
 
     let secret = r.get("Secret", "rucat-database");
     assert_eq!(
         secret["stringData"]["url"],
         "postgres://rucat:secret@db:5432/rucat"
     );
-    // Everything lives in the release namespace, engines included.
-    for object in &r.objects {
-        assert_eq!(
-            object["metadata"]["namespace"], "rucat",
-            "{}",
-            object["metadata"]["name"]
-        );
-    }
+    // The tokens Secret is a tokens file Rucat reads, holding the two tokens' hashes.
+    let store = token_store(r.get("Secret", "rucat-auth"), "tokens.toml");
+    assert_eq!(store.len(), 2);
+    let alice = store.identify(ALICE_TOKEN).expect("alice's token");
+    assert_eq!((alice.user.as_str(), alice.role), ("alice", Role::User));
+    let root = store.identify(ROOT_TOKEN).expect("root's token");
+    assert_eq!((root.user.as_str(), root.role), ("root", Role::Admin));
+    assert!(
+        !secret_value(r.get("Secret", "rucat-auth"), "tokens.toml").contains(ALICE_TOKEN),
+        "hashes only"
+    );
+    // The engines get a namespace of their own.
+    assert_eq!(
+        r.get("Namespace", "rucat-engines")["metadata"]["labels"]
+            ["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
     for deployment in r.of_kind("Deployment") {
         assert_eq!(deployment["spec"]["replicas"], 2);
     }
@@ -443,15 +818,106 @@ fn default_rendering_is_valid_and_least_privileged() {
         "no ingress to the monitor"
     );
 
-    let settings = rucat_settings(&r, "rucat-config");
     assert_eq!(settings.platform, PlatformKind::Kubernetes);
-    assert_eq!(settings.kubernetes.namespace.as_deref(), Some("rucat"));
+    assert_eq!(
+        settings.auth.tokens_file,
+        Some(PathBuf::from("/etc/rucat/auth/tokens.toml"))
+    );
+    assert!(settings.auth.tokens.is_empty(), "tokens only in the file");
+    assert!(settings.auth.jwt.is_none());
+    assert_eq!(settings.quotas, Default::default(), "no quota by default");
+    assert_eq!(
+        settings.kubernetes.namespace.as_deref(),
+        Some("rucat-engines")
+    );
     assert_eq!(settings.kubernetes.service_account, "rucat-spark");
+    assert_eq!(
+        settings.kubernetes.executor_service_account,
+        "rucat-spark-executor"
+    );
+    assert_eq!(
+        settings
+            .kubernetes
+            .network_policy
+            .as_ref()
+            .map(|p| p.connect_from.clone()),
+        Some(vec![Peer {
+            namespace: Some("rucat".to_owned()),
+            pod_labels: BTreeMap::from([
+                ("app.kubernetes.io/instance".to_owned(), "rucat".to_owned()),
+                ("rucat.io/engine-access".to_owned(), "true".to_owned()),
+            ]),
+        }]),
+        "this release's engine-access pods, in its namespace"
+    );
     assert_eq!(settings.kubernetes.versions, ["4.0.1"]);
     assert_eq!(settings.kubernetes.image_for("4.0.1"), "apache/spark:4.0.1");
     assert_eq!(settings.kubernetes.cluster_domain, "cluster.local");
-    let driver_sa = r.get("ServiceAccount", "rucat-spark");
-    assert_eq!(driver_sa["metadata"]["namespace"], "rucat");
+}
+
+/// User names that need TOML's quoting, from a values file, come back intact through Rucat's
+/// tokens-file loader; a role left out is "user".
+#[test]
+fn tokens_from_values_are_quoted_for_rucats_loader() {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let values = dir.path().join("values.json");
+    let users = [
+        ("o'brien \"ops\" \\ team", Some("admin"), "rucat_one"),
+        ("zoë@example.com", None, "rucat_two"),
+        ("[[tokens]] = #", Some("user"), "rucat_three"),
+    ];
+    let tokens: Vec<Value> = users
+        .iter()
+        .map(|(user, role, token)| {
+            let mut entry = json!({"user": user, "hash": TokenHash::of(token).to_string()});
+            if let Some(role) = role {
+                entry["role"] = json!(role);
+            }
+            entry
+        })
+        .collect();
+    std::fs::write(
+        &values,
+        serde_json::to_string(&json!({
+            "database": {"existingSecret": "rucat-db"},
+            "auth": {"tokens": tokens, "reloadIntervalMs": 500},
+        }))
+        .expect("JSON"),
+    )
+    .expect("write the values");
+    let r = render_with(
+        "ops",
+        "platform",
+        &["-f", values.to_str().expect("a UTF-8 path")],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "ops",
+            release_namespace: "platform",
+            fullname: "ops-rucat",
+            engine_namespace: "ops-rucat-engines",
+            database_secret: ("rucat-db", "url"),
+            tokens_secret: Some(("ops-rucat-auth", "tokens.toml")),
+        },
+    );
+    assert_eq!(
+        settings.auth.reload_interval,
+        std::time::Duration::from_millis(500)
+    );
+    let store = token_store(r.get("Secret", "ops-rucat-auth"), "tokens.toml");
+    assert_eq!(store.len(), users.len());
+    for (user, role, token) in users {
+        let identity = store.identify(token).expect("a configured token");
+        assert_eq!(identity.user, user);
+        let role = if role == Some("admin") {
+            Role::Admin
+        } else {
+            Role::User
+        };
+        assert_eq!(identity.role, role, "{user}");
+    }
 }
 
 #[test]
@@ -465,69 +931,199 @@ fn engines_in_their_own_namespace_rendering_is_valid() {
             "server.replicas=3",
             "monitor.replicas=3",
             "database.existingSecret=rucat-db",
+            "auth.existingSecret=rucat-tokens",
+            "auth.existingSecretKey=tokens",
         ],
     );
     if let Err(problems) = validate(&r.files) {
         panic!("{problems}");
     }
-    check_common(&r, "prod-rucat", ("rucat-db", "url"));
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "prod",
+            release_namespace: "rucat-system",
+            fullname: "prod-rucat",
+            engine_namespace: "spark-engines",
+            database_secret: ("rucat-db", "url"),
+            tokens_secret: Some(("rucat-tokens", "tokens")),
+        },
+    );
 
     assert!(
         r.of_kind("NetworkPolicy").is_empty(),
         "networkPolicy.enabled=false"
     );
+    assert!(settings.kubernetes.network_policy.is_none());
     assert!(
         r.of_kind("Secret").is_empty(),
-        "an existing Secret is used, none is made"
+        "existing Secrets are used, none is made"
     );
+    assert_eq!(
+        settings.auth.tokens_file,
+        Some(PathBuf::from("/etc/rucat/auth/tokens"))
+    );
+    assert!(r.find("Namespace", "spark-engines").is_some(), "created");
     for deployment in r.of_kind("Deployment") {
         assert_eq!(deployment["spec"]["replicas"], 3);
         assert_eq!(deployment["metadata"]["namespace"], "rucat-system");
     }
-    // The Roles and their bindings go where the engines are, binding the release's accounts.
-    for role in r.of_kind("Role") {
-        assert_eq!(role["metadata"]["namespace"], "spark-engines");
-    }
-    for binding in r.of_kind("RoleBinding") {
-        assert_eq!(binding["metadata"]["namespace"], "spark-engines");
-        let subject = &binding["subjects"][0];
-        let name = binding["metadata"]["name"].as_str().expect("a name");
-        let expected_ns = if name.ends_with("-spark-driver") {
-            "spark-engines"
-        } else {
-            "rucat-system"
-        };
-        assert_eq!(subject["kind"], "ServiceAccount");
-        assert_eq!(subject["namespace"], expected_ns, "{name}");
-    }
-    assert_eq!(
-        r.get("ServiceAccount", "rucat-spark")["metadata"]["namespace"],
-        "spark-engines"
+}
+
+/// An engine namespace that exists already: the chart creates no Namespace, and puts
+/// everything else there as usual.
+#[test]
+fn existing_engine_namespace_rendering_is_valid() {
+    let tokens = token_sets();
+    let r = render(
+        "rucat",
+        "rucat",
+        &[
+            DATABASE_URL,
+            &tokens[0],
+            "kubernetes.namespace=spark",
+            "kubernetes.createNamespace=false",
+        ],
     );
-    for account in ["prod-rucat-server", "prod-rucat-monitor"] {
-        assert_eq!(
-            r.get("ServiceAccount", account)["metadata"]["namespace"],
-            "rucat-system"
-        );
-    }
-    let settings = rucat_settings(&r, "prod-rucat-config");
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "spark",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+        },
+    );
+    assert!(r.of_kind("Namespace").is_empty(), "createNamespace=false");
+    assert!(r.of_kind("ResourceQuota").is_empty(), "none by default");
     assert_eq!(
-        settings.kubernetes.namespace.as_deref(),
-        Some("spark-engines")
+        r.get("NetworkPolicy", "rucat-engines")["metadata"]["namespace"],
+        "spark"
+    );
+    assert!(
+        r.notes()
+            .contains("pod-security.kubernetes.io/enforce=restricted"),
+        "the notes say to label the namespace:\n{}",
+        r.notes()
+    );
+}
+
+#[test]
+fn resource_quota_rendering_is_valid() {
+    let tokens = token_sets();
+    let r = render(
+        "rucat",
+        "rucat",
+        &[
+            DATABASE_URL,
+            &tokens[0],
+            "kubernetes.resourceQuota.pods=200",
+            "kubernetes.resourceQuota.requests\\.cpu=400",
+            "kubernetes.resourceQuota.limits\\.memory=1600Gi",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+        },
+    );
+    let quota = r.get("ResourceQuota", "rucat-engines");
+    assert_eq!(quota["metadata"]["namespace"], "rucat-engines");
+    assert_eq!(
+        quota["spec"]["hard"],
+        json!({"pods": "200", "requests.cpu": "400", "limits.memory": "1600Gi"})
+    );
+}
+
+/// OIDC JWTs only (no tokens file), with quotas and direct Spark Connect clients.
+#[test]
+fn jwt_only_rendering_is_valid() {
+    let r = render(
+        "rucat",
+        "rucat",
+        &[
+            DATABASE_URL,
+            JWT_SET,
+            "auth.jwt.userClaim=email,auth.jwt.adminClaim=groups,auth.jwt.adminValue=rucat-admins",
+            "auth.jwt.leewaySecs=30,auth.jwt.refreshIntervalMs=60000",
+            "quota.maxEngines=10,quota.maxActiveEngines=3",
+            "quota.users.alice.maxActiveEngines=5",
+            "networkPolicy.engineClients[0].namespace=notebooks",
+            "networkPolicy.engineClients[0].podLabels.app=jupyter",
+            "networkPolicy.engineClients[1].podLabels.role=spark-client",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: None,
+        },
+    );
+    assert!(r.find("Secret", "rucat-auth").is_none(), "no tokens Secret");
+    let jwt = settings.auth.jwt.as_ref().expect("[auth.jwt]");
+    assert_eq!(jwt.issuer, "https://idp.example.com");
+    assert_eq!(jwt.audience, "rucat");
+    assert_eq!(
+        jwt.jwks,
+        rucat::auth::jwt::JwksSource::Url("https://idp.example.com/jwks".to_owned())
+    );
+    assert_eq!(jwt.user_claim, "email");
+    assert_eq!(
+        jwt.admin,
+        Some(("groups".to_owned(), "rucat-admins".to_owned()))
+    );
+    assert_eq!(jwt.leeway_secs, 30);
+    assert_eq!(jwt.refresh_interval, std::time::Duration::from_secs(60));
+    assert_eq!(settings.quotas.max_engines, Some(10));
+    assert_eq!(settings.quotas.max_active_engines, Some(3));
+    let alice = settings.quotas.for_owner("alice");
+    assert_eq!(
+        (alice.max_engines, alice.max_active_engines),
+        (Some(10), Some(5))
+    );
+    let peers = &settings
+        .kubernetes
+        .network_policy
+        .as_ref()
+        .expect("[kubernetes.network_policy]")
+        .connect_from;
+    assert_eq!(peers.len(), 3);
+    assert_eq!(
+        peers[1],
+        Peer {
+            namespace: Some("notebooks".to_owned()),
+            pod_labels: BTreeMap::from([("app".to_owned(), "jupyter".to_owned())]),
+        }
+    );
+    assert_eq!(
+        peers[2],
+        Peer {
+            namespace: None,
+            pod_labels: BTreeMap::from([("role".to_owned(), "spark-client".to_owned())]),
+        }
     );
 }
 
 #[test]
 fn rendering_without_a_store_fails_and_says_why() {
-    let dir = tempfile::tempdir().expect("a scratch directory");
-    let chart = chart();
-    let output = k8s_check(&[
-        "template",
-        chart.to_str().expect("a UTF-8 path"),
-        dir.path().to_str().expect("a UTF-8 path"),
-    ]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tokens = token_sets();
+    let stderr = render_fails(&[&tokens[0]]);
     assert!(
         stderr.contains("set database.existingSecret") && stderr.contains("or database.url"),
         "the failure names the missing values:\n{stderr}"
@@ -535,28 +1131,91 @@ fn rendering_without_a_store_fails_and_says_why() {
 }
 
 #[test]
-fn misspelled_values_are_refused() {
-    let dir = tempfile::tempdir().expect("a scratch directory");
-    let chart = chart();
-    let output = k8s_check(&[
-        "template",
-        chart.to_str().expect("a UTF-8 path"),
-        dir.path().to_str().expect("a UTF-8 path"),
-        "--set",
-        "database.url=postgres://db/rucat,server.replica=3",
+fn rendering_without_authentication_fails_and_says_why() {
+    let stderr = render_fails(&[DATABASE_URL]);
+    for needed in [
+        "rucat token create --user NAME --admin",
+        "auth.tokens",
+        "auth.existingSecret",
+        "auth.jwt.issuer",
+    ] {
+        assert!(
+            stderr.contains(needed),
+            "the failure says {needed:?}:\n{stderr}"
+        );
+    }
+    // Half a JWT configuration is refused too.
+    let stderr = render_fails(&[DATABASE_URL, "auth.jwt.issuer=https://idp.example.com"]);
+    assert!(stderr.contains("auth.jwt.audience"), "{stderr}");
+}
+
+/// Engines never share Rucat's namespace by accident, nor the drivers' identity.
+#[test]
+fn unsafe_engine_settings_are_refused() {
+    let tokens = token_sets();
+    let stderr = render_fails(&[
+        DATABASE_URL,
+        &tokens[0],
+        // k8s_check.py's default release namespace.
+        "kubernetes.namespace=rucat",
     ]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("'replica' not allowed"),
-        "{}",
-        text(&output)
+        stderr.contains("kubernetes.namespace is the release namespace"),
+        "{stderr}"
     );
+    let stderr = render_fails(&[
+        DATABASE_URL,
+        &tokens[0],
+        "kubernetes.executorServiceAccount=rucat-spark",
+    ]);
+    assert!(
+        stderr.contains("kubernetes.executorServiceAccount must differ"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn misspelled_values_are_refused() {
+    for (set, refused) in [
+        (
+            "database.url=postgres://db/rucat,server.replica=3",
+            "'replica' not allowed",
+        ),
+        (
+            "auth.existingSecret=t,auth.jwt.isuer=x",
+            "'isuer' not allowed",
+        ),
+        (
+            "auth.existingSecret=t,kubernetes.createNamespce=false",
+            "'createNamespce' not allowed",
+        ),
+        (
+            "auth.tokens[0].user=a,auth.tokens[0].hash=sha256:00,auth.tokens[0].role=admin",
+            "/auth/tokens/0/hash",
+        ),
+        (
+            "auth.tokens[0].user=a,auth.tokens[0].role=root,auth.tokens[0].hash=sha256:00",
+            "/auth/tokens/0/role",
+        ),
+        (
+            "auth.existingSecret=t,quota.maxEngine=3",
+            "'maxEngine' not allowed",
+        ),
+    ] {
+        let stderr = render_fails(&[set]);
+        assert!(stderr.contains(refused), "{set}: {stderr}");
+    }
 }
 
 /// The validation is not vacuous: a misspelled field in a rendered object fails it.
 #[test]
 fn validation_catches_a_misspelled_field() {
-    let r = render("rucat", "rucat", &["database.url=postgres://db/rucat"]);
+    let tokens = token_sets();
+    let r = render(
+        "rucat",
+        "rucat",
+        &["database.url=postgres://db/rucat", &tokens[0]],
+    );
     let deployment = r
         .files
         .iter()
@@ -574,6 +1233,51 @@ fn validation_catches_a_misspelled_field() {
     assert!(problems.contains("imagePulPolicy"), "{problems}");
 }
 
+/// `rucat engine render --config CONFIG ARGS…`: the objects, parsed from the YAML stream of
+/// JSON documents it prints, and the stream validated.
+fn engine_render(config: &Path, args: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let output = run(Command::new(env!("CARGO_BIN_EXE_rucat"))
+        .args(["engine", "render", "--config"])
+        .arg(config)
+        .args(args));
+    assert!(output.status.success(), "render failed:\n{}", text(&output));
+    let stream = dir.path().join("engine.yaml");
+    std::fs::write(&stream, &output.stdout).expect("write the rendering");
+    validate(std::slice::from_ref(&stream)).unwrap_or_else(|problems| panic!("{problems}"));
+    String::from_utf8_lossy(&output.stdout)
+        .split("\n---\n")
+        .map(|document| {
+            document
+                .lines()
+                .filter(|line| !line.trim_start().starts_with('#') && line.trim() != "---")
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|document| !document.trim().is_empty())
+        .map(|document| {
+            serde_json::from_str(&document)
+                .unwrap_or_else(|error| panic!("not a JSON document ({error}):\n{document}"))
+        })
+        .collect()
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+fn driver_args(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string").to_owned())
+        .collect()
+}
+
 /// `rucat engine render` (the objects the kubernetes platform creates) is valid as printed, a
 /// YAML stream of JSON documents, with every option that changes the objects set.
 #[test]
@@ -586,36 +1290,182 @@ fn engine_render_output_is_valid() {
         [kubernetes]
         namespace = "spark"
         versions = ["4.0.1"]
+        executor_service_account = "spark-exec"
         image_pull_secrets = ["regcred", "mirror"]
         driver_cpu = "500m"
         driver_memory = "3Gi"
+        [kubernetes.network_policy]
+        connect_from = [
+          { namespace = "rucat", pod_labels = { "rucat.io/engine-access" = "true" } },
+          { pod_labels = { app = "notebook" } },
+        ]
         [policy]
         allowed_images = ["registry.example.com/spark:4.0.1-gpu"]
         "#,
     )
     .expect("write the config");
-    let output = run(Command::new(env!("CARGO_BIN_EXE_rucat")).args([
-        "engine",
-        "render",
-        "--config",
-        config.to_str().expect("a UTF-8 path"),
-        "--name",
-        "nightly.etl_2",
-        "--version",
-        "4.0.1",
-        "--conf",
-        "spark.executor.instances=4",
-        "--conf",
-        "spark.kubernetes.driver.container.image=registry.example.com/spark:4.0.1-gpu",
-        "--conf",
-        "spark.sql.shuffle.partitions=64",
-    ]));
-    assert!(output.status.success(), "render failed:\n{}", text(&output));
-    let stream = dir.path().join("engine.yaml");
-    std::fs::write(&stream, &output.stdout).expect("write the rendering");
-    validate(std::slice::from_ref(&stream)).unwrap_or_else(|problems| panic!("{problems}"));
+    let objects = engine_render(
+        &config,
+        &[
+            "--name",
+            "nightly.etl_2",
+            "--version",
+            "4.0.1",
+            "--conf",
+            "spark.executor.instances=4",
+            "--conf",
+            "spark.kubernetes.driver.container.image=registry.example.com/spark:4.0.1-gpu",
+            "--conf",
+            "spark.sql.shuffle.partitions=64",
+        ],
+    );
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().expect("a kind"))
+        .collect();
+    assert_eq!(kinds, ["Pod", "Service", "NetworkPolicy"]);
+    let pod = object(&objects, "Pod");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "registry.example.com/spark:4.0.1-gpu"
+    );
+    let args = driver_args(pod);
+    assert!(
+        args.contains(
+            &"spark.kubernetes.authenticate.executor.serviceAccountName=spark-exec".to_owned()
+        ),
+        "the driver names the executors' service account: {args:?}"
+    );
+    let policy = object(&objects, "NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], "spark");
+    let id = &pod["metadata"]["labels"]["rucat.io/engine-id"];
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["rucat.io/engine-id"], *id,
+        "the engine's own pods"
+    );
+}
 
-    let rendered = String::from_utf8_lossy(&output.stdout);
-    assert!(rendered.contains("\"kind\": \"Pod\"") && rendered.contains("\"kind\": \"Service\""));
-    assert!(rendered.contains("\"image\": \"registry.example.com/spark:4.0.1-gpu\""));
+/// The chart's rucat.toml, given to `rucat engine render`, gives objects that fit the chart: in
+/// the engine namespace, with the drivers' and the executors' ServiceAccounts the chart creates,
+/// admitted by Pod Security "restricted" (which the chart enforces there), selected by the
+/// static engine NetworkPolicy, and with a per-engine NetworkPolicy admitting the chart's
+/// monitor pods.
+#[test]
+fn chart_configuration_renders_fitting_engines() {
+    let tokens = token_sets();
+    let r = render("rucat", "rucat", &[DATABASE_URL, &tokens[0]]);
+    let config = r.dir.path().join("chart-rucat.toml");
+    std::fs::write(
+        &config,
+        r.get("ConfigMap", "rucat-config")["data"]["rucat.toml"]
+            .as_str()
+            .expect("rucat.toml"),
+    )
+    .expect("write rucat.toml");
+    let objects = engine_render(&config, &["--name", "demo", "--version", "4.0.1"]);
+    let pod = object(&objects, "Pod");
+    assert_eq!(pod["metadata"]["namespace"], "rucat-engines");
+    let driver_sa = pod["spec"]["serviceAccountName"].as_str().expect("an SA");
+    r.get("ServiceAccount", driver_sa);
+    let args = driver_args(pod);
+    let executor_sa = args
+        .iter()
+        .find_map(|a| a.strip_prefix("spark.kubernetes.authenticate.executor.serviceAccountName="))
+        .expect("the driver names the executors' service account");
+    assert_eq!(executor_sa, "rucat-spark-executor");
+    assert_eq!(
+        r.get("ServiceAccount", executor_sa)["automountServiceAccountToken"],
+        false
+    );
+    assert!(
+        args.iter()
+            .any(|a| a.starts_with("spark.kubernetes.executor.label.rucat.io/engine-id=")),
+        "executors carry the engine label the NetworkPolicies select on: {args:?}"
+    );
+
+    // Pod Security "restricted", on the driver pod and on the executors' pod template.
+    let template = env(&pod["spec"]["containers"][0], "RUCAT_EXECUTOR_POD_TEMPLATE")["value"]
+        .as_str()
+        .expect("the executors' pod template");
+    let template: Value = serde_json::from_str(template).expect("JSON");
+    assert_eq!(template["spec"]["automountServiceAccountToken"], false);
+    for (what, spec) in [("driver", &pod["spec"]), ("executor", &template["spec"])] {
+        check_restricted(what, spec);
+    }
+
+    // The static policy selects the engine's pods; the engine's own policy admits the monitor.
+    assert!(pod["metadata"]["labels"]["rucat.io/engine-id"].is_string());
+    let policy = object(&objects, "NetworkPolicy");
+    let ingress = policy["spec"]["ingress"].as_array().expect("ingress");
+    let peer = ingress
+        .iter()
+        .find(|rule| rule["ports"] == json!([{"port": 15002, "protocol": "TCP"}]))
+        .expect("the Spark Connect rule")["from"][0]
+        .clone();
+    assert_eq!(
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "rucat"
+    );
+    let monitor_labels =
+        &r.get("Deployment", "rucat-monitor")["spec"]["template"]["metadata"]["labels"];
+    for (label, value) in peer["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("labels")
+    {
+        assert_eq!(
+            &monitor_labels[label], value,
+            "the monitor pods carry {label}"
+        );
+    }
+    let static_policy = r.get("NetworkPolicy", "rucat-engines");
+    assert_eq!(static_policy["spec"]["ingress"][0]["from"][0], peer);
+}
+
+/// The Pod Security "restricted" profile's checks, on a pod spec.
+fn check_restricted(what: &str, spec: &Value) {
+    let pod = &spec["securityContext"];
+    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(spec[field], true, "{what}: {field}");
+    }
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        assert!(volume.get("hostPath").is_none(), "{what}: hostPath");
+    }
+    let containers = spec["containers"].as_array().expect("containers");
+    for container in containers {
+        let security = &container["securityContext"];
+        let name = &container["name"];
+        assert_eq!(
+            security["allowPrivilegeEscalation"], false,
+            "{what} {name}: allowPrivilegeEscalation"
+        );
+        assert_ne!(security["privileged"], true, "{what} {name}: privileged");
+        assert!(
+            strings(&security["capabilities"]["drop"]).contains("ALL"),
+            "{what} {name}: capabilities"
+        );
+        let added = security["capabilities"]["add"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            added.iter().all(|c| c == "NET_BIND_SERVICE"),
+            "{what} {name}: capabilities added"
+        );
+        let non_root = security["runAsNonRoot"]
+            .as_bool()
+            .or(pod["runAsNonRoot"].as_bool());
+        assert_eq!(non_root, Some(true), "{what} {name}: runAsNonRoot");
+        let user = security["runAsUser"].as_i64().or(pod["runAsUser"].as_i64());
+        assert_ne!(user, Some(0), "{what} {name}: runAsUser");
+        let seccomp = security["seccompProfile"]["type"]
+            .as_str()
+            .or(pod["seccompProfile"]["type"].as_str());
+        assert!(
+            matches!(seccomp, Some("RuntimeDefault" | "Localhost")),
+            "{what} {name}: seccompProfile"
+        );
+        for port in container["ports"].as_array().into_iter().flatten() {
+            assert!(port.get("hostPort").is_none(), "{what} {name}: hostPort");
+        }
+    }
 }

@@ -50,9 +50,9 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* The namespace of the driver pods. */}}
+{{/* The namespace of the engines (driver and executor pods): "<fullname>-engines" by default. */}}
 {{- define "rucat.engineNamespace" -}}
-{{- default .Release.Namespace .Values.kubernetes.namespace -}}
+{{- default (printf "%s-engines" (include "rucat.fullname" .)) .Values.kubernetes.namespace -}}
 {{- end -}}
 
 {{/* The value of Rucat's instance label on its driver pods. */}}
@@ -95,6 +95,66 @@ url
 {{- end -}}
 {{- end -}}
 
+{{/*
+Authentication. Rucat authenticates every REST request, so the chart renders only with a
+credential source: a tokens file (auth.existingSecret, or auth.tokens from which the chart makes
+the Secret "<fullname>-auth") or OIDC JWTs (auth.jwt.issuer). `required`, not `fail`, as for the
+store: helm lint renders with the chart's own values and reports `required` as a warning only.
+*/}}
+{{- define "rucat.checkAuth" -}}
+{{- $a := .Values.auth -}}
+{{- if not (or $a.existingSecret $a.tokens $a.jwt.issuer) -}}
+{{- $_ := required "authentication is not configured, and Rucat authenticates every request: make a token with `rucat token create --user NAME --admin` (it prints the token, to keep, and its hash), then set auth.tokens (e.g. --set auth.tokens[0].user=NAME,auth.tokens[0].role=admin,auth.tokens[0].hash=sha256:...), or put the printed [[tokens]] entry into a Secret and set auth.existingSecret (key auth.existingSecretKey, default tokens.toml); or set auth.jwt.issuer (with auth.jwt.audience and auth.jwt.jwksUrl) to accept OIDC JWTs" "" -}}
+{{- end -}}
+{{- if $a.jwt.issuer -}}
+{{- $_ := required "auth.jwt.issuer is set: auth.jwt.audience (the aud the JWTs carry) is required too" $a.jwt.audience -}}
+{{- $_ := required "auth.jwt.issuer is set: auth.jwt.jwksUrl (the issuer's JWKS, https) is required too" $a.jwt.jwksUrl -}}
+{{- if and (or $a.jwt.adminClaim $a.jwt.adminValue) (not (and $a.jwt.adminClaim $a.jwt.adminValue)) -}}
+{{- fail "auth.jwt.adminClaim and auth.jwt.adminValue go together: set both (admins are those whose claim holds the value) or neither" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the tokens file; empty when there is none (JWTs only). */}}
+{{- define "rucat.authSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else if .Values.auth.tokens -}}
+{{- printf "%s-auth" (include "rucat.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rucat.authSecretKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- required "auth.existingSecretKey must name the key of auth.existingSecret that holds the tokens file" .Values.auth.existingSecretKey -}}
+{{- else -}}
+tokens.toml
+{{- end -}}
+{{- end -}}
+
+{{/* Where the server reads the tokens file ([auth] tokens_file); empty without one. */}}
+{{- define "rucat.authTokensFile" -}}
+{{- if include "rucat.authSecretName" . -}}
+{{- printf "/etc/rucat/auth/%s" (include "rucat.authSecretKey" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The pods that may reach the engines' Spark Connect port, as a JSON list of {namespace, podLabels}
+(namespace absent: the engine namespace): this release's pods labelled
+rucat.io/engine-access=true (the monitor; Rucat's proxy once the chart has one), then
+networkPolicy.engineClients. They are Rucat's [kubernetes.network_policy] connect_from and the
+peers of the static engine NetworkPolicy.
+*/}}
+{{- define "rucat.engineAccessPeers" -}}
+{{- $own := dict "namespace" .Release.Namespace "podLabels" (dict "app.kubernetes.io/instance" .Release.Name "rucat.io/engine-access" "true") -}}
+{{- $peers := list $own -}}
+{{- range .Values.networkPolicy.engineClients -}}
+{{- $peers = append $peers . -}}
+{{- end -}}
+{{- toJson $peers -}}
+{{- end -}}
+
 {{/* The environment, mounts and volumes the server and the monitor share (argument: $). */}}
 {{- define "rucat.sharedEnv" -}}
 - name: RUCAT_CONFIG
@@ -127,7 +187,19 @@ url
     sizeLimit: {{ .Values.dataDirSizeLimit }}
 {{- end -}}
 
-{{/* TOML value of a string or a list of strings: JSON strings and arrays are valid TOML. */}}
+{{/*
+TOML value of a string or a list of strings: JSON strings and arrays are valid TOML (a JSON
+string is a TOML basic string, and a quoted TOML key).
+*/}}
 {{- define "rucat.toml" -}}
 {{- toJson . -}}
+{{- end -}}
+
+{{/* A TOML inline table of strings from a map of strings: { "key" = "value", ... }. */}}
+{{- define "rucat.tomlInlineTable" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s = %s" (include "rucat.toml" $key) (include "rucat.toml" (toString $value))) -}}
+{{- end -}}
+{{- printf "{ %s }" (join ", " $pairs) -}}
 {{- end -}}
