@@ -51,7 +51,7 @@ pub struct Overrides {
     pub platform: Option<String>,
     pub spark_home: Option<PathBuf>,
     pub server: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     pub allow_unauthenticated: Option<bool>,
 }
 
@@ -65,7 +65,7 @@ pub struct FileConfig {
     pub platform: Option<String>,
     pub spark_home: Option<PathBuf>,
     pub server: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     pub allow_unauthenticated: Option<bool>,
     pub local: LocalFile,
     pub kubernetes: KubernetesFile,
@@ -246,7 +246,7 @@ impl Settings {
                 .server
                 .or(file.server)
                 .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
-            token: overrides.token.or(file.token).map(SecretString::from),
+            token: overrides.token.or(file.token),
             allow_unauthenticated: overrides
                 .allow_unauthenticated
                 .or(file.allow_unauthenticated)

@@ -16,6 +16,7 @@ use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::{Engine, EngineId, EngineName, EngineState, SparkConf};
 use rucat::platform::kubernetes::{objects, DriverSpec};
 use rucat::shutdown;
+use secrecy::SecretString;
 
 /// Rucat creates, connects to and manages Spark Connect engines. `rucat serve` runs everything in
 /// one process on SQLite; `rucat server` and `rucat monitor` processes can share one PostgreSQL
@@ -26,8 +27,9 @@ use rucat::shutdown;
 #[derive(Debug, Parser)]
 #[command(name = "rucat", version)]
 struct Cli {
-    /// Configuration file (TOML) with any of the settings below, plus [database], [monitor],
-    /// [local], [kubernetes], [simulated] and [policy] tables (see the README).
+    /// Configuration file (TOML) with any of the settings below, plus [auth] (API tokens, a
+    /// tokens file, [auth.jwt] for OIDC), [quota], [database], [monitor], [local],
+    /// [kubernetes], [simulated] and [policy] tables (see the README).
     #[arg(long, env = "RUCAT_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -77,8 +79,8 @@ enum TokenCommand {
 
 #[derive(Debug, Args)]
 struct RoleArgs {
-    /// REST listen address [default: 127.0.0.1:3000]. Without authentication only loopback
-    /// addresses are accepted.
+    /// REST listen address [default: 127.0.0.1:3000]. Without authentication ([auth] in the
+    /// configuration file) only loopback addresses are accepted.
     #[arg(long, env = "RUCAT_LISTEN", value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Data directory: SQLite file, local engines' work directories and logs [default: ~/.rucat]
@@ -108,7 +110,8 @@ struct RoleArgs {
     #[arg(long, env = "SPARK_HOME", value_name = "DIR")]
     spark_home: Option<PathBuf>,
     /// Let the REST server listen beyond loopback although nothing authenticates its users:
-    /// anyone who reaches the address manages every engine. Only behind a network policy.
+    /// anyone who reaches the address manages every engine. For development behind a network
+    /// policy only; configure [auth] instead.
     #[arg(long, env = "RUCAT_ALLOW_UNAUTHENTICATED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     allow_unauthenticated: Option<bool>,
 }
@@ -119,8 +122,8 @@ struct EngineArgs {
     #[arg(long, env = "RUCAT_SERVER", global = true, value_name = "URL")]
     server: Option<String>,
     /// API token (or OIDC JWT) for the server, sent as Authorization: Bearer
-    #[arg(long, env = "RUCAT_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
+    #[arg(long, env = "RUCAT_TOKEN", global = true, hide_env_values = true, value_parser = secret)]
+    token: Option<SecretString>,
     #[command(subcommand)]
     command: EngineCommand,
 }
@@ -218,6 +221,11 @@ enum EngineCommand {
         #[arg(long)]
         namespace: Option<String>,
     },
+}
+
+/// A credential, held so that it cannot be printed by accident.
+fn secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text.to_owned()))
 }
 
 fn parse_conf(text: &str) -> Result<(String, String), String> {

@@ -390,6 +390,8 @@ async fn jwt_time_claims_and_key_rotation() {
     let rotated = jwt::rsa_key("rsa-2");
     let new_token = sign(&rotated, &claims("erin", json!({})));
     let old_token = sign(&issuer.rsa, &claims("erin", json!({})));
+    // Verified (and remembered) before the rotation.
+    assert_eq!(get(old_token.clone()).await.0, StatusCode::OK);
     assert_eq!(get(new_token.clone()).await.0, StatusCode::UNAUTHORIZED);
     std::fs::write(
         dir.path().join("jwks.json"),

@@ -7,7 +7,7 @@
 //! every refresh interval, and at once, at most every [`MIN_REFETCH`], when a token names a key
 //! id not known yet: the issuer rotated its keys).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -129,11 +129,18 @@ struct Key {
     key: DecodingKey,
 }
 
+/// How many verified JWTs are remembered (by digest) so that a client's repeated requests with
+/// one token cost a hash and a lookup, not a signature check each.
+const CACHE_SIZE: usize = 4096;
+
 /// Verifies JWTs against the issuer's current keys.
 pub struct JwtVerifier {
     config: JwtConfig,
     validation: [Validation; 2],
     keys: RwLock<Arc<Vec<Key>>>,
+    /// Tokens verified with the current keys: their digest, who they name, and their `exp`.
+    /// Emptied whenever the keys change.
+    verified: Mutex<HashMap<[u8; 32], (Identity, i64)>>,
     /// When the keys were last fetched or read (or tried), and the JWKS file's content digest.
     fetched: Mutex<Fetched>,
     http: reqwest::Client,
@@ -167,6 +174,7 @@ impl JwtVerifier {
             config,
             validation,
             keys: RwLock::new(Arc::new(Vec::new())),
+            verified: Mutex::new(HashMap::new()),
             fetched: Mutex::new(Fetched::default()),
             http,
         })
@@ -200,6 +208,11 @@ impl JwtVerifier {
         let count = keys.len();
         info!(keys = count, "JWT signing keys loaded");
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        // A token verified with a key that is gone must be checked again.
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(count)
     }
 
@@ -246,6 +259,34 @@ impl JwtVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let digest = sha256(token.as_bytes());
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(self.config.leeway_secs).unwrap_or(i64::MAX);
+        if let Some((identity, exp)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
+            if now <= exp.saturating_add(leeway) {
+                return Ok(identity.clone());
+            }
+            return Err(AuthError::Expired);
+        }
+        let (identity, exp) = self.verify_signed(token).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= CACHE_SIZE {
+            verified.retain(|_, (_, exp)| now <= exp.saturating_add(leeway));
+            if verified.len() >= CACHE_SIZE {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, (identity.clone(), exp));
+        Ok(identity)
+    }
+
+    /// Checks the token's signature and claims: who it names, and its `exp`.
+    async fn verify_signed(&self, token: &str) -> Result<(Identity, i64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("not a JWT".into()))?;
         let Some(slot) = ALGORITHMS.iter().position(|a| *a == header.alg) else {
@@ -288,7 +329,11 @@ impl JwtVerifier {
                 _ => AuthError::Invalid("malformed JWT".into()),
             })?
             .claims;
-        self.identity(&claims)
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| AuthError::Invalid("the \"exp\" claim is not a whole number".into()))?;
+        Ok((self.identity(&claims)?, exp))
     }
 
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
@@ -311,6 +356,12 @@ impl JwtVerifier {
             role: if admin { Role::Admin } else { Role::User },
         })
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 fn find_key<'a>(
