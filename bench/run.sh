@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
 # Usage: bench/run.sh [claim_latency|get_throughput|engine_start|cas_throughput|
-#                      claim_across_processes|list_due_scaling|kube_requests_per_pass]...
+#                      claim_across_processes|list_due_scaling|kube_requests_per_pass|
+#                      auth_overhead]...
 #                      (default: all)
 # engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
 # (which installs what is missing). cas_throughput, claim_across_processes and list_due_scaling
@@ -16,13 +17,13 @@ cargo build --release -p rucat-bench
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
   benches=(claim_latency get_throughput engine_start cas_throughput claim_across_processes
-    list_due_scaling kube_requests_per_pass)
+    list_due_scaling kube_requests_per_pass auth_overhead)
 fi
 
 for bench in "${benches[@]}"; do
   case "$bench" in
     claim_latency | get_throughput | cas_throughput | claim_across_processes | \
-      list_due_scaling | kube_requests_per_pass)
+      list_due_scaling | kube_requests_per_pass | auth_overhead)
       target/release/"$bench"
       ;;
     engine_start)
@@ -33,7 +34,7 @@ for bench in "${benches[@]}"; do
       target/release/engine_start
       ;;
     *)
-      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes or list_due_scaling)" >&2
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes, list_due_scaling, kube_requests_per_pass or auth_overhead)" >&2
       exit 2
       ;;
   esac

@@ -3,6 +3,8 @@
 //! Benchmarks talk only to 127.0.0.1, bound every loop in count and time, and assert nothing on
 //! timings: they print what they measured.
 
+pub mod http_load;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::str::FromStr;
 use std::time::Duration;

@@ -16,48 +16,28 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use rucat::engine::policy::ConfPolicy;
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::server::{self, ApiContext};
 use rucat::shutdown;
 use rucat::store::sqlite::SqliteStore;
 use rucat::store::Store;
+use rucat_bench::http_load::{load, Error, Round};
 use rucat_bench::{flag, machine_line, median, print_table};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-use tokio::task::JoinSet;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// How long a request may take before the round is abandoned.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The servers, in the order of the table's columns.
 const TARGETS: [&str; 3] = ["bare", "store", "rucat"];
 const BARE: usize = 0;
 const RUCAT: usize = 2;
-
-struct Round {
-    requests: u64,
-    bytes: u64,
-    elapsed: Duration,
-}
-
-impl Round {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-}
 
 fn runtime(name: &str, threads: usize) -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -160,72 +140,6 @@ async fn start_servers(
     Ok(([bare_addr, store_addr, rucat_addr], paths))
 }
 
-/// One connection: requests one at a time until `deadline`. Returns (requests, body bytes).
-async fn connection(
-    addr: SocketAddr,
-    paths: Arc<Vec<String>>,
-    first: usize,
-    step: usize,
-    deadline: Instant,
-) -> Result<(u64, u64), Error> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let conn = tokio::spawn(conn);
-    let (mut requests, mut bytes) = (0u64, 0u64);
-    let mut i = first;
-    while Instant::now() < deadline {
-        let request = Request::get(paths[i % paths.len()].as_str())
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
-        i += step;
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, Error>((status, body.len()))
-        };
-        let (status, len) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| "request timed out")??;
-        if status != StatusCode::OK {
-            return Err(format!("GET answered {status}").into());
-        }
-        requests += 1;
-        bytes += len as u64;
-    }
-    drop(sender);
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    Ok((requests, bytes))
-}
-
-async fn load(
-    addr: SocketAddr,
-    paths: Arc<Vec<String>>,
-    connections: usize,
-    duration: Duration,
-) -> Result<Round, Error> {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = JoinSet::new();
-    for c in 0..connections {
-        tasks.spawn(connection(addr, paths.clone(), c, connections, deadline));
-    }
-    let mut round = Round {
-        requests: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-    };
-    while let Some(joined) = tasks.join_next().await {
-        let (requests, bytes) = joined??;
-        round.requests += requests;
-        round.bytes += bytes;
-    }
-    round.elapsed = started.elapsed();
-    Ok(round)
-}
-
 fn main() -> Result<(), Error> {
     let rounds: usize = flag("rounds", 5);
     let round_secs: f64 = flag("round-secs", 5.0);
@@ -248,6 +162,7 @@ fn main() -> Result<(), Error> {
             paths.clone(),
             connections,
             Duration::from_secs_f64(secs),
+            None,
         ))
     };
 
