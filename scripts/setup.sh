@@ -2,7 +2,10 @@
 # Installs what Rucat needs on a fresh machine, skipping whatever is already there:
 #   - Java 17 (Spark runs on it)
 #   - protoc (the spark-connect-rs client used by the tests compiles Spark Connect's protos)
-#   - Spark, as the `pyspark` package from PyPI in a cached virtualenv
+#   - Spark, as the `pyspark` package from PyPI in a cached virtualenv, with PySpark's own
+#     Spark Connect client (the `connect` extra: grpcio, grpcio-status, googleapis-common-protos,
+#     protobuf, pandas, pyarrow, zstandard) pinned in the same virtualenv, so that
+#     scripts/spark_client.py and `$VENV/bin/pyspark --remote sc://...` work
 #   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
 #     servers of their own to restart under load
 #   - with --k8s-tools (the test suite asks for them; `rucat serve` needs none), the Kubernetes
@@ -70,6 +73,45 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import pyspark' >/dev
   say "installing pyspark $PYSPARK_VERSION into $VENV (large download, cached afterwards)"
   make_venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "pyspark==$PYSPARK_VERSION" >&2
+fi
+
+# PySpark's Spark Connect client (SparkSession.builder.remote(...), `pyspark --remote`): what the
+# `connect` extra of pyspark 4.3.0 asks for (grpcio, grpcio-status >= 1.76.0,
+# googleapis-common-protos >= 1.71.0, zstandard >= 0.25.0, pandas >= 2.2.0, pyarrow >= 18.0.0,
+# numpy >= 1.23.2), pinned; protobuf is pinned to the version pyspark's generated code was made
+# with (6.33.5: older 6.x runtimes refuse to load it). The list is stamped into the virtualenv,
+# so changing it reinstalls; the import check is find_spec only, so a cached run stays fast.
+CONNECT_PACKAGES=("pyspark[connect]==$PYSPARK_VERSION" grpcio==1.76.0 grpcio-status==1.76.0
+  googleapis-common-protos==1.71.0 protobuf==6.33.5 zstandard==0.25.0
+  pandas==2.3.3 pyarrow==22.0.0 numpy==2.3.5)
+if [ "$(cat "$VENV/.rucat-connect-packages" 2>/dev/null)" != "${CONNECT_PACKAGES[*]}" ] ||
+  ! "$VENV/bin/python" -c '
+import sys
+from importlib.util import find_spec
+modules = "grpc grpc_status google.rpc google.protobuf pandas pyarrow zstandard".split()
+sys.exit(any(find_spec(m) is None for m in modules))
+' >/dev/null 2>&1; then
+  say "installing the Spark Connect client packages (${CONNECT_PACKAGES[*]}) into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${CONNECT_PACKAGES[@]}" >&2
+  echo "${CONNECT_PACKAGES[*]}" >"$VENV/.rucat-connect-packages"
+fi
+
+# $VENV/bin/pyspark (pip's copy of Spark's launcher) runs whatever `python3` comes first on PATH,
+# and finds SPARK_HOME with it, which is not this virtualenv's Python unless the virtualenv is
+# activated; so `$VENV/bin/pyspark --remote sc://...` would fail on "No module named 'pyspark'".
+# A line after its shebang makes it default to this virtualenv's Python (PYSPARK_PYTHON still
+# wins). Re-applied whenever pip rewrites the launcher.
+LAUNCHER_MARK="# added by rucat's setup.sh"
+PYSPARK_LAUNCHER_LINE="PYSPARK_PYTHON=\"\${PYSPARK_PYTHON:-$VENV/bin/python}\" $LAUNCHER_MARK"
+if [ -f "$VENV/bin/pyspark" ] && ! grep -qxF "$PYSPARK_LAUNCHER_LINE" "$VENV/bin/pyspark"; then
+  say "making $VENV/bin/pyspark default to $VENV/bin/python"
+  {
+    head -n 1 "$VENV/bin/pyspark"
+    echo "$PYSPARK_LAUNCHER_LINE"
+    tail -n +2 "$VENV/bin/pyspark" | grep -vF "$LAUNCHER_MARK" || true
+  } >"$VENV/bin/pyspark.rucat-tmp"
+  cat "$VENV/bin/pyspark.rucat-tmp" >"$VENV/bin/pyspark"
+  rm -f "$VENV/bin/pyspark.rucat-tmp"
 fi
 
 # The Kubernetes manifest tools. helm-sdkpy declares Python >= 3.12 but works on 3.11 (its

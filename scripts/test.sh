@@ -25,6 +25,17 @@ psql "$RUCAT_TEST_POSTGRES_URL" -qtAc \
     psql "$RUCAT_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$stale\" WITH (FORCE)" >/dev/null || true
   done
 
+# The Python of the Spark virtualenv, with PySpark's Spark Connect client: the proxy tests run
+# scripts/spark_client.py with it.
+export RUCAT_SPARK_PYTHON="${RUCAT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rucat}/spark-${RUCAT_PYSPARK_VERSION:-4.3.0}/bin/python"
+
+# The TLS Spark Connect client the proxy tests run: spark-connect-rs with its `tls` feature makes
+# every endpoint https, so it is its own Cargo project (outside the workspace) with its own
+# target directory (no fight for the workspace's build lock; cached across runs).
+cargo build --release --quiet --locked --manifest-path tools/sc-tls-query/Cargo.toml \
+  --target-dir tools/sc-tls-query/target
+export RUCAT_SC_TLS_QUERY="$PWD/tools/sc-tls-query/target/release/sc-tls-query"
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
