@@ -36,6 +36,8 @@ pub enum InvalidEngine {
     ConfigValueLength { key: String, len: usize },
     #[error("value of config {0:?} holds a control character")]
     ConfigValueCharacters(String),
+    #[error("idle_timeout_minutes {minutes} is not allowed: engines must stop after at most {max} idle minutes (0 would be never)")]
+    IdleTimeout { minutes: u32, max: u32 },
 }
 
 pub const MAX_NAME_LEN: usize = 128;
@@ -212,6 +214,116 @@ pub struct EngineRequest {
     pub version: String,
     #[serde(default)]
     pub configs: SparkConf,
+    /// Minutes without a Spark Connect call after which the engine is stopped; 0: never.
+    /// Absent: the configured default.
+    #[serde(default)]
+    pub idle_timeout_minutes: Option<u32>,
+}
+
+/// The secret an engine's Spark Connect server requires (Spark's pre-shared token), made anew
+/// at every start. Only Rucat knows it: it is never serialized, and prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EngineSecret(String);
+
+impl EngineSecret {
+    /// 256 random bits, base64url.
+    pub fn generate() -> Self {
+        use base64::Engine as _;
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 32];
+        // The system's random source failing is not something a caller could handle; fall
+        // back to a UUID's randomness rather than to no secret.
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        }
+        EngineSecret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// A secret as the store keeps it.
+    pub fn from_stored(text: String) -> Self {
+        EngineSecret(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EngineSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EngineSecret(***)")
+    }
+}
+
+/// Where Spark Connect clients reach engines: the proxy's public address, `sc://HOST:PORT`,
+/// possibly with connection-string parameters (`sc://HOST:PORT/;use_ssl=true`). An engine's
+/// endpoint adds the parameter that routes to it, `x-rucat-engine=<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl(String);
+
+/// The connection-string parameter (and gRPC metadata key) naming the engine.
+pub const ENGINE_PARAMETER: &str = "x-rucat-engine";
+
+impl PublicUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("sc://")
+            .ok_or_else(|| format!("{text:?} is not a Spark Connect address (sc://HOST:PORT)"))?;
+        let (authority, params) = match rest.split_once('/') {
+            Some((authority, params)) => (authority, params),
+            None => (rest, ""),
+        };
+        let port_ok = authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("{text:?} has no HOST:PORT after sc://"));
+        }
+        if !(params.is_empty() || params.starts_with(';')) || params.contains(ENGINE_PARAMETER) {
+            return Err(format!(
+                "{text:?}: parameters go after \"/;\" and must not name the engine"
+            ));
+        }
+        Ok(PublicUrl(text.trim_end_matches('/').to_owned()))
+    }
+
+    /// The connection string of engine `id`.
+    pub fn endpoint(&self, id: &EngineId) -> String {
+        if self.0.contains("/;") {
+            format!("{};{ENGINE_PARAMETER}={id}", self.0)
+        } else {
+            format!("{}/;{ENGINE_PARAMETER}={id}", self.0)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Idle auto-stop limits users choose within: `idle_timeout_minutes` of a create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdleTimeouts {
+    /// What an engine gets when its create names none; 0: never stopped for idleness.
+    pub default_minutes: u32,
+    /// The most a user may ask for; 0: no maximum.
+    pub max_minutes: u32,
+}
+
+impl IdleTimeouts {
+    /// The timeout of a new engine asking for `requested`.
+    pub fn resolve(&self, requested: Option<u32>) -> Result<u32, InvalidEngine> {
+        let minutes = requested.unwrap_or(self.default_minutes);
+        if self.max_minutes > 0 && (minutes == 0 || minutes > self.max_minutes) {
+            return Err(InvalidEngine::IdleTimeout {
+                minutes,
+                max: self.max_minutes,
+            });
+        }
+        Ok(minutes)
+    }
 }
 
 /// An engine as the store keeps it and the API shows it.
@@ -233,6 +345,12 @@ pub struct Engine {
     /// When a monitor should look at the engine next; `None` when nothing is due.
     #[serde(skip)]
     pub next_update_time: Option<DateTime<Utc>>,
+    /// Minutes without a Spark Connect call after which a monitor stops the engine; 0: never.
+    #[serde(default)]
+    pub idle_timeout_minutes: u32,
+    /// What the engine's Spark Connect server requires of its clients (the proxy sends it).
+    #[serde(skip)]
+    pub secret: Option<EngineSecret>,
 }
 
 /// One state change in an engine's history.
@@ -311,6 +429,56 @@ mod tests {
             serde_json::to_value(Actor::User("alice".into())).expect("json"),
             serde_json::json!({"kind": "user", "name": "alice"})
         );
+    }
+
+    #[test]
+    fn public_urls_route_to_the_engine() {
+        let id = EngineId::generate();
+        let plain = PublicUrl::parse("sc://localhost:15002").expect("valid");
+        assert_eq!(
+            plain.endpoint(&id),
+            format!("sc://localhost:15002/;x-rucat-engine={id}")
+        );
+        let tls = PublicUrl::parse("sc://rucat.example.com:443/;use_ssl=true").expect("valid");
+        assert_eq!(
+            tls.endpoint(&id),
+            format!("sc://rucat.example.com:443/;use_ssl=true;x-rucat-engine={id}")
+        );
+        for bad in [
+            "http://x:1",
+            "sc://x",
+            "sc://:1",
+            "sc://x:1/abc",
+            "sc://x:1/;x-rucat-engine=a",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn idle_timeouts_stay_within_the_maximum() {
+        let open = IdleTimeouts::default();
+        assert_eq!(open.resolve(None), Ok(0));
+        assert_eq!(open.resolve(Some(600)), Ok(600));
+        let capped = IdleTimeouts {
+            default_minutes: 30,
+            max_minutes: 120,
+        };
+        assert_eq!(capped.resolve(None), Ok(30));
+        assert_eq!(capped.resolve(Some(120)), Ok(120));
+        assert!(capped.resolve(Some(121)).is_err());
+        assert!(
+            capped.resolve(Some(0)).is_err(),
+            "never is beyond any maximum"
+        );
+    }
+
+    #[test]
+    fn secrets_are_random_and_never_shown() {
+        let a = EngineSecret::generate();
+        assert_ne!(a, EngineSecret::generate());
+        assert_eq!(a.expose().len(), 43);
+        assert_eq!(format!("{a:?}"), "EngineSecret(***)");
     }
 
     #[test]

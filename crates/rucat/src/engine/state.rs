@@ -175,10 +175,13 @@ pub enum MonitorStep {
     Gone,
     /// A `Trigger*` state outlived the trigger timeout: its monitor died, retry.
     TimedOut,
+    /// A Running engine had no Spark Connect call for its idle timeout: stop it, as a user's
+    /// STOP would.
+    IdleStop,
 }
 
 impl MonitorStep {
-    pub const ALL: [MonitorStep; 8] = [
+    pub const ALL: [MonitorStep; 9] = [
         MonitorStep::Claim,
         MonitorStep::Created,
         MonitorStep::CreateFailed,
@@ -187,6 +190,7 @@ impl MonitorStep {
         MonitorStep::DeleteRequested,
         MonitorStep::Gone,
         MonitorStep::TimedOut,
+        MonitorStep::IdleStop,
     ];
 }
 
@@ -201,6 +205,7 @@ pub fn monitor_transition(state: EngineState, step: MonitorStep) -> Option<Engin
         (StartInProgress, Ready) => Some(Running),
         (StartInProgress, Failed) => Some(ErrorWaitToClean),
         (Running, Failed) => Some(ErrorWaitToClean),
+        (Running, IdleStop) => Some(WaitToTerminate),
         (WaitToTerminate, Claim) => Some(TriggerTermination),
         (TriggerTermination, DeleteRequested) => Some(TerminateInProgress),
         (TerminateInProgress, Gone) => Some(Terminated),
@@ -241,6 +246,7 @@ mod tests {
         (StartInProgress, MonitorStep::Ready, Running),
         (StartInProgress, MonitorStep::Failed, ErrorWaitToClean),
         (Running, MonitorStep::Failed, ErrorWaitToClean),
+        (Running, MonitorStep::IdleStop, WaitToTerminate),
         (WaitToTerminate, MonitorStep::Claim, TriggerTermination),
         (
             TriggerTermination,

@@ -23,10 +23,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    tail, Cas, ListQuery, Store, StoreError, Transition, MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE,
+    tail, ActivityReport, Cas, ListQuery, Store, StoreError, Transition, MAX_EVENTS, MAX_KEPT_LOG,
+    MAX_PAGE,
 };
 use crate::engine::quota::{Limits, QuotaExceeded};
-use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineState};
+use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
 
 use EngineState::*;
 
@@ -64,6 +65,8 @@ macro_rules! store_conformance_tests {
             events_record_who_caused_them,
             quotas_hold_under_concurrent_creates,
             quotas_hold_under_concurrent_restarts,
+            secrets_are_kept_and_replaced_by_transitions,
+            activity_adds_up_over_proxies_and_goes_stale,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -98,6 +101,8 @@ pub fn sample_engine(name: &str) -> Engine {
         create_time: now,
         update_time: now,
         next_update_time: None,
+        idle_timeout_minutes: 0,
+        secret: None,
     }
 }
 
@@ -1182,5 +1187,123 @@ pub async fn quotas_hold_under_concurrent_restarts(store: Arc<dyn Store>) {
             .await
             .expect("cancel stop"),
         Cas::Done
+    );
+}
+
+pub async fn secrets_are_kept_and_replaced_by_transitions(store: Arc<dyn Store>) {
+    let store = &*store;
+    let first = EngineSecret::generate();
+    let engine = insert(
+        store,
+        Engine {
+            secret: Some(first.clone()),
+            idle_timeout_minutes: 45,
+            ..sample_engine("keyed")
+        },
+    )
+    .await;
+    let got = get(store, &engine.id).await;
+    assert_eq!(got.secret, Some(first.clone()));
+    assert_eq!(got.idle_timeout_minutes, 45);
+    // A transition without a secret keeps the one the engine has.
+    transition(store, &engine.id, Transition::new(WaitToStart, Terminated)).await;
+    assert_eq!(get(store, &engine.id).await.secret, Some(first.clone()));
+    // One with a secret replaces it (a restart's new start).
+    let second = EngineSecret::generate();
+    transition(
+        store,
+        &engine.id,
+        Transition::new(Terminated, WaitToStart).with_secret(second.clone()),
+    )
+    .await;
+    let got = get(store, &engine.id).await;
+    assert_eq!(got.secret, Some(second));
+    assert_ne!(got.secret, Some(first));
+    // Never in a listing's JSON either.
+    let listed = store.list(&ListQuery::default()).await.expect("list");
+    let json = serde_json::to_string(&listed.engines).expect("json");
+    assert!(
+        !json.contains("\"secret\":") && !json.contains(got.secret.as_ref().expect("s").expose())
+    );
+}
+
+pub async fn activity_adds_up_over_proxies_and_goes_stale(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("busy")).await;
+    let other = insert(store, sample_engine("quiet")).await;
+    let long_ago = now_ms() - TimeDelta::hours(1);
+    assert_eq!(
+        store
+            .activity(&engine.id, long_ago)
+            .await
+            .expect("activity"),
+        super::Activity::default(),
+        "no report: nothing under way, nothing ever ended"
+    );
+    let t1 = now_ms() - TimeDelta::seconds(30);
+    let t2 = now_ms() - TimeDelta::seconds(10);
+    let report = |id: &EngineId, in_flight, last_active| ActivityReport {
+        engine: id.clone(),
+        in_flight,
+        last_active,
+    };
+    store
+        .report_activity("proxy-a", &[report(&engine.id, 2, Some(t1))])
+        .await
+        .expect("report");
+    store
+        .report_activity(
+            "proxy-b",
+            &[report(&engine.id, 1, Some(t2)), report(&other.id, 0, None)],
+        )
+        .await
+        .expect("report");
+    let activity = store
+        .activity(&engine.id, long_ago)
+        .await
+        .expect("activity");
+    assert_eq!(activity.in_flight, 3, "the proxies' calls add up");
+    assert_eq!(
+        activity.last_active,
+        Some(t2),
+        "the latest end over every proxy"
+    );
+    // A proxy's new report replaces its row; an older last_active never moves it back.
+    store
+        .report_activity("proxy-a", &[report(&engine.id, 0, Some(t1))])
+        .await
+        .expect("report");
+    let activity = store
+        .activity(&engine.id, long_ago)
+        .await
+        .expect("activity");
+    assert_eq!(activity.in_flight, 1);
+    assert_eq!(activity.last_active, Some(t2));
+    // Reports older than `fresh_after` no longer count their calls under way.
+    let later = now_ms() + TimeDelta::seconds(1);
+    let activity = store.activity(&engine.id, later).await.expect("activity");
+    assert_eq!(
+        activity.in_flight, 0,
+        "stale reports count nothing under way"
+    );
+    assert_eq!(
+        activity.last_active,
+        Some(t2),
+        "but their last call still ended then"
+    );
+    let quiet = store.activity(&other.id, long_ago).await.expect("activity");
+    assert_eq!(quiet, super::Activity::default());
+    // A removed engine's activity goes with it.
+    transition(store, &engine.id, Transition::new(WaitToStart, Terminated)).await;
+    assert_eq!(
+        store.remove(&engine.id, Terminated).await.expect("remove"),
+        Cas::Done
+    );
+    assert_eq!(
+        store
+            .activity(&engine.id, long_ago)
+            .await
+            .expect("activity"),
+        super::Activity::default()
     );
 }

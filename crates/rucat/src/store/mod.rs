@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::engine::quota::{Limits, QuotaExceeded};
-use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineState};
+use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
 
 /// How many events an engine's history keeps; older ones are dropped.
 pub const MAX_EVENTS: usize = 100;
@@ -79,6 +79,8 @@ pub struct Transition {
     /// When set, the change happens only if it keeps the engine's owner within these limits
     /// (checked atomically with the change; a refusal is [`StoreError::OverQuota`]).
     pub limits: Option<Limits>,
+    /// A new secret for the engine's next start; `None` keeps the one it has.
+    pub secret: Option<EngineSecret>,
 }
 
 impl Transition {
@@ -93,7 +95,14 @@ impl Transition {
             due_by: None,
             actor: None,
             limits: None,
+            secret: None,
         }
+    }
+
+    /// Gives the engine a new secret with the change (see [`Transition::secret`]).
+    pub fn with_secret(mut self, secret: EngineSecret) -> Self {
+        self.secret = Some(secret);
+        self
     }
 
     pub fn by(mut self, actor: Actor) -> Self {
@@ -134,6 +143,24 @@ impl Transition {
         self.message = Some(message.into());
         self
     }
+}
+
+/// What one proxy reports of an engine: its Spark Connect calls under way through that proxy,
+/// and when the last one ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityReport {
+    pub engine: EngineId,
+    pub in_flight: u32,
+    pub last_active: Option<DateTime<Utc>>,
+}
+
+/// An engine's activity, over every proxy that reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Calls under way, summed over the proxies whose reports are fresh.
+    pub in_flight: u32,
+    /// When the last call ended, through any proxy.
+    pub last_active: Option<DateTime<Utc>>,
 }
 
 /// What a user listing asks for.
@@ -198,6 +225,21 @@ pub trait Store: Send + Sync + 'static {
     async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError>;
 
     async fn logs(&self, id: &EngineId) -> Result<Option<String>, StoreError>;
+
+    /// Records what proxy `proxy` saw of these engines (its own row per engine, replaced).
+    async fn report_activity(
+        &self,
+        proxy: &str,
+        reports: &[ActivityReport],
+    ) -> Result<(), StoreError>;
+
+    /// An engine's activity: calls under way per reports made at or after `fresh_after` (a
+    /// proxy that stopped reporting no longer counts), and the last call's end per any report.
+    async fn activity(
+        &self,
+        id: &EngineId,
+        fresh_after: DateTime<Utc>,
+    ) -> Result<Activity, StoreError>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -251,8 +251,8 @@ impl Store for PostgresStore {
         check_limits(&mut tx, &engine.owner, &engine.id, limits, true, activates).await?;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, error, \
-             endpoint, create_time, update_time, next_update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
+             endpoint, create_time, update_time, next_update_time, idle_timeout_minutes, secret) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING seq",
         )
         .bind(engine.id.as_str())
         .bind(&engine.name)
@@ -266,6 +266,8 @@ impl Store for PostgresStore {
         .bind(engine.create_time.timestamp_millis())
         .bind(engine.update_time.timestamp_millis())
         .bind(engine.next_update_time.map(|t| t.timestamp_millis()))
+        .bind(i64::from(engine.idle_timeout_minutes))
+        .bind(engine.secret.as_ref().map(EngineSecret::expose))
         .fetch_one(&mut *tx)
         .await;
         let seq = match inserted {
@@ -340,7 +342,7 @@ impl Store for PostgresStore {
         }
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE engines SET state = $1, error = $2, endpoint = $3, next_update_time = $4, \
-             update_time = $5 WHERE id = $6 AND state = $7 \
+             update_time = $5, secret = coalesce($9, secret) WHERE id = $6 AND state = $7 \
              AND ($8::BIGINT IS NULL OR next_update_time <= $8) RETURNING seq",
         )
         .bind(t.to.as_str())
@@ -351,6 +353,7 @@ impl Store for PostgresStore {
         .bind(id.as_str())
         .bind(t.from.as_str())
         .bind(t.due_by.map(|t| t.timestamp_millis()))
+        .bind(t.secret.as_ref().map(EngineSecret::expose))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(seq) = seq else {
@@ -414,6 +417,10 @@ impl Store for PostgresStore {
             tx.rollback().await?;
             return Ok(cas);
         }
+        sqlx::query("DELETE FROM engine_activity WHERE engine_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Cas::Done)
     }
@@ -480,6 +487,51 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(text)
+    }
+
+    async fn report_activity(
+        &self,
+        proxy: &str,
+        reports: &[ActivityReport],
+    ) -> Result<(), StoreError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().timestamp_millis();
+        let mut tx = self.pool.begin().await?;
+        for report in reports {
+            sqlx::query(
+                "INSERT INTO engine_activity (engine_id, proxy, in_flight, last_active, reported_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (engine_id, proxy) DO UPDATE SET \
+                 in_flight = excluded.in_flight, reported_at = excluded.reported_at, \
+                 last_active = greatest(excluded.last_active, engine_activity.last_active)",
+            )
+            .bind(report.engine.as_str())
+            .bind(without_nul(proxy))
+            .bind(i64::from(report.in_flight))
+            .bind(report.last_active.map(|t| t.timestamp_millis()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn activity(
+        &self,
+        id: &EngineId,
+        fresh_after: DateTime<Utc>,
+    ) -> Result<Activity, StoreError> {
+        let (in_flight, last_active): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT sum(CASE WHEN reported_at >= $1 THEN in_flight ELSE 0 END)::BIGINT, \
+             max(last_active) FROM engine_activity WHERE engine_id = $2",
+        )
+        .bind(fresh_after.timestamp_millis())
+        .bind(id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        activity_from(in_flight, last_active, id.as_str())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

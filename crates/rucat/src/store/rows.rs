@@ -11,12 +11,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::StoreError;
-use crate::engine::{Actor, Engine, EngineId, EngineState};
+use crate::engine::{Actor, Engine, EngineId, EngineSecret, EngineState};
 
 /// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
 pub(super) const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, \
                                          state, error, endpoint, create_time, update_time, \
-                                         next_update_time";
+                                         next_update_time, idle_timeout_minutes, secret";
 
 /// The page size of a listing that asks for none.
 pub(super) const DEFAULT_PAGE: u32 = 50;
@@ -73,7 +73,16 @@ where
         .map_err(|e| corrupt(&id, format_args!("column configs: {e}")))?;
     let state: String = column(row, &id, "state")?;
     let next_update_time: Option<i64> = column(row, &id, "next_update_time")?;
+    let idle_timeout_minutes: i64 = column(row, &id, "idle_timeout_minutes")?;
+    let secret: Option<String> = column(row, &id, "secret")?;
     Ok(Engine {
+        idle_timeout_minutes: u32::try_from(idle_timeout_minutes).map_err(|_| {
+            corrupt(
+                &id,
+                format_args!("idle_timeout_minutes {idle_timeout_minutes} is out of range"),
+            )
+        })?,
+        secret: secret.map(EngineSecret::from_stored),
         name: column(row, &id, "name")?,
         owner: column(row, &id, "owner")?,
         engine_type: column(row, &id, "engine_type")?,
@@ -163,6 +172,21 @@ where
             })
             .transpose()?,
     }))
+}
+
+/// Reads `(in_flight sum over fresh reports, max last_active)` as the activity query returns
+/// them (both may be NULL when there is no report).
+pub(super) fn activity_from(
+    in_flight: Option<i64>,
+    last_active: Option<i64>,
+    id: &str,
+) -> Result<super::Activity, StoreError> {
+    Ok(super::Activity {
+        in_flight: in_flight.map(count).unwrap_or(0),
+        last_active: last_active
+            .map(|ms| time_from(id, "last_active", ms))
+            .transpose()?,
+    })
 }
 
 /// An owner's engines other than one (`$1` the owner, `$2` the engine's id): how many in all,

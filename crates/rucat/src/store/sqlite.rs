@@ -221,8 +221,8 @@ impl Store for SqliteStore {
         check_limits(&mut tx, &engine.owner, &engine.id, limits, true, activates).await?;
         let inserted = sqlx::query(
             "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, error, \
-             endpoint, create_time, update_time, next_update_time) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             endpoint, create_time, update_time, next_update_time, idle_timeout_minutes, secret) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(engine.id.as_str())
         .bind(&engine.name)
@@ -236,6 +236,8 @@ impl Store for SqliteStore {
         .bind(engine.create_time.timestamp_millis())
         .bind(engine.update_time.timestamp_millis())
         .bind(engine.next_update_time.map(|t| t.timestamp_millis()))
+        .bind(i64::from(engine.idle_timeout_minutes))
+        .bind(engine.secret.as_ref().map(EngineSecret::expose))
         .execute(&mut *tx)
         .await;
         let seq = match inserted {
@@ -309,13 +311,14 @@ impl Store for SqliteStore {
         }
         let seq: Option<i64> = sqlx::query_scalar(
             "UPDATE engines SET state = ?, error = ?, endpoint = ?, next_update_time = ?, \
-             update_time = ? WHERE id = ? AND state = ? \
+             secret = coalesce(?, secret), update_time = ? WHERE id = ? AND state = ? \
              AND (? IS NULL OR next_update_time <= ?) RETURNING seq",
         )
         .bind(t.to.as_str())
         .bind(t.error.as_deref())
         .bind(t.endpoint.as_deref())
         .bind(t.next_update_time.map(|t| t.timestamp_millis()))
+        .bind(t.secret.as_ref().map(EngineSecret::expose))
         .bind(now.timestamp_millis())
         .bind(id.as_str())
         .bind(t.from.as_str())
@@ -382,6 +385,10 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(cas);
         }
+        sqlx::query("DELETE FROM engine_activity WHERE engine_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Cas::Done)
     }
@@ -449,6 +456,52 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(text)
+    }
+
+    async fn report_activity(
+        &self,
+        proxy: &str,
+        reports: &[ActivityReport],
+    ) -> Result<(), StoreError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now().timestamp_millis();
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        for report in reports {
+            sqlx::query(
+                "INSERT INTO engine_activity (engine_id, proxy, in_flight, last_active, reported_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (engine_id, proxy) DO UPDATE SET \
+                 in_flight = excluded.in_flight, reported_at = excluded.reported_at, \
+                 last_active = max(coalesce(excluded.last_active, 0), \
+                                   coalesce(engine_activity.last_active, 0))",
+            )
+            .bind(report.engine.as_str())
+            .bind(proxy)
+            .bind(i64::from(report.in_flight))
+            .bind(report.last_active.map(|t| t.timestamp_millis()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn activity(
+        &self,
+        id: &EngineId,
+        fresh_after: DateTime<Utc>,
+    ) -> Result<Activity, StoreError> {
+        let (in_flight, last_active): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT sum(CASE WHEN reported_at >= ? THEN in_flight ELSE 0 END), \
+             max(nullif(last_active, 0)) FROM engine_activity WHERE engine_id = ?",
+        )
+        .bind(fresh_after.timestamp_millis())
+        .bind(id.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        activity_from(in_flight, last_active, id.as_str())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
