@@ -28,7 +28,6 @@ use rsa::traits::PublicKeyParts;
 use rucat::auth::jwt::{JwksSource, JwtConfig, JwtVerifier};
 use rucat::auth::token::{self, TokenEntry, TokenHash};
 use rucat::auth::{AuthConfig, Authenticator, Role};
-use rucat::engine::policy::ConfPolicy;
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::server::{self, ApiContext};
 use rucat::shutdown;
@@ -74,6 +73,8 @@ fn seed_engine(i: usize) -> Engine {
         create_time: now,
         update_time: now,
         next_update_time: None,
+        idle_timeout_minutes: 0,
+        secret: None,
     }
 }
 
@@ -196,12 +197,8 @@ async fn start_servers(
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(listener.local_addr()?);
         let context = ApiContext {
-            store: store.clone(),
             auth: Arc::new(Authenticator::new(&config).await?),
-            policy: Arc::new(ConfPolicy::default()),
-            quotas: Arc::default(),
-            versions: Arc::new(vec!["4.3.0".to_owned()]),
-            live_logs: None,
+            ..ApiContext::new(store.clone(), vec!["4.3.0".to_owned()])
         };
         tokio::spawn(server::serve(listener, context, shutdown.clone()));
     }

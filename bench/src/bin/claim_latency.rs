@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rucat::engine::policy::ConfPolicy;
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
 use rucat::platform::memory::MemoryPlatform;
@@ -190,14 +189,7 @@ async fn main() -> Result<(), Error> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let context = ApiContext {
-        store: store.clone(),
-        auth: Arc::new(rucat::auth::Authenticator::disabled()),
-        policy: Arc::new(ConfPolicy::default()),
-        quotas: Arc::default(),
-        versions: Arc::new(vec![VERSION.to_owned()]),
-        live_logs: None,
-    };
+    let context = ApiContext::new(store.clone(), vec![VERSION.to_owned()]);
     let (trigger, shutdown) = shutdown::channel();
     let server = tokio::spawn(server::serve(listener, context, shutdown.clone()));
     let monitor = tokio::spawn(Monitor::new(store.clone(), platform, config).run(shutdown));

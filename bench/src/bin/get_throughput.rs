@@ -23,7 +23,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use hyper::StatusCode;
-use rucat::engine::policy::ConfPolicy;
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::server::{self, ApiContext};
 use rucat::shutdown;
@@ -65,6 +64,8 @@ fn seed_engine(i: usize) -> Engine {
         create_time: now,
         update_time: now,
         next_update_time: None,
+        idle_timeout_minutes: 0,
+        secret: None,
     }
 }
 
@@ -128,14 +129,7 @@ async fn start_servers(
 
     let rucat_listener = TcpListener::bind("127.0.0.1:0").await?;
     let rucat_addr = rucat_listener.local_addr()?;
-    let context = ApiContext {
-        store,
-        auth: Arc::new(rucat::auth::Authenticator::disabled()),
-        policy: Arc::new(ConfPolicy::default()),
-        quotas: Arc::default(),
-        versions: Arc::new(vec!["4.3.0".to_owned()]),
-        live_logs: None,
-    };
+    let context = ApiContext::new(store, vec!["4.3.0".to_owned()]);
     tokio::spawn(server::serve(rucat_listener, context, shutdown));
     Ok(([bare_addr, store_addr, rucat_addr], paths))
 }

@@ -15,6 +15,7 @@ use crate::platform::kubernetes::KubernetesPlatform;
 use crate::platform::local::LocalPlatform;
 use crate::platform::simulated::SimulatedPlatform;
 use crate::platform::{Platform, PlatformError};
+use crate::proxy::{Proxy, ProxyError};
 use crate::retry::Backoff;
 use crate::server::{self, ApiContext};
 use crate::shutdown::Shutdown;
@@ -34,6 +35,10 @@ pub enum AppError {
     NotLoopback(SocketAddr),
     #[error("cannot set up authentication: {0}")]
     Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("invalid setting {name}: {message}")]
+    Setting { name: &'static str, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -55,20 +60,29 @@ pub enum AppError {
 pub struct Roles {
     pub server: bool,
     pub monitor: bool,
+    pub proxy: bool,
 }
 
 impl Roles {
     pub const ALL: Roles = Roles {
         server: true,
         monitor: true,
+        proxy: true,
     };
     pub const SERVER: Roles = Roles {
         server: true,
         monitor: false,
+        proxy: false,
     };
     pub const MONITOR: Roles = Roles {
         server: false,
         monitor: true,
+        proxy: false,
+    };
+    pub const PROXY: Roles = Roles {
+        server: false,
+        monitor: false,
+        proxy: true,
     };
 }
 
@@ -96,10 +110,39 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, AppError> {
     }
 }
 
+/// The platform engines run on, and the Spark versions it offers.
+async fn open_platform(settings: &Settings) -> Result<(Arc<dyn Platform>, Vec<String>), AppError> {
+    Ok(match settings.platform {
+        PlatformKind::Local => {
+            let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;
+            let platform = LocalPlatform::new(
+                spark_home,
+                settings.data_dir.clone(),
+                settings.local_master.clone(),
+            )?;
+            let versions = vec![platform.version().to_owned()];
+            (Arc::new(platform), versions)
+        }
+        PlatformKind::Kubernetes => {
+            let platform = KubernetesPlatform::connect(settings.kubernetes.clone()).await?;
+            let versions = platform.versions().to_vec();
+            (Arc::new(platform), versions)
+        }
+        PlatformKind::Simulated => {
+            let platform = SimulatedPlatform::new(&settings.data_dir, settings.simulated.clone())?;
+            warn!("platform \"simulated\": engines run nowhere; creates and deletes are only written down");
+            let versions = platform.versions().to_vec();
+            (Arc::new(platform), versions)
+        }
+    })
+}
+
 pub struct Application {
     listener: Option<TcpListener>,
     context: Option<ApiContext>,
     monitor: Option<Monitor>,
+    proxy: Option<Proxy>,
+    auth: Option<Arc<Authenticator>>,
 }
 
 /// Creates the data directory, readable by Rucat's user only (it holds the SQLite store and the
@@ -120,34 +163,29 @@ impl Application {
     pub async fn build(settings: &Settings, roles: Roles) -> Result<Self, AppError> {
         create_data_dir(&settings.data_dir)?;
         let store = open_store(settings).await?;
-        let (platform, versions): (Arc<dyn Platform>, Vec<String>) = match settings.platform {
-            PlatformKind::Local => {
-                let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;
-                let platform = LocalPlatform::new(
-                    spark_home,
-                    settings.data_dir.clone(),
-                    settings.local_master.clone(),
-                )?;
-                let versions = vec![platform.version().to_owned()];
-                (Arc::new(platform), versions)
-            }
-            PlatformKind::Kubernetes => {
-                let platform = KubernetesPlatform::connect(settings.kubernetes.clone()).await?;
-                let versions = platform.versions().to_vec();
-                (Arc::new(platform), versions)
-            }
-            PlatformKind::Simulated => {
-                let platform =
-                    SimulatedPlatform::new(&settings.data_dir, settings.simulated.clone())?;
-                warn!("platform \"simulated\": engines run nowhere; creates and deletes are only written down");
-                let versions = platform.versions().to_vec();
-                (Arc::new(platform), versions)
-            }
+        // The proxy needs no platform: it reaches engines at the address the store records.
+        let (platform, versions) = if roles.server || roles.monitor {
+            let (platform, versions) = open_platform(settings).await?;
+            (Some(platform), versions)
+        } else {
+            (None, Vec::new())
         };
-        info!(store = %settings.database_url, versions = ?versions, "store and platform ready");
+        info!(store = %settings.database_url, versions = ?versions, roles = ?roles, "store and platform ready");
 
-        let (listener, context) = if roles.server {
-            let auth = Arc::new(Authenticator::new(&settings.auth).await?);
+        let auth = if roles.server || roles.proxy {
+            Some(Arc::new(Authenticator::new(&settings.auth).await?))
+        } else {
+            None
+        };
+        let (listener, context) = if let (true, Some(auth)) = (roles.server, &auth) {
+            let auth = Arc::clone(auth);
+            let public_url = settings
+                .proxy
+                .public_url()
+                .map_err(|message| AppError::Setting {
+                    name: "proxy.public_url",
+                    message,
+                })?;
             let loopback = settings.listen.ip().is_loopback();
             if !loopback && !auth.is_enabled() && !settings.allow_unauthenticated {
                 return Err(AppError::NotLoopback(settings.listen));
@@ -173,21 +211,37 @@ impl Application {
                 auth,
                 policy: Arc::new(settings.policy.clone()),
                 quotas: Arc::new(settings.quotas.clone()),
+                public_url: Arc::new(public_url),
+                idle: settings.idle,
                 versions: Arc::new(versions),
-                live_logs: Some(platform.clone()),
+                live_logs: platform.clone(),
             };
             (Some(listener), Some(context))
         } else {
             (None, None)
         };
-        let monitor = roles
-            .monitor
-            .then(|| Monitor::new(store, platform, settings.monitor.clone()));
+        let proxy = match (roles.proxy, &auth) {
+            (true, Some(auth)) => {
+                Some(Proxy::bind(settings.proxy.clone(), store.clone(), Arc::clone(auth)).await?)
+            }
+            _ => None,
+        };
+        let monitor = match (roles.monitor, platform) {
+            (true, Some(platform)) => Some(Monitor::new(store, platform, settings.monitor.clone())),
+            _ => None,
+        };
         Ok(Application {
             listener,
             context,
             monitor,
+            proxy,
+            auth,
         })
+    }
+
+    /// The address the Spark Connect proxy listens on (with the real port when 0 was asked for).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().and_then(Proxy::local_addr)
     }
 
     /// The address the REST server listens on (with the real port when 0 was asked for).
@@ -201,9 +255,14 @@ impl Application {
         let monitor = self
             .monitor
             .map(|monitor| tokio::spawn(monitor.run(shutdown.clone())));
+        if let Some(auth) = &self.auth {
+            auth.spawn_reloads(shutdown.clone());
+        }
+        let proxy = self
+            .proxy
+            .map(|proxy| tokio::spawn(proxy.run(shutdown.clone())));
         let served = match (self.listener, self.context) {
             (Some(listener), Some(context)) => {
-                context.auth.spawn_reloads(shutdown.clone());
                 if let Ok(addr) = listener.local_addr() {
                     info!(%addr, "REST API listening");
                 }
@@ -219,6 +278,11 @@ impl Application {
         if let Some(monitor) = monitor {
             if let Err(error) = monitor.await {
                 warn!(%error, "monitor task ended abnormally");
+            }
+        }
+        if let Some(proxy) = proxy {
+            if let Err(error) = proxy.await {
+                warn!(%error, "proxy task ended abnormally");
             }
         }
         served

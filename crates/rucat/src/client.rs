@@ -76,6 +76,17 @@ struct Events {
     events: Vec<EngineEvent>,
 }
 
+/// A new engine.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub version: String,
+    pub configs: BTreeMap<String, String>,
+    /// Minutes without a Spark Connect call before it is stopped (0: never; `None`: the
+    /// server's default).
+    pub idle_timeout_minutes: Option<u32>,
+}
+
 /// What a listing asks for; every field may be left out.
 #[derive(Debug, Clone, Default)]
 pub struct ListRequest {
@@ -183,8 +194,22 @@ impl Client {
         version: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<String, ClientError> {
-        let body =
-            json!({"name": name, "engine_type": "Spark", "version": version, "configs": configs});
+        self.create_with(&CreateRequest {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            configs: configs.clone(),
+            idle_timeout_minutes: None,
+        })
+        .await
+    }
+
+    /// Asks for a Spark engine; its id.
+    pub async fn create_with(&self, request: &CreateRequest) -> Result<String, ClientError> {
+        let mut body = json!({"name": request.name, "engine_type": "Spark",
+                              "version": request.version, "configs": request.configs});
+        if let Some(minutes) = request.idle_timeout_minutes {
+            body["idle_timeout_minutes"] = json!(minutes);
+        }
         let created: Created = self.call_some(Method::POST, "/engines", Some(body)).await?;
         Ok(created.id)
     }

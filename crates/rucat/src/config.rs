@@ -12,9 +12,12 @@ use serde::Deserialize;
 use crate::auth::{AuthConfig, AuthFile};
 use crate::engine::policy::ConfPolicy;
 use crate::engine::quota::Quotas;
+use crate::engine::{IdleTimeouts, PublicUrl};
 use crate::monitor::MonitorConfig;
 use crate::platform::kubernetes::{KubernetesConfig, NetworkPolicyConfig};
 use crate::platform::simulated::SimulatedConfig;
+use crate::proxy::tls::TlsFiles;
+use crate::proxy::{ProxyConfig, ProxyFile};
 use crate::store::{DatabaseUrl, StoreOptions};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -45,6 +48,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub proxy_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     pub database_max_connections: Option<u32>,
@@ -75,6 +79,8 @@ pub struct FileConfig {
     pub policy: Option<ConfPolicy>,
     pub auth: AuthFile,
     pub quota: Quotas,
+    pub proxy: ProxyFile,
+    pub idle: IdleTimeouts,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -133,6 +139,8 @@ pub struct MonitorFile {
     pub health_check_interval_ms: Option<u64>,
     pub orphan_scan_interval_ms: Option<u64>,
     pub concurrency: Option<usize>,
+    pub idle_minute_ms: Option<u64>,
+    pub activity_stale_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +170,8 @@ pub struct Settings {
     pub policy: ConfPolicy,
     pub auth: AuthConfig,
     pub quotas: Quotas,
+    pub proxy: ProxyConfig,
+    pub idle: IdleTimeouts,
     pub server: String,
     pub token: Option<SecretString>,
     /// Whether the REST server may listen beyond loopback although nothing authenticates its
@@ -225,6 +235,22 @@ impl Settings {
             name: "auth",
             message,
         })?;
+        let proxy = proxy_config(overrides.proxy_listen, &file.proxy)?;
+        if file.idle.max_minutes > 0 && file.idle.default_minutes > file.idle.max_minutes {
+            return Err(invalid(
+                "idle.default_minutes",
+                format!(
+                    "{} is above idle.max_minutes ({})",
+                    file.idle.default_minutes, file.idle.max_minutes
+                ),
+            ));
+        }
+        if file.idle.max_minutes > 0 && file.idle.default_minutes == 0 {
+            return Err(invalid(
+                "idle.default_minutes",
+                "must be set (1 or more) when idle.max_minutes is: 0 would be never",
+            ));
+        }
         Ok(Settings {
             listen,
             data_dir,
@@ -242,6 +268,8 @@ impl Settings {
             policy: file.policy.unwrap_or_default(),
             auth,
             quotas: file.quota,
+            proxy,
+            idle: file.idle,
             server: overrides
                 .server
                 .or(file.server)
@@ -521,6 +549,50 @@ fn kubernetes_config(file: &KubernetesFile) -> Result<KubernetesConfig, ConfigEr
     })
 }
 
+fn proxy_config(listen: Option<String>, file: &ProxyFile) -> Result<ProxyConfig, ConfigError> {
+    let defaults = ProxyConfig::default();
+    let listen_text = listen
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| crate::proxy::DEFAULT_LISTEN.to_owned());
+    let listen = listen_text.parse().map_err(|_| {
+        invalid(
+            "proxy.listen",
+            format!("{listen_text:?} is not HOST:PORT, e.g. 127.0.0.1:15002"),
+        )
+    })?;
+    let public_url = file
+        .public_url
+        .as_deref()
+        .map(PublicUrl::parse)
+        .transpose()
+        .map_err(|message| invalid("proxy.public_url", message))?;
+    let tls = match (&file.tls_cert, &file.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "proxy.tls_cert",
+                "tls_cert and tls_key go together",
+            ))
+        }
+    };
+    Ok(ProxyConfig {
+        listen,
+        public_url,
+        tls,
+        allow_plaintext: file.allow_plaintext.unwrap_or(false),
+        activity_interval: millis(
+            "proxy.activity_interval_ms",
+            file.activity_interval_ms,
+            defaults.activity_interval,
+        )?,
+        ..defaults
+    })
+}
+
 fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
     let defaults = MonitorConfig::default();
     Ok(MonitorConfig {
@@ -553,6 +625,16 @@ fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
             "monitor.orphan_scan_interval_ms",
             file.orphan_scan_interval_ms,
             defaults.orphan_scan_interval,
+        )?,
+        idle_minute: millis(
+            "monitor.idle_minute_ms",
+            file.idle_minute_ms,
+            defaults.idle_minute,
+        )?,
+        activity_stale: millis(
+            "monitor.activity_stale_ms",
+            file.activity_stale_ms,
+            defaults.activity_stale,
         )?,
         concurrency: match file.concurrency {
             Some(0) => {

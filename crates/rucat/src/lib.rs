@@ -11,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod monitor;
 pub mod platform;
+pub mod proxy;
 pub mod retry;
 pub mod server;
 pub mod shutdown;

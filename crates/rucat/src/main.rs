@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use rucat::app::{Application, Roles};
 use rucat::auth::token::{self, TokenEntry};
 use rucat::auth::Role;
-use rucat::client::{Client, ClientError, ListRequest};
+use rucat::client::{Client, ClientError, CreateRequest, ListRequest};
 use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::{Engine, EngineId, EngineName, EngineState, SparkConf};
 use rucat::platform::kubernetes::{objects, DriverSpec};
@@ -39,13 +39,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The embedded default: REST server and monitor in one process, SQLite under the data
-    /// directory, engines on the local platform.
+    /// The embedded default: REST server, monitor and Spark Connect proxy in one process, SQLite
+    /// under the data directory, engines on the local platform.
     Serve(RoleArgs),
     /// The REST server alone (for several servers and monitors sharing one store).
     Server(RoleArgs),
     /// The monitor alone: drives engines through their states on the platform.
     Monitor(RoleArgs),
+    /// The Spark Connect proxy alone: the one address clients connect to (see [proxy]).
+    Proxy(RoleArgs),
     /// Manage engines through a Rucat server.
     Engine(EngineArgs),
     /// Make API tokens (an operator's command; it needs no server).
@@ -83,6 +85,10 @@ struct RoleArgs {
     /// configuration file) only loopback addresses are accepted.
     #[arg(long, env = "RUCAT_LISTEN", value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// Spark Connect proxy listen address [default: 127.0.0.1:15002]. Plaintext only on
+    /// loopback unless [proxy] allow_plaintext; TLS with [proxy] tls_cert and tls_key.
+    #[arg(long, env = "RUCAT_PROXY_LISTEN", value_name = "HOST:PORT")]
+    proxy_listen: Option<String>,
     /// Data directory: SQLite file, local engines' work directories and logs [default: ~/.rucat]
     #[arg(long, env = "RUCAT_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -149,6 +155,10 @@ enum EngineCommand {
     Create {
         #[command(flatten)]
         request: RequestArgs,
+        /// Stop the engine after this many minutes without a Spark Connect call (0: never)
+        /// [default: the server's]
+        #[arg(long, value_name = "MINUTES")]
+        idle_timeout_minutes: Option<u32>,
         /// Wait until the engine is Running and print its sc:// endpoint
         #[arg(long)]
         wait: bool,
@@ -205,8 +215,14 @@ enum EngineCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
-    /// Print the Spark Connect address of a running engine.
-    Connect { id: String },
+    /// Print the Spark Connect connection string of a running engine (through the proxy).
+    Connect {
+        id: String,
+        /// Add the client's credential (--token, RUCAT_TOKEN) as ;token=, so that the string
+        /// works as printed (it then holds a secret: mind where it goes)
+        #[arg(long)]
+        with_token: bool,
+    },
     /// Print the Kubernetes objects (driver pod and headless Service) the kubernetes platform
     /// would create for this engine request, from the configuration file's [kubernetes] and
     /// [policy] tables, without creating anything. Refuses what the server would refuse.
@@ -291,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => run_roles(args, file, Roles::ALL).await,
         Command::Server(args) => run_roles(args, file, Roles::SERVER).await,
         Command::Monitor(args) => run_roles(args, file, Roles::MONITOR).await,
+        Command::Proxy(args) => run_roles(args, file, Roles::PROXY).await,
         Command::Token(TokenArgs {
             command: TokenCommand::Create { user, admin, json },
         }) => create_token(user, admin, json),
@@ -314,7 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return render(&settings, request, id, namespace).await;
             }
             let client = Client::new(&settings.server, settings.token.clone());
-            engine_command(&client, args.command).await
+            engine_command(&client, settings.token.clone(), args.command).await
         }
     }
 }
@@ -324,6 +341,7 @@ async fn run_roles(args: RoleArgs, file: FileConfig, roles: Roles) -> anyhow::Re
     let settings = Settings::resolve(
         Overrides {
             listen: args.listen,
+            proxy_listen: args.proxy_listen,
             data_dir: args.data_dir,
             database_url: args.database_url,
             database_max_connections: args.database_max_connections,
@@ -455,17 +473,27 @@ async fn kube_namespace() -> String {
     }
 }
 
-async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Result<()> {
+async fn engine_command(
+    client: &Client,
+    token: Option<SecretString>,
+    command: EngineCommand,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         EngineCommand::Create {
             request,
+            idle_timeout_minutes,
             wait,
             timeout,
         } => {
             let configs: BTreeMap<String, String> = request.configs.into_iter().collect();
             let id = client
-                .create(&request.name, &request.engine_version, &configs)
+                .create_with(&CreateRequest {
+                    name: request.name,
+                    version: request.engine_version,
+                    configs,
+                    idle_timeout_minutes,
+                })
                 .await?;
             writeln!(out, "{id}")?;
             if wait {
@@ -567,10 +595,19 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             wait_for(client, &id, state, timeout, &mut out).await?;
         }
         EngineCommand::Render { .. } => bail!("render is handled before connecting"),
-        EngineCommand::Connect { id } => {
+        EngineCommand::Connect { id, with_token } => {
             let engine = client.get(&id).await?;
             match (engine.state, engine.endpoint) {
-                (EngineState::Running, Some(endpoint)) => writeln!(out, "{endpoint}")?,
+                (EngineState::Running, Some(endpoint)) => match (with_token, token) {
+                    (true, Some(token)) => {
+                        use secrecy::ExposeSecret;
+                        writeln!(out, "{endpoint};token={}", token.expose_secret())?
+                    }
+                    (true, None) => {
+                        bail!("--with-token needs a credential: pass --token or set RUCAT_TOKEN")
+                    }
+                    (false, _) => writeln!(out, "{endpoint}")?,
+                },
                 (state, _) => {
                     bail!("engine {id} is {state}, not Running: no endpoint to connect to")
                 }

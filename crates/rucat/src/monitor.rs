@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::engine::state::monitor_transition;
-use crate::engine::{Actor, Engine, EngineId, EngineState, MonitorStep};
+use crate::engine::{Actor, Engine, EngineId, EngineSecret, EngineState, MonitorStep};
 use crate::platform::{Platform, PlatformError, ResourceState};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
@@ -41,6 +41,11 @@ pub struct MonitorConfig {
     pub batch: u32,
     /// The name this monitor records in the events it causes (default: host name and pid).
     pub name: String,
+    /// How long one minute of an engine's `idle_timeout_minutes` lasts (a minute; tests
+    /// shorten it).
+    pub idle_minute: Duration,
+    /// A proxy's report of calls under way older than this no longer counts (the proxy died).
+    pub activity_stale: Duration,
 }
 
 /// `HOST-PID`: on Kubernetes the host name is the pod's name.
@@ -65,6 +70,8 @@ impl Default for MonitorConfig {
             concurrency: 16,
             batch: 256,
             name: default_name(),
+            idle_minute: Duration::from_secs(60),
+            activity_stale: Duration::from_secs(30),
         }
     }
 }
@@ -342,22 +349,43 @@ impl Monitor {
     /// Claims a `WaitTo*` engine for this monitor until the trigger timeout. Returns the claimed
     /// (`Trigger*`) state, or `None` when another actor got there first.
     async fn claim(&self, engine: &Engine) -> Result<Option<EngineState>, MonitorError> {
+        self.claim_with(engine, None).await
+    }
+
+    /// [`Monitor::claim`], giving the engine `secret` with the claim when there is one.
+    async fn claim_with(
+        &self,
+        engine: &Engine,
+        secret: Option<EngineSecret>,
+    ) -> Result<Option<EngineState>, MonitorError> {
         let Some(claimed) = monitor_transition(engine.state, MonitorStep::Claim) else {
             return Ok(None);
         };
         let claim_until = later(self.inner.config.trigger_timeout);
         let won = self
             .advance(engine, engine.state, MonitorStep::Claim, |t| {
-                t.due_at(claim_until)
+                let t = t.due_at(claim_until);
+                match secret {
+                    Some(secret) => t.with_secret(secret),
+                    None => t,
+                }
             })
             .await?;
         Ok(won.then_some(claimed))
     }
 
     async fn start(&self, engine: &Engine) -> Result<Next, MonitorError> {
-        let Some(claimed) = self.claim(engine).await? else {
+        // Every start has a secret (the server makes one at create and restart; an engine
+        // recorded before secrets existed gets one with its claim).
+        let mut engine = engine.clone();
+        let secret = engine.secret.is_none().then(EngineSecret::generate);
+        let Some(claimed) = self.claim_with(&engine, secret.clone()).await? else {
             return Ok(None);
         };
+        if secret.is_some() {
+            engine.secret = secret;
+        }
+        let engine = &engine;
         match self.inner.platform.create(engine).await {
             Ok(()) => {
                 let advanced = self
@@ -417,6 +445,20 @@ impl Monitor {
     }
 
     async fn check_running(&self, engine: &Engine) -> Result<Next, MonitorError> {
+        if let Some(idle) = self.idle_for(engine).await? {
+            let minutes = engine.idle_timeout_minutes;
+            let advanced = self
+                .advance(engine, engine.state, MonitorStep::IdleStop, |t| {
+                    t.due_at(Utc::now()).with_message(format!(
+                        "stopped after {minutes} idle minute(s): no Spark Connect call for {idle:?}"
+                    ))
+                })
+                .await?;
+            if advanced {
+                info!(engine = %engine.id, ?idle, "engine stopped for idleness");
+            }
+            return Ok(advanced.then(Utc::now));
+        }
         let failure = match self.inner.platform.state(engine).await? {
             // Serving, or alive but briefly not answering: look again later.
             ResourceState::Running { .. } | ResourceState::Starting => {
@@ -428,6 +470,30 @@ impl Monitor {
             ResourceState::Gone => "the engine's resource disappeared while running".to_owned(),
         };
         self.fail(engine, failure).await
+    }
+
+    /// How long a Running engine with an idle timeout has been idle, when that is past its
+    /// timeout: no call under way through any proxy, and none ended (nor the engine started)
+    /// for that long.
+    async fn idle_for(&self, engine: &Engine) -> Result<Option<Duration>, MonitorError> {
+        if engine.idle_timeout_minutes == 0 {
+            return Ok(None);
+        }
+        let config = &self.inner.config;
+        let now = Utc::now();
+        let fresh_after = now
+            - chrono::Duration::from_std(config.activity_stale).unwrap_or(chrono::Duration::MAX);
+        let activity = self.inner.store.activity(&engine.id, fresh_after).await?;
+        if activity.in_flight > 0 {
+            return Ok(None);
+        }
+        // Idle since the last call ended, or since the engine runs (its last update).
+        let since = activity
+            .last_active
+            .map_or(engine.update_time, |last| last.max(engine.update_time));
+        let idle = (now - since).to_std().unwrap_or_default();
+        let timeout = config.idle_minute * engine.idle_timeout_minutes;
+        Ok((idle >= timeout).then_some(idle))
     }
 
     async fn fail(&self, engine: &Engine, message: String) -> Result<Next, MonitorError> {

@@ -20,8 +20,8 @@ use super::ApiContext;
 use crate::auth::Identity;
 use crate::engine::state::{user_transition, CREATED};
 use crate::engine::{
-    Actor, Engine, EngineEvent, EngineId, EngineRequest, EngineState, EngineType, SparkConf,
-    UserOp, UserTarget,
+    Actor, Engine, EngineEvent, EngineId, EngineRequest, EngineSecret, EngineState, EngineType,
+    SparkConf, UserOp, UserTarget,
 };
 use crate::store::{Cas, ListQuery, Transition, MAX_KEPT_LOG};
 
@@ -51,6 +51,17 @@ async fn load(context: &ApiContext, caller: &Identity, id: &str) -> Result<Engin
         Some(engine) if caller.may_use(&engine.owner) => Ok(engine),
         _ => Err(not_found(id.as_str())),
     }
+}
+
+/// The engine as users see it: reachable at the proxy's public address (never at its own), and
+/// without its secret (which is never serialized anyway).
+fn shown(context: &ApiContext, mut engine: Engine) -> Engine {
+    engine.endpoint = engine
+        .endpoint
+        .is_some()
+        .then(|| context.public_url.endpoint(&engine.id));
+    engine.secret = None;
+    engine
 }
 
 /// Whether an engine may start with these configs and this version under today's policy and
@@ -105,6 +116,7 @@ async fn create(
         &request.version,
         &request.configs,
     )?;
+    let idle_timeout_minutes = context.idle.resolve(request.idle_timeout_minutes)?;
     let now = Utc::now();
     let engine = Engine {
         id: EngineId::generate(),
@@ -123,6 +135,9 @@ async fn create(
         create_time: now,
         update_time: now,
         next_update_time: Some(now),
+        idle_timeout_minutes,
+        // What its Spark Connect server will require; a new one at every restart.
+        secret: Some(EngineSecret::generate()),
     };
     let limits = context.quotas.for_owner(&caller.user);
     context.store.insert_within(&engine, &limits).await?;
@@ -135,7 +150,8 @@ async fn read(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Engine>, ApiError> {
-    Ok(Json(load(&context, &caller, &id).await?))
+    let engine = load(&context, &caller, &id).await?;
+    Ok(Json(shown(&context, engine)))
 }
 
 #[derive(Serialize)]
@@ -207,7 +223,11 @@ async fn list(
     }
     let page = context.store.list(&query).await?;
     Ok(Json(EnginePage {
-        engines: page.engines,
+        engines: page
+            .engines
+            .into_iter()
+            .map(|engine| shown(&context, engine))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -239,7 +259,9 @@ async fn apply(
                     // A restart starts the engine again: under today's policy, versions and
                     // quota, not those of its creation.
                     readmit(context, &engine)?;
-                    transition = transition.within(context.quotas.for_owner(&engine.owner));
+                    transition = transition
+                        .within(context.quotas.for_owner(&engine.owner))
+                        .with_secret(EngineSecret::generate());
                 }
                 if !to.is_settled() {
                     transition = transition.due_at(Utc::now());
@@ -256,7 +278,11 @@ async fn apply(
                 info!(engine = %id, op = op.as_str(), from = %engine.state, "user operation");
                 return match target {
                     UserTarget::Removed => Ok(None),
-                    UserTarget::State(_) => Ok(context.store.get(&id).await?),
+                    UserTarget::State(_) => Ok(context
+                        .store
+                        .get(&id)
+                        .await?
+                        .map(|engine| shown(context, engine))),
                 };
             }
             Cas::Conflict(actual) => {

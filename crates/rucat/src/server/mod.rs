@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::engine::policy::ConfPolicy;
 use crate::engine::quota::Quotas;
+use crate::engine::{IdleTimeouts, PublicUrl};
 use crate::platform::Platform;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -33,10 +34,35 @@ pub struct ApiContext {
     pub auth: Arc<Authenticator>,
     pub policy: Arc<ConfPolicy>,
     pub quotas: Arc<Quotas>,
+    /// Where clients reach engines (the proxy): the endpoints users see.
+    pub public_url: Arc<PublicUrl>,
+    pub idle: IdleTimeouts,
     /// The Spark versions engines can be created with.
     pub versions: Arc<Vec<String>>,
     /// Where live driver logs are read from; without it, only kept logs are served.
     pub live_logs: Option<Arc<dyn Platform>>,
+}
+
+impl ApiContext {
+    /// A context with everything but the store and the versions at its default: authentication
+    /// off, the default policy, no quotas, the proxy at `sc://localhost:15002`, no idle timeout,
+    /// kept logs only. For benchmarks and tests of the router itself; a process builds its
+    /// context from its settings (see [`crate::app`]).
+    pub fn new(store: Arc<dyn Store>, versions: Vec<String>) -> Self {
+        ApiContext {
+            store,
+            auth: Arc::new(Authenticator::disabled()),
+            policy: Arc::new(ConfPolicy::default()),
+            quotas: Arc::default(),
+            public_url: Arc::new(
+                PublicUrl::parse(&format!("sc://localhost:{}", crate::proxy::DEFAULT_PORT))
+                    .unwrap_or_else(|_| unreachable!("the default public URL parses")),
+            ),
+            idle: IdleTimeouts::default(),
+            versions: Arc::new(versions),
+            live_logs: None,
+        }
+    }
 }
 
 pub fn router(context: ApiContext) -> Router {
