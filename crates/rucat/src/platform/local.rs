@@ -45,6 +45,10 @@ use super::flock::FileLock;
 use super::{Platform, PlatformError, ResourceState};
 use crate::engine::{Engine, EngineId};
 
+/// The environment variable through which Spark 4's Connect server takes the pre-shared token
+/// it requires of every client.
+pub const SECRET_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
+
 /// The main class of a Spark Connect server (what `sbin/start-connect-server.sh` submits).
 pub const CONNECT_SERVER_CLASS: &str = "org.apache.spark.sql.connect.service.SparkConnectServer";
 
@@ -380,6 +384,11 @@ impl LocalPlatform {
                 // the engine runs users' code.
                 command.env_remove(key);
             }
+        }
+        // Spark Connect then requires the engine's secret of every client: only the proxy
+        // has it. Through the environment, so that it is in neither `ps` nor a file.
+        if let Some(secret) = &engine.secret {
+            command.env(SECRET_ENV, secret.expose());
         }
         command
             .env("SPARK_HOME", &self.spark_home)
@@ -1417,6 +1426,8 @@ mod tests {
             create_time: now,
             update_time: now,
             next_update_time: None,
+            idle_timeout_minutes: 0,
+            secret: None,
         }
     }
 

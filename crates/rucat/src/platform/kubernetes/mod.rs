@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
@@ -123,6 +123,7 @@ pub struct KubernetesPlatform {
     pods: Api<Pod>,
     services: Api<Service>,
     network_policies: Api<NetworkPolicy>,
+    secrets: Api<Secret>,
     watched: OnceCell<Store<Pod>>,
     watch_task: Mutex<Option<AbortHandle>>,
 }
@@ -175,7 +176,8 @@ impl KubernetesPlatform {
         KubernetesPlatform {
             pods: Api::namespaced(client.clone(), &namespace),
             services: Api::namespaced(client.clone(), &namespace),
-            network_policies: Api::namespaced(client, &namespace),
+            network_policies: Api::namespaced(client.clone(), &namespace),
+            secrets: Api::namespaced(client, &namespace),
             namespace,
             config,
             watched: OnceCell::new(),
@@ -266,8 +268,60 @@ impl KubernetesPlatform {
             .map_err(|error| PlatformError::Inspect(format!("driver pod {name}: {error}")))
     }
 
+    /// Creates the engine's Secret (before its pod, which reads it), holding `token`. One left
+    /// by an earlier attempt of this start (same token) is kept; one of an earlier start is
+    /// replaced.
+    async fn create_secret(&self, engine: &Engine) -> Result<(), PlatformError> {
+        let name = objects::object_name(&engine.id);
+        let token = engine.secret.as_ref().ok_or_else(|| {
+            PlatformError::Create(format!("engine {} has no secret to start with", engine.id))
+        })?;
+        let secret = objects::engine_secret(
+            &engine.id,
+            &self.namespace,
+            &self.config,
+            token.expose(),
+            None,
+        );
+        let post = PostParams::default();
+        let create = || async {
+            self.call_retrying(|| self.secrets.create(&post, &secret))
+                .await
+                .map(drop)
+        };
+        match create().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.code() != Some(409) => {
+                return Err(PlatformError::Create(format!("secret {name}: {error}")))
+            }
+            Err(_) => {}
+        }
+        let existing = self
+            .call_retrying(|| self.secrets.get(&name))
+            .await
+            .map_err(|error| PlatformError::Create(format!("secret {name}: {error}")))?;
+        let current = existing
+            .data
+            .as_ref()
+            .and_then(|data| data.get(objects::SECRET_KEY))
+            .is_some_and(|value| value.0 == token.expose().as_bytes());
+        if current {
+            return Ok(());
+        }
+        info!(engine = %engine.id, "replacing the Secret of an earlier start");
+        let background = DeleteParams::background();
+        self.call_retrying(|| self.secrets.delete(&name, &background))
+            .await
+            .map(drop)
+            .or_else(RequestError::not_found_is_ok)
+            .map_err(|error| PlatformError::Create(format!("stale secret {name}: {error}")))?;
+        create()
+            .await
+            .map_err(|error| PlatformError::Create(format!("secret {name}: {error}")))
+    }
+
     /// Creates the objects the driver pod owns: the headless Service, and the NetworkPolicy
-    /// when configured.
+    /// when configured; and makes the pod the owner of the engine's Secret.
     async fn create_owned_objects(&self, id: &EngineId, pod: &Pod) -> Result<(), PlatformError> {
         let name = objects::object_name(id);
         let uid = pod
@@ -276,6 +330,14 @@ impl KubernetesPlatform {
             .as_deref()
             .ok_or_else(|| PlatformError::Create(format!("driver pod {name} has no uid")))?;
         let owner = Some((name.as_str(), uid));
+        let owned = serde_json::json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid,
+            "controller": true, "blockOwnerDeletion": false,
+        }]}});
+        let (params, merge) = (PatchParams::default(), Patch::Merge(&owned));
+        self.call_retrying(|| self.secrets.patch(&name, &params, &merge))
+            .await
+            .map_err(|error| PlatformError::Create(format!("owner of secret {name}: {error}")))?;
         let service = objects::driver_service(id, &self.namespace, &self.config, owner);
         self.create_owned(&self.services, "service", &name, &service, uid)
             .await?;
@@ -368,7 +430,12 @@ impl KubernetesPlatform {
                     PlatformError::Delete(format!("network policy {name}: {error}"))
                 })?;
         }
-        Ok(())
+        // Owned by the pod too, but a Secret made for a pod that was never created has no owner.
+        self.call_retrying(|| self.secrets.delete(name, &background))
+            .await
+            .map(drop)
+            .or_else(RequestError::not_found_is_ok)
+            .map_err(|error| PlatformError::Delete(format!("secret {name}: {error}")))
     }
 }
 
@@ -413,6 +480,7 @@ impl Platform for KubernetesPlatform {
         let name = objects::object_name(&engine.id);
         let spec = DriverSpec::from(engine);
         let pod = objects::driver_pod(&spec, &self.namespace, &self.config);
+        self.create_secret(engine).await?;
         let post = PostParams::default();
         let created = match self.call_retrying(|| self.pods.create(&post, &pod)).await {
             Ok(created) => created,

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, LocalObjectReference, Pod, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, LocalObjectReference, Pod,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
 
 use super::{KubernetesConfig, NetworkPolicyConfig};
 use crate::engine::{Engine, EngineId};
@@ -34,6 +35,10 @@ pub const UI_PORT: i32 = 4040;
 
 /// The driver container's name.
 pub const CONTAINER: &str = "spark-connect";
+/// The key of the engine's Secret that holds the token Spark Connect requires, and the
+/// environment variable Spark reads it from.
+pub const SECRET_KEY: &str = "token";
+pub const SECRET_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
 /// Where the Spark images keep Spark.
 pub const SPARK_HOME: &str = "/opt/spark";
 /// Rucat's own API server address as seen from inside the cluster.
@@ -245,6 +250,48 @@ pub fn driver_command() -> Vec<String> {
     ]
 }
 
+/// The engine's Secret: the token its Spark Connect server requires (made anew at every
+/// start). Owned by the driver pod once it exists (`owner`), so it goes with it.
+pub fn engine_secret(
+    id: &EngineId,
+    namespace: &str,
+    config: &KubernetesConfig,
+    token: &str,
+    owner: Option<(&str, &str)>,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(object_name(id)),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels(id, config)),
+            owner_references: owned_by(owner),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            SECRET_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+/// The driver's token, by reference to the engine's Secret (never its value).
+fn secret_env(id: &EngineId) -> EnvVar {
+    EnvVar {
+        name: SECRET_ENV.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: object_name(id),
+                key: SECRET_KEY.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -293,6 +340,7 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
             env("SPARK_LOG_DIR", "/tmp/spark-logs"),
             env("SPARK_PID_DIR", "/tmp"),
             env("HOME", "/tmp"),
+            secret_env(spec.id),
         ]),
         ports: Some(vec![
             port("spark-connect", CONNECT_PORT),
@@ -493,8 +541,12 @@ pub fn render(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesConfig)
     let mut out = format!(
         "# The objects Rucat creates for engine {id} in namespace {namespace}.\n\
          # At creation the objects after the pod also get an ownerReference to it (its uid is\n\
-         # known only then), so that deleting the pod removes them.\n\
+         # known only then), so that deleting the pod removes them. Before the pod, Rucat\n\
+         # creates the Secret {name} (key \"{SECRET_KEY}\": the token the engine's Spark Connect\n\
+         # server requires, new at every start), which the pod reads by reference only; its value\n\
+         # is never shown.\n\
          ---\n{pod}\n---\n{service}\n",
+        name = object_name(spec.id),
         id = spec.id,
         pod = pretty(&pod),
         service = pretty(&service),
