@@ -331,12 +331,23 @@ async fn stop_keeps_the_endpoint_until_the_monitor_acts_and_restart_cancels() {
     let app = spawn_api(None).await;
     let engine = app.plant(EngineState::Running).await;
     let id = engine.id.as_str();
+    // Users see the proxy's address for the engine, never the engine's own.
+    let public = Some(format!("sc://localhost:15002/;x-rucat-engine={id}"));
+    assert_eq!(app.client.get(id).await.expect("get").endpoint, public);
     let stopped = app.client.stop(id).await.expect("stop");
     assert_eq!(stopped.state, EngineState::WaitToTerminate);
-    assert_eq!(stopped.endpoint, engine.endpoint);
+    assert_eq!(stopped.endpoint, public);
     let restarted = app.client.restart(id).await.expect("restart");
     assert_eq!(restarted.state, EngineState::Running);
-    assert_eq!(restarted.endpoint, engine.endpoint);
+    assert_eq!(restarted.endpoint, public);
+    // The store still knows where the engine itself is.
+    let stored = app
+        .store
+        .get(&engine.id)
+        .await
+        .expect("get")
+        .expect("engine");
+    assert_eq!(stored.endpoint, engine.endpoint);
     let events = app.client.events(id).await.expect("events");
     let path: Vec<_> = events.iter().map(|e| e.to).collect();
     assert_eq!(

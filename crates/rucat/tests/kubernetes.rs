@@ -54,6 +54,7 @@ fn engine(configs: &[(&str, &str)]) -> Engine {
     Engine {
         version: VERSION.into(),
         state: EngineState::StartInProgress,
+        secret: Some(rucat::engine::EngineSecret::generate()),
         configs: configs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -189,6 +190,42 @@ async fn create_makes_exactly_the_rendered_pod_and_an_owned_headless_service() {
     );
     // No NetworkPolicy unless configured.
     assert!(double.network_policies(NS).is_empty());
+    // The token Spark Connect requires: by reference to the engine's Secret, which the pod owns.
+    let token = env
+        .iter()
+        .find(|e| e["name"] == objects::SECRET_ENV)
+        .expect("the token variable");
+    assert!(
+        token.get("value").is_none(),
+        "never the value itself: {token}"
+    );
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"],
+        json!({"name": name(&engine), "key": "token", "optional": false})
+    );
+    let secret = double
+        .secret(NS, &name(&engine))
+        .expect("the engine's Secret");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"],
+        pod["metadata"]["uid"]
+    );
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    let stored = secret["data"]["token"].as_str().expect("base64 data");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(stored)
+        .expect("base64");
+    assert_eq!(
+        decoded,
+        engine.secret.as_ref().expect("secret").expose().as_bytes()
+    );
+    assert!(
+        !serde_json::to_string(&pod)
+            .expect("json")
+            .contains(engine.secret.as_ref().expect("secret").expose()),
+        "the pod never holds the secret itself"
+    );
 
     let services = double.services(NS);
     assert_eq!(services.len(), 1);
@@ -336,10 +373,79 @@ async fn delete_removes_pod_and_service_and_waits_for_them() {
     );
     assert!(double.pod(NS, &name(&engine)).is_none());
     assert!(double.service(NS, &name(&engine)).is_none());
+    assert!(double.secret(NS, &name(&engine)).is_none());
     state_becomes(&platform, &engine, |s| *s == ResourceState::Gone).await;
 
     // Deleting nothing succeeds.
     platform.delete(&engine.id).await.expect("delete again");
+}
+
+fn secret_token(double: &KubeDouble, engine: &Engine) -> Vec<u8> {
+    use base64::Engine as _;
+    let secret = double
+        .secret(NS, &name(engine))
+        .expect("the engine's Secret");
+    base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().expect("data"))
+        .expect("base64")
+}
+
+#[tokio::test]
+async fn each_start_has_its_own_secret_and_a_stale_one_is_replaced() {
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let engine = engine(&[]);
+    // A Secret left by an earlier start of this engine (its pod never made, so no owner).
+    use base64::Engine as _;
+    double.insert_secret(
+        NS,
+        json!({"metadata": {"name": name(&engine)},
+               "data": {"token": base64::engine::general_purpose::STANDARD.encode("old")}}),
+    );
+    platform.create(&engine).await.expect("create");
+    let token = engine
+        .secret
+        .as_ref()
+        .expect("secret")
+        .expose()
+        .as_bytes()
+        .to_vec();
+    assert_eq!(
+        secret_token(&double, &engine),
+        token,
+        "replaced by this start's"
+    );
+    let pod = double.pod(NS, &name(&engine)).expect("pod");
+    let owner = |double: &KubeDouble| {
+        double.secret(NS, &name(&engine)).expect("secret")["metadata"]["ownerReferences"][0]["uid"]
+            .clone()
+    };
+    assert_eq!(owner(&double), pod["metadata"]["uid"]);
+
+    // Another attempt of the same start (the monitor died after creating): everything is
+    // adopted, the Secret kept as it is.
+    platform.create(&engine).await.expect("create again");
+    assert_eq!(secret_token(&double, &engine), token);
+    assert_eq!(owner(&double), pod["metadata"]["uid"]);
+    assert_eq!(double.pods(NS).len(), 1);
+
+    // The next start (a restart) has a new secret.
+    platform.delete(&engine.id).await.expect("delete");
+    let restarted = Engine {
+        secret: Some(rucat::engine::EngineSecret::generate()),
+        ..engine.clone()
+    };
+    platform.create(&restarted).await.expect("restart");
+    assert_eq!(
+        secret_token(&double, &restarted),
+        restarted
+            .secret
+            .as_ref()
+            .expect("secret")
+            .expose()
+            .as_bytes()
+    );
+    assert_ne!(secret_token(&double, &restarted), token);
 }
 
 fn with_network_policy() -> KubernetesConfig {
@@ -606,10 +712,21 @@ async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
     );
     double.set_pod_status(NS, &pod, ready());
     drive_until(&app, &monitor, &id, EngineState::Running).await;
+    // The proxy reaches the engine at its Service's DNS name; users see the proxy.
+    let stored = app
+        .store
+        .get(&EngineId::parse(&id).expect("id"))
+        .await
+        .expect("get")
+        .expect("engine");
+    assert_eq!(
+        stored.endpoint.as_deref(),
+        Some(format!("sc://{pod}.{NS}.svc.cluster.local:15002").as_str())
+    );
     let engine = app.client.get(&id).await.expect("get");
     assert_eq!(
-        engine.endpoint.as_deref(),
-        Some(format!("sc://{pod}.{NS}.svc.cluster.local:15002").as_str())
+        engine.endpoint,
+        Some(format!("sc://localhost:15002/;x-rucat-engine={id}"))
     );
 
     double.set_pod_log(NS, &pod, "Spark Connect server started\nbye\n");
@@ -733,6 +850,7 @@ struct Binary {
     dir: tempfile::TempDir,
     child: std::process::Child,
     server: String,
+    proxy: u16,
 }
 
 impl Binary {
@@ -753,12 +871,15 @@ impl Binary {
         )
         .expect("config");
         let port = e2e::free_port();
+        let proxy = e2e::free_port();
         let log = std::fs::File::create(dir.path().join("rucat.log")).expect("log");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
             .args([
                 "serve",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--proxy-listen",
+                &format!("127.0.0.1:{proxy}"),
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
@@ -775,6 +896,7 @@ impl Binary {
             dir,
             child,
             server: format!("http://127.0.0.1:{port}"),
+            proxy,
         };
         let client = rucat::client::Client::new(&binary.server, None);
         for _ in 0..300 {
@@ -905,7 +1027,15 @@ async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
     let endpoint = stdout(&waited);
     assert_eq!(
         endpoint.trim(),
-        format!("sc://{pod_name}.{NS}.svc.cluster.local:15002")
+        format!("sc://localhost:{}/;x-rucat-engine={id}", rucat.proxy),
+        "users reach engines through the proxy"
+    );
+    // The proxy reaches the engine at its Service's address; render shows only a reference to
+    // the engine's Secret.
+    let secret = double.secret(NS, &pod_name).expect("the engine's Secret");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["name"],
+        pod_name.as_str()
     );
 
     stdout(&rucat.cli(&["engine", "stop", &id, "--wait", "--timeout", "30"]));
@@ -1028,13 +1158,21 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
     assert!(args.len() > pod_args);
     let mut process = std::process::Command::new(&program);
     process.args(&args).env("SPARK_HOME", &spark_home);
+    // The engine's Secret, as the kubelet would put it in the variable its reference names.
+    let token = engine.secret.as_ref().expect("secret").expose().to_owned();
     for var in container["env"].as_array().expect("env") {
-        let (name, value) = (
-            var["name"].as_str().expect("a name"),
-            var["value"].as_str().expect("a value"),
-        );
-        // The pod's writable /tmp, here a directory of the test's own.
-        let value = value.replacen("/tmp", &home.path().to_string_lossy(), 1);
+        let name = var["name"].as_str().expect("a name");
+        let value = match var["value"].as_str() {
+            // The pod's writable /tmp, here a directory of the test's own.
+            Some(value) => value.replacen("/tmp", &home.path().to_string_lossy(), 1),
+            None => {
+                assert_eq!(
+                    var["valueFrom"]["secretKeyRef"]["name"],
+                    objects::object_name(&engine.id)
+                );
+                token.clone()
+            }
+        };
         process.env(name, value);
     }
     use std::os::unix::process::CommandExt;
@@ -1064,7 +1202,19 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let result = if ready {
-        tokio::time::timeout(Duration::from_secs(120), e2e::query(&endpoint))
+        // It requires the engine's secret: without it Spark refuses; with it, it serves.
+        let denied = async {
+            let spark = spark_connect_rs::SparkSessionBuilder::remote(&format!(
+                "{endpoint}/;user_id=nobody"
+            ))
+            .build()
+            .await?;
+            spark.sql("SELECT 1").await?.collect().await
+        }
+        .await;
+        assert!(denied.is_err(), "served a client without the secret");
+        let with_token = e2e::with_parameter(&endpoint, &format!("token={token}"));
+        tokio::time::timeout(Duration::from_secs(120), e2e::query(&with_token))
             .await
             .map_err(|_| "the query did not finish within 120 s".to_owned())
     } else {

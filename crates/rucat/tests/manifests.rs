@@ -3,11 +3,12 @@
 //! rendered object validated by `kubernetes-validate --strict` against the Kubernetes schemas
 //! (the oldest version the chart supports and the newest known), and the behaviours that
 //! matter checked on the rendering: authentication always on (no unauthenticated mode, the
-//! tokens file mounted so that it updates, and read by Rucat's own loaders), least-privilege
-//! RBAC, the engines' own Pod-Security-restricted namespace, their identity-less executors,
-//! the NetworkPolicies, the store URL from a Secret, the pods' security, and a rucat.toml that
-//! Rucat's own loader accepts and that `rucat engine render` turns into objects matching the
-//! chart.
+//! tokens file mounted so that it updates, and read by Rucat's own loaders), the Spark Connect
+//! proxy (TLS or explicitly allowed plaintext, its public URL, no API token, the only clients
+//! the engines admit besides the monitor), least-privilege RBAC, the engines' own
+//! Pod-Security-restricted namespace, their identity-less executors, the NetworkPolicies, the
+//! store URL from a Secret, the pods' security, and a rucat.toml that Rucat's own loader accepts
+//! and that `rucat engine render` turns into objects matching the chart.
 //!
 //! The tools come from the `k8s-tools` virtualenv that `scripts/setup.sh` installs; its path is
 //! `RUCAT_K8S_TOOLS` (`scripts/test.sh` sets it). Without it these tests fail, never skip.
@@ -15,11 +16,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use base64::Engine as _;
 use rucat::auth::token::{TokenHash, TokenStore};
 use rucat::auth::Role;
 use rucat::config::{FileConfig, Overrides, PlatformKind, Settings};
+use rucat::engine::IdleTimeouts;
 use rucat::platform::kubernetes::Peer;
 use serde_json::{json, Value};
 
@@ -271,8 +274,18 @@ fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {}'s env", container["name"]))
 }
 
-/// The rendered rucat.toml, through Rucat's own loader (a key it does not know is an error).
+/// The rendered rucat.toml, through Rucat's own loader (a key it does not know is an error), as
+/// the server and the monitor see it.
 fn rucat_settings(rendering: &Rendering, configmap: &str) -> Settings {
+    rucat_settings_with(rendering, configmap, None)
+}
+
+/// The rendered rucat.toml through Rucat's own loader, with a `--proxy-listen` flag.
+fn rucat_settings_with(
+    rendering: &Rendering,
+    configmap: &str,
+    proxy_listen: Option<&str>,
+) -> Settings {
     let toml = rendering.get("ConfigMap", configmap)["data"]["rucat.toml"]
         .as_str()
         .expect("rucat.toml");
@@ -285,6 +298,7 @@ fn rucat_settings(rendering: &Rendering, configmap: &str) -> Settings {
         Overrides {
             data_dir: Some("/var/lib/rucat".into()),
             database_url: Some("postgres://rucat@db/rucat".into()),
+            proxy_listen: proxy_listen.map(str::to_owned),
             ..Overrides::default()
         },
         file,
@@ -334,6 +348,23 @@ fn token_sets() -> Vec<String> {
     ]
 }
 
+/// The proxy's required values: where clients reach it, and TLS at the proxy.
+const PROXY_TLS: &str =
+    "proxy.publicUrl=sc://spark.example.com:443,proxy.tls.existingSecret=rucat-proxy-tls";
+
+/// What the proxy of a rendering with [`PROXY_TLS`] is expected to be.
+const PROXY_TLS_EXPECT: Option<ProxyExpect<'static>> = Some(ProxyExpect {
+    public_url: "sc://spark.example.com:443/;use_ssl=true",
+    tls_secret: Some("rucat-proxy-tls"),
+});
+
+/// The proxy behind an Ingress that ends TLS (ingress-nginx), plaintext from there to the proxy.
+const PROXY_INGRESS: &str = "proxy.publicUrl=sc://spark.example.com:443,\
+     proxy.allowPlaintext=true,proxy.ingress.enabled=true,proxy.ingress.className=nginx,\
+     proxy.ingress.host=spark.example.com,proxy.ingress.tlsSecretName=spark-example-tls";
+const INGRESS_NGINX: &str =
+    "proxy.ingress.annotations.nginx\\.ingress\\.kubernetes\\.io/backend-protocol=GRPC";
+
 const JWT_SET: &str = "auth.jwt.issuer=https://idp.example.com,auth.jwt.audience=rucat,\
      auth.jwt.jwksUrl=https://idp.example.com/jwks";
 
@@ -346,6 +377,17 @@ struct Expect<'a> {
     database_secret: (&'a str, &'a str),
     /// The Secret and key of the tokens file, when there is one.
     tokens_secret: Option<(&'a str, &'a str)>,
+    /// The Spark Connect proxy, when the chart runs it.
+    proxy: Option<ProxyExpect<'a>>,
+}
+
+/// What the chart's proxy is expected to be.
+#[derive(Clone, Copy)]
+struct ProxyExpect<'a> {
+    /// [proxy] public_url, as Rucat resolves it.
+    public_url: &'a str,
+    /// The TLS Secret mounted into the proxy pods (None: plaintext, explicitly allowed).
+    tls_secret: Option<&'a str>,
 }
 
 /// What holds in every rendering: authentication on and never bypassed, no wildcard and no
@@ -395,6 +437,9 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
     let mut monitor_rules = vec![
         core("pods", &["get", "list", "watch", "create", "delete"]),
         core("pods/log", &["get"]),
+        // The engines' token Secrets: created before the pod, read to compare one left by an
+        // earlier attempt, patched to make the pod their owner, deleted when stale and at stop.
+        core("secrets", &["get", "create", "patch", "delete"]),
         core("services", &["get", "create", "delete"]),
     ];
     if creates_policies {
@@ -435,6 +480,17 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
         ],
         "the drivers' rights: their executors and what those need, no Secrets, no Services"
     );
+    for role in r.of_kind("Role") {
+        let name = role["metadata"]["name"].as_str().expect("a name");
+        if name != format!("{fullname}-monitor") {
+            assert!(
+                !rules(role)
+                    .iter()
+                    .any(|((_, resource), _)| resource == "secrets"),
+                "only the monitor has rights on Secrets, not {name}"
+            );
+        }
+    }
 
     // Who is bound to what.
     let driver_sa = settings.kubernetes.service_account.as_str();
@@ -450,6 +506,11 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
         assert_ne!(
             subject["name"], executor_sa,
             "no Role is bound to the executors"
+        );
+        assert_ne!(
+            subject["name"],
+            format!("{fullname}-proxy"),
+            "no Role is bound to the proxy"
         );
         assert_eq!(binding["roleRef"]["name"], name);
         let (account, namespace) = if name.ends_with("-spark-driver") {
@@ -513,7 +574,11 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
     );
 
     // The pods.
-    for component in ["server", "monitor"] {
+    let mut components = vec!["server", "monitor"];
+    if e.proxy.is_some() {
+        components.push("proxy");
+    }
+    for component in components {
         let pod = r.pod_spec(&format!("{fullname}-{component}"));
         assert_eq!(pod["serviceAccountName"], format!("{fullname}-{component}"));
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -569,8 +634,9 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
         );
         let auth_mount = mounts.iter().find(|m| m["mountPath"] == "/etc/rucat/auth");
         match (component, e.tokens_secret) {
-            ("server", Some((secret, key))) => {
-                let mount = auth_mount.expect("the tokens file is mounted into the server");
+            ("server" | "proxy", Some((secret, key))) => {
+                let mount = auth_mount
+                    .unwrap_or_else(|| panic!("the tokens file is mounted into the {component}"));
                 assert_eq!(mount["readOnly"], true);
                 let volume = pod["volumes"]
                     .as_array()
@@ -633,6 +699,24 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
     assert_eq!(service["spec"]["ports"][0]["port"], 3000);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
 
+    // The proxy.
+    let proxy = format!("{fullname}-proxy");
+    match &e.proxy {
+        Some(expected) => check_proxy(r, e, expected, &settings),
+        None => {
+            for kind in [
+                "Deployment",
+                "Service",
+                "Ingress",
+                "NetworkPolicy",
+                "PodDisruptionBudget",
+                "ServiceAccount",
+            ] {
+                assert!(r.find(kind, &proxy).is_none(), "no proxy {kind}");
+            }
+        }
+    }
+
     // The engines' NetworkPolicies: Rucat's per-engine ones, and the chart's static one, with
     // the same peers, the first of which are this release's monitor pods.
     let engine_policy = r.find("NetworkPolicy", &format!("{fullname}-engines"));
@@ -658,12 +742,199 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
                     "the monitor pods match {label}"
                 );
             }
+            // The engines' Spark Connect port admits exactly the proxy and the monitor pods of
+            // this release (those labelled rucat.io/engine-access=true), not the server's.
+            let mut expected = set(&[format!("{fullname}-monitor").as_str()]);
+            if e.proxy.is_some() {
+                expected.insert(proxy.clone());
+            }
+            let admitted: BTreeSet<String> = r
+                .of_kind("Deployment")
+                .into_iter()
+                .filter(|d| d["metadata"]["namespace"] == e.release_namespace)
+                .filter(|d| {
+                    let labels = &d["spec"]["template"]["metadata"]["labels"];
+                    own.pod_labels.iter().all(|(k, v)| labels[k] == *v)
+                })
+                .map(|d| d["metadata"]["name"].as_str().expect("a name").to_owned())
+                .collect();
+            assert_eq!(
+                admitted, expected,
+                "the engine-access peer selects the proxy and the monitor only"
+            );
             let engine_policy = engine_policy.expect("the static engine NetworkPolicy");
             check_engine_policy(engine_policy, &policy.connect_from, e.engine_namespace);
         }
         None => assert!(engine_policy.is_none(), "no engine policy without policies"),
     }
     settings
+}
+
+/// The Spark Connect proxy: its pods (the engine-access label, no API token, the tokens file and
+/// TLS mounted as directories, probes on its port), its Service, NetworkPolicy and disruption
+/// budget, and its settings as Rucat resolves them, with and without its --proxy-listen flag.
+fn check_proxy(r: &Rendering, e: &Expect<'_>, expected: &ProxyExpect<'_>, settings: &Settings) {
+    let name = format!("{}-proxy", e.fullname);
+    let template = &r.get("Deployment", &name)["spec"]["template"];
+    let labels = &template["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/component"], "proxy");
+    assert_eq!(
+        labels["rucat.io/engine-access"], "true",
+        "the proxy pods may reach the engines"
+    );
+    let pod = &template["spec"];
+    assert_eq!(
+        pod["automountServiceAccountToken"], false,
+        "no API token in the proxy pods"
+    );
+    assert_eq!(pod["serviceAccountName"], name);
+    if let Some(account) = r.find("ServiceAccount", &name) {
+        assert_eq!(account["metadata"]["namespace"], e.release_namespace);
+        assert_eq!(account["automountServiceAccountToken"], false);
+    }
+    for volume in pod["volumes"].as_array().expect("volumes") {
+        assert!(
+            volume.get("projected").is_none(),
+            "no projected (token) volume: {volume}"
+        );
+    }
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!(["proxy", "--proxy-listen", "0.0.0.0:15002"])
+    );
+    assert_eq!(
+        container["ports"],
+        json!([{"name": "grpc", "containerPort": 15002, "protocol": "TCP"}])
+    );
+    let scheme = if expected.tls_secret.is_some() {
+        "HTTPS"
+    } else {
+        "HTTP"
+    };
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        assert_eq!(
+            container[probe]["httpGet"],
+            json!({"path": "/healthz", "port": "grpc", "scheme": scheme}),
+            "the proxy's {probe}"
+        );
+    }
+
+    // TLS: the Secret mounted as a directory (no subPath, checked for every mount above), and
+    // Rucat told where the files are; or plaintext, explicitly allowed.
+    let mounts = container["volumeMounts"].as_array().expect("volumeMounts");
+    let tls_mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/rucat/proxy-tls");
+    match expected.tls_secret {
+        Some(secret) => {
+            let mount = tls_mount.expect("the TLS Secret is mounted into the proxy");
+            assert_eq!(mount["readOnly"], true);
+            assert!(mount.get("subPath").is_none() && mount.get("subPathExpr").is_none());
+            let volume = pod["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .expect("the TLS volume");
+            assert_eq!(volume["secret"]["secretName"], secret);
+            assert_eq!(
+                volume["secret"]["items"],
+                json!([
+                    {"key": "tls.crt", "path": "tls.crt"},
+                    {"key": "tls.key", "path": "tls.key"},
+                ])
+            );
+            assert_eq!(
+                volume["secret"]["defaultMode"], 0o440,
+                "the key is not world-readable"
+            );
+            let tls = settings
+                .proxy
+                .tls
+                .as_ref()
+                .expect("[proxy] tls_cert, tls_key");
+            assert_eq!(tls.cert, PathBuf::from("/etc/rucat/proxy-tls/tls.crt"));
+            assert_eq!(tls.key, PathBuf::from("/etc/rucat/proxy-tls/tls.key"));
+            assert!(!settings.proxy.allow_plaintext, "no plaintext with TLS");
+        }
+        None => {
+            assert!(tls_mount.is_none(), "no TLS mount without a TLS Secret");
+            assert!(settings.proxy.tls.is_none());
+            assert!(
+                settings.proxy.allow_plaintext,
+                "plaintext beyond loopback only when allowed"
+            );
+        }
+    }
+
+    // Where clients reach it: what the server shows.
+    assert_eq!(
+        settings
+            .proxy
+            .public_url()
+            .expect("[proxy] public_url")
+            .as_str(),
+        expected.public_url
+    );
+    // As the proxy container resolves it: listening beyond loopback (the flag; the file has no
+    // listen), which Rucat allows only with TLS or allow_plaintext.
+    assert_eq!(
+        settings.proxy.listen,
+        "127.0.0.1:15002".parse().expect("an address"),
+        "no [proxy] listen in the file: the flag gives it"
+    );
+    let proxy_settings =
+        rucat_settings_with(r, &format!("{}-config", e.fullname), Some("0.0.0.0:15002"));
+    assert_eq!(
+        proxy_settings.proxy.listen,
+        "0.0.0.0:15002".parse().expect("an address")
+    );
+    assert!(proxy_settings.proxy.tls.is_some() || proxy_settings.proxy.allow_plaintext);
+    assert_eq!(
+        proxy_settings
+            .proxy
+            .public_url()
+            .expect("[proxy] public_url")
+            .as_str(),
+        expected.public_url
+    );
+
+    // Its Service, NetworkPolicy and disruption budget.
+    let service = r.get("Service", &name);
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/component"],
+        "proxy"
+    );
+    let ports = service["spec"]["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["name"], "grpc");
+    assert_eq!(ports[0]["targetPort"], "grpc");
+    assert_eq!(ports[0]["protocol"], "TCP");
+    if let Some(policy) = r.find("NetworkPolicy", &name) {
+        let spec = &policy["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "proxy"
+        );
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+        let ingress = spec["ingress"].as_array().expect("ingress");
+        assert_eq!(ingress.len(), 1);
+        assert_eq!(
+            ingress[0]["ports"],
+            json!([{"port": 15002, "protocol": "TCP"}]),
+            "the Spark Connect port only"
+        );
+    } else {
+        assert!(settings.kubernetes.network_policy.is_none());
+    }
+    if let Some(budget) = r.find("PodDisruptionBudget", &name) {
+        assert_eq!(budget["spec"]["maxUnavailable"], 1);
+        assert_eq!(
+            budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+            "proxy"
+        );
+    }
 }
 
 /// The chart's static engine NetworkPolicy: every engine pod, ingress only from `peers`, only
@@ -707,20 +978,29 @@ fn chart_lints_clean_in_strict_mode() {
     let chart = chart();
     let chart = chart.to_str().expect("a UTF-8 path");
     let tokens = token_sets();
-    // With the chart's own values (as `helm lint` does; the missing store and credentials are
-    // only warnings in lint mode), with a store set, and with the variants rendered below.
+    // With the chart's own values (as `helm lint` does; the missing store, credentials and
+    // proxy settings are only warnings in lint mode), with a store set, and with the variants
+    // rendered below.
     for sets in [
         vec![],
         vec![DATABASE_URL],
-        vec![DATABASE_URL, &tokens[0], &tokens[1]],
-        vec![DATABASE_URL, JWT_SET, "networkPolicy.enabled=false"],
+        vec![DATABASE_URL, &tokens[0], &tokens[1], PROXY_TLS],
+        vec![
+            DATABASE_URL,
+            JWT_SET,
+            PROXY_TLS,
+            "networkPolicy.enabled=false",
+        ],
         vec![
             "database.existingSecret=rucat-db",
             "auth.existingSecret=rucat-tokens",
             "kubernetes.namespace=spark",
             "kubernetes.createNamespace=false",
             "kubernetes.resourceQuota.pods=100",
+            PROXY_TLS,
         ],
+        vec![DATABASE_URL, &tokens[0], PROXY_INGRESS, INGRESS_NGINX],
+        vec![DATABASE_URL, &tokens[0], "proxy.enabled=false"],
     ] {
         let output = k8s_check(&with_sets(vec!["lint", chart], &sets));
         assert!(
@@ -734,7 +1014,11 @@ fn chart_lints_clean_in_strict_mode() {
 #[test]
 fn default_rendering_is_valid_and_least_privileged() {
     let tokens = token_sets();
-    let r = render("rucat", "rucat", &[DATABASE_URL, &tokens[0], &tokens[1]]);
+    let r = render(
+        "rucat",
+        "rucat",
+        &[DATABASE_URL, &tokens[0], &tokens[1], PROXY_TLS],
+    );
     if let Err(problems) = validate(&r.files) {
         panic!("{problems}");
     }
@@ -747,19 +1031,20 @@ fn default_rendering_is_valid_and_least_privileged() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            proxy: PROXY_TLS_EXPECT,
         },
     );
     let kinds: Vec<(&str, usize)> = vec![
         ("ConfigMap", 1),
-        ("Deployment", 2),
+        ("Deployment", 3),
         ("Namespace", 1),
-        ("NetworkPolicy", 3),
-        ("PodDisruptionBudget", 2),
+        ("NetworkPolicy", 4),
+        ("PodDisruptionBudget", 3),
         ("Role", 3),
         ("RoleBinding", 3),
         ("Secret", 2),
-        ("Service", 1),
-        ("ServiceAccount", 4),
+        ("Service", 2),
+        ("ServiceAccount", 5),
     ];
     assert_eq!(
         r.kinds(),
@@ -817,6 +1102,34 @@ fn default_rendering_is_valid_and_least_privileged() {
         monitor_policy["spec"].get("ingress").is_none(),
         "no ingress to the monitor"
     );
+    // The proxy: a ClusterIP Service for gRPC, reached by any pod of the cluster by default.
+    let proxy_service = r.get("Service", "rucat-proxy");
+    assert_eq!(proxy_service["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        proxy_service["spec"]["ports"],
+        json!([{"name": "grpc", "port": 15002, "targetPort": "grpc", "protocol": "TCP",
+                "appProtocol": "grpc"}])
+    );
+    assert_eq!(
+        r.get("NetworkPolicy", "rucat-proxy")["spec"]["ingress"][0]["from"],
+        json!([{"namespaceSelector": {}}]),
+        "every pod of the cluster: the proxy authenticates every call"
+    );
+    assert!(r.of_kind("Ingress").is_empty(), "no Ingress by default");
+    assert_eq!(
+        settings.idle,
+        Default::default(),
+        "no idle limits by default"
+    );
+    assert_eq!(settings.proxy.activity_interval, Duration::from_secs(5));
+    let notes = r.notes();
+    for needed in [
+        "rucat engine connect ID --with-token",
+        "sc://spark.example.com:443/;use_ssl=true;x-rucat-engine=<engine-id>;token=",
+        "use_ssl=true",
+    ] {
+        assert!(notes.contains(needed), "the notes say {needed:?}:\n{notes}");
+    }
 
     assert_eq!(settings.platform, PlatformKind::Kubernetes);
     assert_eq!(
@@ -881,6 +1194,10 @@ fn tokens_from_values_are_quoted_for_rucats_loader() {
         serde_json::to_string(&json!({
             "database": {"existingSecret": "rucat-db"},
             "auth": {"tokens": tokens, "reloadIntervalMs": 500},
+            "proxy": {
+                "publicUrl": "sc://spark.example.com:443",
+                "tls": {"existingSecret": "rucat-proxy-tls"},
+            },
         }))
         .expect("JSON"),
     )
@@ -900,6 +1217,7 @@ fn tokens_from_values_are_quoted_for_rucats_loader() {
             engine_namespace: "ops-rucat-engines",
             database_secret: ("rucat-db", "url"),
             tokens_secret: Some(("ops-rucat-auth", "tokens.toml")),
+            proxy: PROXY_TLS_EXPECT,
         },
     );
     assert_eq!(
@@ -930,6 +1248,8 @@ fn engines_in_their_own_namespace_rendering_is_valid() {
             "networkPolicy.enabled=false",
             "server.replicas=3",
             "monitor.replicas=3",
+            "proxy.replicas=3",
+            PROXY_TLS,
             "database.existingSecret=rucat-db",
             "auth.existingSecret=rucat-tokens",
             "auth.existingSecretKey=tokens",
@@ -947,6 +1267,7 @@ fn engines_in_their_own_namespace_rendering_is_valid() {
             engine_namespace: "spark-engines",
             database_secret: ("rucat-db", "url"),
             tokens_secret: Some(("rucat-tokens", "tokens")),
+            proxy: PROXY_TLS_EXPECT,
         },
     );
 
@@ -981,6 +1302,7 @@ fn existing_engine_namespace_rendering_is_valid() {
         &[
             DATABASE_URL,
             &tokens[0],
+            PROXY_TLS,
             "kubernetes.namespace=spark",
             "kubernetes.createNamespace=false",
         ],
@@ -995,6 +1317,7 @@ fn existing_engine_namespace_rendering_is_valid() {
             engine_namespace: "spark",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            proxy: PROXY_TLS_EXPECT,
         },
     );
     assert!(r.of_kind("Namespace").is_empty(), "createNamespace=false");
@@ -1020,6 +1343,7 @@ fn resource_quota_rendering_is_valid() {
         &[
             DATABASE_URL,
             &tokens[0],
+            PROXY_TLS,
             "kubernetes.resourceQuota.pods=200",
             "kubernetes.resourceQuota.requests\\.cpu=400",
             "kubernetes.resourceQuota.limits\\.memory=1600Gi",
@@ -1035,6 +1359,7 @@ fn resource_quota_rendering_is_valid() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            proxy: PROXY_TLS_EXPECT,
         },
     );
     let quota = r.get("ResourceQuota", "rucat-engines");
@@ -1054,6 +1379,7 @@ fn jwt_only_rendering_is_valid() {
         &[
             DATABASE_URL,
             JWT_SET,
+            PROXY_TLS,
             "auth.jwt.userClaim=email,auth.jwt.adminClaim=groups,auth.jwt.adminValue=rucat-admins",
             "auth.jwt.leewaySecs=30,auth.jwt.refreshIntervalMs=60000",
             "quota.maxEngines=10,quota.maxActiveEngines=3",
@@ -1073,6 +1399,7 @@ fn jwt_only_rendering_is_valid() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: None,
+            proxy: PROXY_TLS_EXPECT,
         },
     );
     assert!(r.find("Secret", "rucat-auth").is_none(), "no tokens Secret");
@@ -1120,6 +1447,244 @@ fn jwt_only_rendering_is_valid() {
     );
 }
 
+/// The proxy behind an Ingress that ends TLS (allowPlaintext), with idle auto-stop limits.
+#[test]
+fn proxy_behind_an_ingress_rendering_is_valid() {
+    let tokens = token_sets();
+    let r = render(
+        "rucat",
+        "rucat",
+        &[
+            DATABASE_URL,
+            &tokens[0],
+            PROXY_INGRESS,
+            INGRESS_NGINX,
+            "idle.defaultMinutes=30,idle.maxMinutes=120",
+            "proxy.activityIntervalMs=2000",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            proxy: Some(ProxyExpect {
+                // Clients reach the Ingress over TLS: use_ssl is added.
+                public_url: "sc://spark.example.com:443/;use_ssl=true",
+                tls_secret: None,
+            }),
+        },
+    );
+    let ingress = r.get("Ingress", "rucat-proxy");
+    assert_eq!(ingress["metadata"]["namespace"], "rucat");
+    assert_eq!(
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"],
+        "GRPC"
+    );
+    assert_eq!(
+        ingress["spec"],
+        json!({
+            "ingressClassName": "nginx",
+            "tls": [{"hosts": ["spark.example.com"], "secretName": "spark-example-tls"}],
+            "rules": [{
+                "host": "spark.example.com",
+                "http": {"paths": [{
+                    "path": "/",
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": "rucat-proxy", "port": {"name": "grpc"}}},
+                }]},
+            }],
+        })
+    );
+    assert_eq!(
+        settings.idle,
+        IdleTimeouts {
+            default_minutes: 30,
+            max_minutes: 120,
+        }
+    );
+    assert_eq!(settings.proxy.activity_interval, Duration::from_secs(2));
+    let notes = r.notes();
+    assert!(
+        notes.contains("proxy.allowPlaintext") && notes.contains("at the Ingress"),
+        "the notes say where TLS ends:\n{notes}"
+    );
+}
+
+/// The proxy behind a LoadBalancer with TLS at the proxy: a public URL that names use_ssl keeps
+/// it as given; the NetworkPolicy admits the configured peers; OIDC JWTs only (no tokens file
+/// in the proxy either).
+#[test]
+fn proxy_load_balancer_rendering_is_valid() {
+    let r = render(
+        "prod",
+        "rucat-system",
+        &[
+            "database.existingSecret=rucat-db",
+            JWT_SET,
+            "proxy.publicUrl=sc://spark.example.com:443/;use_ssl=true",
+            "proxy.tls.existingSecret=spark-example-tls",
+            "proxy.service.type=LoadBalancer,proxy.service.port=443,proxy.service.appProtocol=",
+            "proxy.service.annotations.service\\.beta\\.kubernetes\\.io/aws-load-balancer-type=nlb",
+            "proxy.networkPolicy.from[0].ipBlock.cidr=203.0.113.0/24",
+            "proxy.networkPolicy.from[1].namespaceSelector.matchLabels.team=data",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    check_common(
+        &r,
+        &Expect {
+            release: "prod",
+            release_namespace: "rucat-system",
+            fullname: "prod-rucat",
+            engine_namespace: "prod-rucat-engines",
+            database_secret: ("rucat-db", "url"),
+            tokens_secret: None,
+            proxy: Some(ProxyExpect {
+                public_url: "sc://spark.example.com:443/;use_ssl=true",
+                tls_secret: Some("spark-example-tls"),
+            }),
+        },
+    );
+    let service = r.get("Service", "prod-rucat-proxy");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"],
+        "nlb"
+    );
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "grpc", "port": 443, "targetPort": "grpc", "protocol": "TCP"}]),
+        "no appProtocol when it is empty"
+    );
+    assert_eq!(
+        r.get("NetworkPolicy", "prod-rucat-proxy")["spec"]["ingress"][0]["from"],
+        json!([
+            {"ipBlock": {"cidr": "203.0.113.0/24"}},
+            {"namespaceSelector": {"matchLabels": {"team": "data"}}},
+        ])
+    );
+    assert!(
+        !r.notes().contains("add your clients' addresses"),
+        "an ipBlock is there:\n{}",
+        r.notes()
+    );
+
+    // With the default peers (pods only), the notes say that clients outside the cluster are
+    // not admitted.
+    let r = render(
+        "prod",
+        "rucat-system",
+        &[
+            "database.existingSecret=rucat-db",
+            JWT_SET,
+            PROXY_TLS,
+            "proxy.service.type=LoadBalancer",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    assert!(
+        r.notes()
+            .contains("add your clients' addresses to proxy.networkPolicy.from"),
+        "{}",
+        r.notes()
+    );
+}
+
+/// Without the proxy (one run elsewhere): no proxy object, the engines admit the monitor only,
+/// and the server still shows endpoints at the configured public URL.
+#[test]
+fn rendering_without_the_proxy_is_valid() {
+    let tokens = token_sets();
+    let r = render(
+        "rucat",
+        "rucat",
+        &[
+            DATABASE_URL,
+            &tokens[0],
+            "proxy.enabled=false",
+            "proxy.publicUrl=sc://proxy.example.com:15002/;use_ssl=true",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            proxy: None,
+        },
+    );
+    assert_eq!(
+        settings
+            .proxy
+            .public_url()
+            .expect("[proxy] public_url")
+            .as_str(),
+        "sc://proxy.example.com:15002/;use_ssl=true"
+    );
+    assert!(settings.proxy.tls.is_none() && !settings.proxy.allow_plaintext);
+    assert_eq!(r.of_kind("Deployment").len(), 2);
+    assert_eq!(r.of_kind("PodDisruptionBudget").len(), 2);
+}
+
+#[test]
+fn rendering_without_proxy_settings_fails_and_says_why() {
+    let tokens = token_sets();
+    let stderr = render_fails(&[
+        DATABASE_URL,
+        &tokens[0],
+        "proxy.tls.existingSecret=rucat-proxy-tls",
+    ]);
+    assert!(
+        stderr.contains("proxy.publicUrl is required"),
+        "the failure names proxy.publicUrl:\n{stderr}"
+    );
+    let stderr = render_fails(&[
+        DATABASE_URL,
+        &tokens[0],
+        "proxy.publicUrl=sc://spark.example.com:443",
+    ]);
+    for needed in [
+        "proxy.tls.existingSecret",
+        "proxy.allowPlaintext",
+        "TLS ends in front of the proxy",
+        "in the clear",
+    ] {
+        assert!(
+            stderr.contains(needed),
+            "the failure says {needed:?}:\n{stderr}"
+        );
+    }
+    let stderr = render_fails(&[
+        DATABASE_URL,
+        &tokens[0],
+        PROXY_TLS,
+        "proxy.ingress.enabled=true",
+    ]);
+    assert!(stderr.contains("proxy.ingress.host"), "{stderr}");
+    for idle in [
+        "idle.maxMinutes=60",
+        "idle.maxMinutes=60,idle.defaultMinutes=0",
+        "idle.maxMinutes=60,idle.defaultMinutes=61",
+    ] {
+        let stderr = render_fails(&[DATABASE_URL, &tokens[0], PROXY_TLS, idle]);
+        assert!(
+            stderr.contains("idle.defaultMinutes must be set between 1 and it"),
+            "{idle}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn rendering_without_a_store_fails_and_says_why() {
     let tokens = token_sets();
@@ -1156,6 +1721,7 @@ fn unsafe_engine_settings_are_refused() {
     let stderr = render_fails(&[
         DATABASE_URL,
         &tokens[0],
+        PROXY_TLS,
         // k8s_check.py's default release namespace.
         "kubernetes.namespace=rucat",
     ]);
@@ -1166,6 +1732,7 @@ fn unsafe_engine_settings_are_refused() {
     let stderr = render_fails(&[
         DATABASE_URL,
         &tokens[0],
+        PROXY_TLS,
         "kubernetes.executorServiceAccount=rucat-spark",
     ]);
     assert!(
@@ -1201,6 +1768,30 @@ fn misspelled_values_are_refused() {
             "auth.existingSecret=t,quota.maxEngine=3",
             "'maxEngine' not allowed",
         ),
+        (
+            "auth.existingSecret=t,proxy.publicUrl=https://spark.example.com",
+            "/proxy/publicUrl",
+        ),
+        (
+            "auth.existingSecret=t,proxy.publicUrl=sc://h:1/;token=rucat_x",
+            "/proxy/publicUrl",
+        ),
+        (
+            "auth.existingSecret=t,proxy.tls.existingSecrets=x",
+            "'existingSecrets' not allowed",
+        ),
+        (
+            "auth.existingSecret=t,proxy.allowPlaintext=yes",
+            "/proxy/allowPlaintext",
+        ),
+        (
+            "auth.existingSecret=t,proxy.service.type=External",
+            "/proxy/service/type",
+        ),
+        (
+            "auth.existingSecret=t,idle.maxMinute=60",
+            "'maxMinute' not allowed",
+        ),
     ] {
         let stderr = render_fails(&[set]);
         assert!(stderr.contains(refused), "{set}: {stderr}");
@@ -1214,7 +1805,7 @@ fn validation_catches_a_misspelled_field() {
     let r = render(
         "rucat",
         "rucat",
-        &["database.url=postgres://db/rucat", &tokens[0]],
+        &["database.url=postgres://db/rucat", &tokens[0], PROXY_TLS],
     );
     let deployment = r
         .files
@@ -1349,11 +1940,11 @@ fn engine_render_output_is_valid() {
 /// the engine namespace, with the drivers' and the executors' ServiceAccounts the chart creates,
 /// admitted by Pod Security "restricted" (which the chart enforces there), selected by the
 /// static engine NetworkPolicy, and with a per-engine NetworkPolicy admitting the chart's
-/// monitor pods.
+/// proxy and monitor pods.
 #[test]
 fn chart_configuration_renders_fitting_engines() {
     let tokens = token_sets();
-    let r = render("rucat", "rucat", &[DATABASE_URL, &tokens[0]]);
+    let r = render("rucat", "rucat", &[DATABASE_URL, &tokens[0], PROXY_TLS]);
     let config = r.dir.path().join("chart-rucat.toml");
     std::fs::write(
         &config,
@@ -1406,17 +1997,21 @@ fn chart_configuration_renders_fitting_engines() {
         peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "rucat"
     );
-    let monitor_labels =
-        &r.get("Deployment", "rucat-monitor")["spec"]["template"]["metadata"]["labels"];
-    for (label, value) in peer["podSelector"]["matchLabels"]
-        .as_object()
-        .expect("labels")
-    {
-        assert_eq!(
-            &monitor_labels[label], value,
-            "the monitor pods carry {label}"
-        );
+    for deployment in ["rucat-monitor", "rucat-proxy"] {
+        let labels = &r.get("Deployment", deployment)["spec"]["template"]["metadata"]["labels"];
+        for (label, value) in peer["podSelector"]["matchLabels"]
+            .as_object()
+            .expect("labels")
+        {
+            assert_eq!(&labels[label], value, "the {deployment} pods carry {label}");
+        }
     }
+    let server_labels =
+        &r.get("Deployment", "rucat-server")["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        server_labels.get("rucat.io/engine-access").is_none(),
+        "the server does not reach engines"
+    );
     let static_policy = r.get("NetworkPolicy", "rucat-engines");
     assert_eq!(static_policy["spec"]["ingress"][0]["from"][0], peer);
 }

@@ -67,7 +67,19 @@ async fn engine_runs_stops_restarts_and_is_deleted() {
 
     drive_until(&app, &monitor, &id, EngineState::Running).await;
     let engine = app.client.get(&id).await.expect("get");
-    assert_eq!(engine.endpoint, Some(MemoryPlatform::endpoint(&eid(&id))));
+    assert_eq!(
+        engine.endpoint,
+        Some(format!("sc://localhost:15002/;x-rucat-engine={id}")),
+        "users see the proxy's address"
+    );
+    let stored = app
+        .store
+        .get(&eid(&id))
+        .await
+        .expect("get")
+        .expect("engine");
+    assert_eq!(stored.endpoint, Some(MemoryPlatform::endpoint(&eid(&id))));
+    assert!(stored.secret.is_some(), "every start has a secret");
     assert_eq!(platform.creates(), vec![eid(&id)]);
     assert_eq!(app.client.logs(&id).await.expect("logs").source, "live");
 

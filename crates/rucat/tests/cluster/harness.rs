@@ -130,7 +130,12 @@ impl Cluster {
             .stdout(file.try_clone().expect("log file"))
             .stderr(file);
         if let Some(addr) = addr {
-            command.args(["--listen", &addr.to_string()]);
+            let flag = if role == "proxy" {
+                "--proxy-listen"
+            } else {
+                "--listen"
+            };
+            command.args([flag, &addr.to_string()]);
         }
         if let Some(spark) = &self.spark_home {
             command.arg("--spark-home").arg(spark);
@@ -167,6 +172,25 @@ impl Cluster {
         }
         self.servers.push(process);
         self.servers.len() - 1
+    }
+
+    /// Starts a `rucat proxy` listening on `addr` (which the configuration's `[proxy]
+    /// public_url` should name) and waits until it accepts connections.
+    pub fn start_proxy(&self, addr: SocketAddr) -> Process {
+        let mut process = self.spawn("proxy", "proxy", "", Some(addr));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = process.exited() {
+                panic!("the proxy exited with {status}: {}", process.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not listen: {}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        process
     }
 
     /// Starts one more `rucat monitor` with `extra_config` appended to its configuration.

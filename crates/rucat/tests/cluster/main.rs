@@ -321,18 +321,26 @@ async fn a_monitor_killed_while_holding_claims_is_taken_over_without_duplicates(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_monitors_start_three_real_spark_engines_once_each() {
     let db = common::scratch_postgres("spark").await;
-    let config = r#"
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
+    let config = format!(
+        r#"
 [monitor]
 poll_interval_ms = 500
 orphan_scan_interval_ms = 2000
 [local]
 master = "local[1]"
-"#;
-    let mut cluster = Cluster::new(db.url(), "local", config).with_spark(spark_home());
+[proxy]
+public_url = "sc://localhost:{}"
+"#,
+        proxy.port()
+    );
+    let mut cluster = Cluster::new(db.url(), "local", &config).with_spark(spark_home());
     cluster.add_server().await;
     for _ in 0..3 {
         cluster.add_monitor("");
     }
+    // The proxy in a process of its own, on the same PostgreSQL store.
+    let _proxy = cluster.start_proxy(proxy);
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(cluster.create(0, &format!("spark-{n}"), VERSION).await);
@@ -347,11 +355,41 @@ master = "local[1]"
             "engine {id} has exactly one Spark process"
         );
     }
-    // Which monitors did the work: the event history does not say, the process trees do.
-    // Every engine answers a query through its endpoint.
+    // Which monitors did the work: each start is recorded by the monitor that made it, one of
+    // the three processes (its name is HOST-PID).
+    let monitors: Vec<String> = cluster
+        .monitors
+        .iter()
+        .map(|m| format!("-{}", m.pid().expect("running")))
+        .collect();
+    for id in &ids {
+        let history: serde_json::Value = cluster
+            .http
+            .get(cluster.url(0, &format!("/engines/{id}/events")))
+            .send()
+            .await
+            .expect("events")
+            .json()
+            .await
+            .expect("JSON");
+        let started = history["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["to"] == "StartInProgress")
+            .unwrap_or_else(|| panic!("engine {id} never started: {history}"));
+        assert_eq!(started["actor"]["kind"], "monitor", "{started}");
+        let name = started["actor"]["name"].as_str().expect("a name");
+        assert!(
+            monitors.iter().any(|m| name.ends_with(m.as_str())),
+            "engine {id} started by {name}, not one of the monitors {monitors:?}"
+        );
+    }
+    // Every engine answers a query through the proxy (anonymous: no authentication here).
     for id in &ids {
         let engine = cluster.engine(0, id).await;
         let endpoint = engine["endpoint"].as_str().expect("an endpoint").to_owned();
+        assert!(endpoint.starts_with(&format!("sc://localhost:{}/", proxy.port())));
         query(&endpoint).await;
     }
 

@@ -12,7 +12,6 @@ use chrono::Utc;
 use rucat::app::{Application, Roles};
 use rucat::client::Client;
 use rucat::config::{FileConfig, Overrides, Settings};
-use rucat::engine::policy::ConfPolicy;
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::platform::Platform;
 use rucat::server::{self, ApiContext};
@@ -81,6 +80,8 @@ impl TestApp {
             create_time: now,
             update_time: now,
             next_update_time: None,
+            idle_timeout_minutes: 0,
+            secret: None,
         };
         self.store.insert(&engine).await.expect("insert");
         // As stored (times at the store's precision).
@@ -114,12 +115,8 @@ pub async fn spawn_api_on(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let context = ApiContext {
-        store: store.clone(),
-        auth: Arc::new(rucat::auth::Authenticator::disabled()),
-        policy: Arc::new(ConfPolicy::default()),
-        quotas: Arc::default(),
-        versions: Arc::new(vec![VERSION.to_owned()]),
         live_logs,
+        ..ApiContext::new(store.clone(), vec![VERSION.to_owned()])
     };
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(server::serve(listener, context, shutdown));

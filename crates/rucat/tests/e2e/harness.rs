@@ -16,6 +16,8 @@ pub const SPARK_VERSION: &str = "4.3.0";
 pub struct Rucat {
     pub dir: TempDir,
     pub addr: SocketAddr,
+    /// The Spark Connect proxy's address.
+    pub proxy: SocketAddr,
     child: Option<Child>,
     starts: u32,
     options: Options,
@@ -55,6 +57,7 @@ impl Rucat {
         let mut rucat = Rucat {
             dir: tempfile::tempdir().expect("temp dir"),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
             child: None,
             starts: 0,
             options,
@@ -69,7 +72,8 @@ impl Rucat {
             .expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
         command
-            .args(["serve", "--listen", &self.addr.to_string(), "--data-dir"])
+            .args(["serve", "--listen", &self.addr.to_string()])
+            .args(["--proxy-listen", &self.proxy.to_string(), "--data-dir"])
             .arg(self.dir.path().join("data"))
             .arg("--spark-home")
             .arg(spark_home());
@@ -111,6 +115,11 @@ impl Rucat {
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("rucat-{}.log", self.starts)))
             .unwrap_or_default()
+    }
+
+    /// The harness's credential.
+    pub fn token(&self) -> Option<&str> {
+        self.options.token.as_deref()
     }
 
     /// A client with the harness's credential.
@@ -177,6 +186,23 @@ impl Rucat {
     pub async fn restart(&mut self) {
         self.spawn().await;
     }
+
+    /// The engine as the store keeps it (its own address and secret included), read from the
+    /// SQLite file beside the running `rucat serve`.
+    pub async fn stored(&self, id: &str) -> rucat::engine::Engine {
+        use rucat::store::Store;
+        let url = format!(
+            "sqlite://{}",
+            self.dir.path().join("data").join("rucat.db").display()
+        );
+        let store = rucat::store::sqlite::SqliteStore::open(&url)
+            .await
+            .expect("open the store");
+        let id = rucat::engine::EngineId::parse(id).expect("an engine id");
+        let engine = store.get(&id).await.expect("read").expect("the engine");
+        store.close().await;
+        engine
+    }
 }
 
 impl Drop for Rucat {
@@ -230,17 +256,29 @@ pub fn spark_processes(id: &str) -> Vec<i32> {
 pub fn port_open(endpoint: &str) -> bool {
     let addr = endpoint.trim_start_matches("sc://");
     let addr = addr.split('/').next().unwrap_or(addr);
+    let addr = addr.replace("localhost", "127.0.0.1");
     match addr.parse::<SocketAddr>() {
         Ok(addr) => TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok(),
         Err(_) => false,
     }
 }
 
-/// Runs `SELECT 1` and `range(1_000_000).count()` on the engine with spark-connect-rs.
-pub async fn query(endpoint: &str) {
+/// `connection` with one more connection-string parameter.
+pub fn with_parameter(connection: &str, parameter: &str) -> String {
+    if connection.contains("/;") {
+        format!("{connection};{parameter}")
+    } else {
+        format!("{connection}/;{parameter}")
+    }
+}
+
+/// Runs `SELECT 1` and `range(1_000_000).count()` on the engine with spark-connect-rs, through
+/// the connection string given (the proxy's endpoint of an engine, with `;token=` when the
+/// server wants one).
+pub async fn query(connection: &str) {
     use arrow::array::{Array, Int32Array};
 
-    let spark = SparkSessionBuilder::remote(&format!("{endpoint}/;user_id=rucat-e2e"))
+    let spark = SparkSessionBuilder::remote(&with_parameter(connection, "user_id=rucat-e2e"))
         .build()
         .await
         .expect("connect with spark-connect-rs");
@@ -263,4 +301,116 @@ pub async fn query(endpoint: &str) {
         .await
         .expect("count");
     assert_eq!(count, 1_000_000);
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+}
+
+/// The Python of the Spark virtualenv (PySpark's own Spark Connect client):
+/// `RUCAT_SPARK_PYTHON`, else the one beside the tests' Spark.
+pub fn spark_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("RUCAT_SPARK_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(python);
+    }
+    // <venv>/lib/python3.X/site-packages/pyspark
+    let home = spark_home();
+    home.ancestors()
+        .nth(4)
+        .map(|venv| venv.join("bin").join("python"))
+        .filter(|python| python.is_file())
+        .expect("no Python for PySpark: run scripts/setup.sh, or set RUCAT_SPARK_PYTHON")
+}
+
+/// What `scripts/spark_client.py COMMAND ARGS…` (PySpark's Spark Connect client) printed last
+/// (one JSON object), and whether it succeeded.
+pub fn pyspark(args: &[&str]) -> (bool, serde_json::Value) {
+    pyspark_with(args, &[])
+}
+
+/// [`pyspark`] with extra environment variables.
+pub fn pyspark_with(args: &[&str], env: &[(&str, &str)]) -> (bool, serde_json::Value) {
+    let mut command = Command::new(spark_python());
+    command
+        .arg(repo_root().join("scripts").join("spark_client.py"))
+        .args(args)
+        .env_remove("SPARK_CONNECT_AUTHENTICATE_TOKEN")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run scripts/spark_client.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "spark_client.py {args:?} printed no JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), value)
+}
+
+/// The gRPC status a failed [`pyspark`] call reports.
+pub fn grpc_status(answer: &serde_json::Value) -> &str {
+    answer["error"]["grpc_status"].as_str().unwrap_or("none")
+}
+
+/// A test CA and a certificate it signed for `localhost` and 127.0.0.1, as PEM files in `dir`:
+/// (CA, certificate, key).
+pub fn tls_files(dir: &std::path::Path, prefix: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("rucat test CA {prefix}"));
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("leaf params");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = leaf.signed_by(&key, &issuer).expect("leaf certificate");
+    let paths = (
+        dir.join(format!("{prefix}-ca.pem")),
+        dir.join(format!("{prefix}-cert.pem")),
+        dir.join(format!("{prefix}-key.pem")),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    paths
+}
+
+/// What `tools/sc-tls-query URL` (spark-connect-rs over TLS) printed, trusting only `ca`.
+pub fn rust_tls_query(url: &str, ca: &std::path::Path) -> serde_json::Value {
+    let tool = std::env::var_os("RUCAT_SC_TLS_QUERY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tools/sc-tls-query/target/release/sc-tls-query"));
+    assert!(
+        tool.is_file(),
+        "no {}: scripts/test.sh builds it (or set RUCAT_SC_TLS_QUERY)",
+        tool.display()
+    );
+    let output = Command::new("timeout")
+        .arg("180")
+        .arg(&tool)
+        .arg(url)
+        .env("SSL_CERT_FILE", ca)
+        .env_remove("SSL_CERT_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sc-tls-query");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("sc-tls-query printed no JSON: {stdout}"))
 }

@@ -2,10 +2,11 @@
 //! real Spark Connect client (spark-connect-rs) running queries on them.
 
 mod harness;
+mod proxy;
 
 use std::time::Duration;
 
-use harness::{query, spark_processes, Options, Rucat, SPARK_VERSION};
+use harness::{query, spark_processes, with_parameter, Options, Rucat, SPARK_VERSION};
 use rucat::engine::EngineState;
 use serde_json::Value;
 
@@ -39,7 +40,7 @@ fn alice_only() -> Options {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_lifecycle_with_queries() {
     let rucat = Rucat::start_with(alice_only()).await;
     let client = rucat.client();
@@ -55,9 +56,15 @@ async fn rest_lifecycle_with_queries() {
         .await
         .expect("engine runs");
     let endpoint = engine.endpoint.expect("a running engine has an endpoint");
-    assert!(endpoint.starts_with("sc://127.0.0.1:"), "{endpoint}");
-    query(&endpoint).await;
+    assert!(endpoint.starts_with("sc://localhost:"), "{endpoint}");
+    let token = rucat.token().expect("alice's token");
+    query(&with_parameter(&endpoint, &format!("token={token}"))).await;
     assert_eq!(spark_processes(&id).len(), 1, "exactly one Spark process");
+    let own = rucat
+        .stored(&id)
+        .await
+        .endpoint
+        .expect("the engine's own address");
 
     client.stop(&id).await.expect("stop");
     let engine = client
@@ -67,7 +74,7 @@ async fn rest_lifecycle_with_queries() {
     assert_eq!(engine.endpoint, None);
     assert!(spark_processes(&id).is_empty(), "the Spark process is gone");
     assert!(
-        !harness::port_open(&endpoint),
+        !harness::port_open(&own),
         "the Spark Connect port is closed"
     );
     let logs = client.logs(&id).await.expect("logs");
@@ -84,7 +91,7 @@ async fn rest_lifecycle_with_queries() {
         .await
         .expect("engine runs again");
     let endpoint = engine.endpoint.expect("endpoint");
-    query(&endpoint).await;
+    query(&with_parameter(&endpoint, &format!("token={token}"))).await;
 
     client.stop(&id).await.expect("stop");
     client
@@ -99,7 +106,7 @@ async fn rest_lifecycle_with_queries() {
     assert!(spark_processes(&id).is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_lifecycle() {
     let mut rucat = Rucat::start_with(alice_only()).await;
 
@@ -122,7 +129,8 @@ async fn cli_lifecycle() {
     assert!(endpoint.starts_with("sc://"), "{stdout}");
     let progress = String::from_utf8_lossy(&created.stderr);
     assert!(progress.contains("Running"), "progress shown: {progress}");
-    query(&endpoint).await;
+    let token = rucat.token().expect("alice's token");
+    query(&with_parameter(&endpoint, &format!("token={token}"))).await;
 
     let listed = rucat.cli(&["engine", "list"]);
     assert!(listed.status.success());
@@ -184,7 +192,7 @@ async fn cli_lifecycle() {
 /// `kill -9` of `rucat serve`: a Running engine whose Spark process survived is adopted (still
 /// Running and usable); one whose process died too is cleaned up and marked failed. Never a
 /// leaked process, never a record that says Running over a dead one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_rucat_adopts_or_cleans_its_engines() {
     let mut rucat = Rucat::start().await;
     let client = rucat.client();
@@ -250,7 +258,7 @@ fn stderr(output: &std::process::Output) -> String {
 /// through REST and the CLI: each user sees and changes only their own engines, the admin sees
 /// and changes all, quotas are refused with the limit named, and refused credentials get one
 /// line saying what to do.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_and_an_admin_share_one_server() {
     let (alice, alice_entry) = token_create("alice", false);
     let (bob, bob_entry) = token_create("bob", false);
