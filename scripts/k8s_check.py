@@ -7,11 +7,14 @@ Run it with the Python of the k8s-tools virtualenv that scripts/setup.sh install
   PY=~/.cache/rucat/k8s-tools/bin/python
   $PY scripts/k8s_check.py lint deploy/helm/rucat --set database.url=postgres://u@db/rucat
   $PY scripts/k8s_check.py template deploy/helm/rucat OUT_DIR --set database.url=... \\
-      --set auth.existingSecret=rucat-tokens [--json]
+      --set auth.existingSecret=rucat-tokens --set proxy.publicUrl=sc://spark.example.com:443 \\
+      --set proxy.tls.existingSecret=spark-tls [--json]
   $PY scripts/k8s_check.py check deploy/helm/rucat -f my-values.yaml   # all three
 
-The chart renders only with a store (database.*) and a credential source (auth.existingSecret,
-auth.tokens or auth.jwt.issuer); `lint` reports their absence as a warning only, as helm does.
+The chart renders only with a store (database.*), a credential source (auth.existingSecret,
+auth.tokens or auth.jwt.issuer) and, with the proxy enabled, proxy.publicUrl and TLS
+(proxy.tls.existingSecret, or proxy.allowPlaintext); `lint` reports their absence as a warning
+only, as helm does.
 
 Two Helm v4 Go libraries do the work (the helm binary is not in either package):
   - helm-sdkpy (Helm 4.3): `helm_sdkpy.Lint(Configuration()).run(chart_dir)` is `helm lint`

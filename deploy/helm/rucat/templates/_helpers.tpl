@@ -68,6 +68,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-monitor" (include "rucat.fullname" .)) .Values.monitor.serviceAccount.name -}}
 {{- end -}}
 
+{{- define "rucat.proxyServiceAccountName" -}}
+{{- default (printf "%s-proxy" (include "rucat.fullname" .)) .Values.proxy.serviceAccount.name -}}
+{{- end -}}
+
 {{- define "rucat.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
@@ -132,7 +136,7 @@ tokens.toml
 {{- end -}}
 {{- end -}}
 
-{{/* Where the server reads the tokens file ([auth] tokens_file); empty without one. */}}
+{{/* Where the server and the proxy read the tokens file ([auth] tokens_file); empty without one. */}}
 {{- define "rucat.authTokensFile" -}}
 {{- if include "rucat.authSecretName" . -}}
 {{- printf "/etc/rucat/auth/%s" (include "rucat.authSecretKey" .) -}}
@@ -142,8 +146,8 @@ tokens.toml
 {{/*
 The pods that may reach the engines' Spark Connect port, as a JSON list of {namespace, podLabels}
 (namespace absent: the engine namespace): this release's pods labelled
-rucat.io/engine-access=true (the monitor; Rucat's proxy once the chart has one), then
-networkPolicy.engineClients. They are Rucat's [kubernetes.network_policy] connect_from and the
+rucat.io/engine-access=true (the proxy and the monitor), then networkPolicy.engineClients (a
+bypass of the proxy for special cases). They are Rucat's [kubernetes.network_policy] connect_from and the
 peers of the static engine NetworkPolicy.
 */}}
 {{- define "rucat.engineAccessPeers" -}}
@@ -155,7 +159,7 @@ peers of the static engine NetworkPolicy.
 {{- toJson $peers -}}
 {{- end -}}
 
-{{/* The environment, mounts and volumes the server and the monitor share (argument: $). */}}
+{{/* The environment, mounts and volumes the server, the monitor and the proxy share (argument: $). */}}
 {{- define "rucat.sharedEnv" -}}
 - name: RUCAT_CONFIG
   value: /etc/rucat/rucat.toml
@@ -202,4 +206,76 @@ string is a TOML basic string, and a quoted TOML key).
 {{- $pairs = append $pairs (printf "%s = %s" (include "rucat.toml" $key) (include "rucat.toml" (toString $value))) -}}
 {{- end -}}
 {{- printf "{ %s }" (join ", " $pairs) -}}
+{{- end -}}
+
+{{/*
+The Spark Connect proxy. Checked where rucat.toml is rendered, after the store and the
+credentials: with the proxy enabled, proxy.publicUrl is required (the server shows it to users),
+and so is TLS (proxy.tls.existingSecret) unless proxy.allowPlaintext says that TLS ends in front
+of the proxy; the Ingress needs its host. `required`, not `fail`, as for the store: helm lint
+renders with the chart's own values and reports `required` as a warning only.
+*/}}
+{{- define "rucat.checkProxy" -}}
+{{- $p := .Values.proxy -}}
+{{- if $p.enabled -}}
+{{- $_ := required "proxy.publicUrl is required: the sc://HOST:PORT at which Spark Connect clients reach the proxy (its Service's load balancer, or the Ingress host: sc://HOST:443); users see engines' endpoints as it plus ;x-rucat-engine=<id>" $p.publicUrl -}}
+{{- if not (or $p.tls.existingSecret $p.allowPlaintext) -}}
+{{- $_ := required "the Spark Connect proxy would serve plaintext: set proxy.tls.existingSecret (a kubernetes.io/tls Secret, e.g. from cert-manager; the proxy then serves TLS), or proxy.allowPlaintext=true only when TLS ends in front of the proxy (e.g. an Ingress) and the network up to it is trusted: without TLS, every caller's token crosses the network in the clear" "" -}}
+{{- end -}}
+{{- if $p.ingress.enabled -}}
+{{- $_ := required "proxy.ingress.enabled is set: proxy.ingress.host (the host clients connect to) is required too" $p.ingress.host -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Idle auto-stop limits, checked as Rucat checks them: with idle.maxMinutes above 0,
+idle.defaultMinutes must be between 1 and it.
+*/}}
+{{- define "rucat.checkIdle" -}}
+{{- $i := .Values.idle -}}
+{{- if and (not (kindIs "invalid" $i.maxMinutes)) (gt (int64 $i.maxMinutes) 0) -}}
+{{- $default := 0 -}}
+{{- if not (kindIs "invalid" $i.defaultMinutes) -}}{{- $default = int64 $i.defaultMinutes -}}{{- end -}}
+{{- if or (lt (int64 $default) 1) (gt (int64 $default) (int64 $i.maxMinutes)) -}}
+{{- fail (printf "idle.maxMinutes is %d: idle.defaultMinutes must be set between 1 and it (an engine's idle timeout when its create names none; 0, never, is beyond any maximum)" (int64 $i.maxMinutes)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether clients reach the proxy over TLS as far as the chart knows: "true" or empty. */}}
+{{- define "rucat.proxyClientTls" -}}
+{{- if or .Values.proxy.tls.existingSecret .Values.proxy.ingress.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+[proxy] public_url: proxy.publicUrl, with "/;use_ssl=true" added when clients reach the proxy
+over TLS (rucat.proxyClientTls) and it names no use_ssl itself.
+*/}}
+{{- define "rucat.proxyPublicUrl" -}}
+{{- $url := trimSuffix "/" .Values.proxy.publicUrl -}}
+{{- if and $url (include "rucat.proxyClientTls" .) (not (regexMatch "(?i)[/;]use_ssl=" $url)) -}}
+{{- if contains "/;" $url -}}
+{{- printf "%s;use_ssl=true" $url -}}
+{{- else -}}
+{{- printf "%s/;use_ssl=true" $url -}}
+{{- end -}}
+{{- else -}}
+{{- $url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An engine's connection string through the proxy, as Rucat makes it (argument: dict "ctx" $ "id" ID). */}}
+{{- define "rucat.proxyEndpoint" -}}
+{{- $url := include "rucat.proxyPublicUrl" .ctx -}}
+{{- if contains "/;" $url -}}
+{{- printf "%s;x-rucat-engine=%s" $url .id -}}
+{{- else -}}
+{{- printf "%s/;x-rucat-engine=%s" $url .id -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the proxy reads its certificate and key ([proxy] tls_cert, tls_key). */}}
+{{- define "rucat.proxyTlsDir" -}}
+/etc/rucat/proxy-tls
 {{- end -}}
