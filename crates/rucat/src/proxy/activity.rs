@@ -45,6 +45,47 @@ impl Counters {
     pub fn refusals(&self) -> HashMap<&'static str, u64> {
         lock(&self.refusals).clone()
     }
+
+    /// The counters in Prometheus' text format (no engine ids: nothing to protect).
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, lines: Vec<(String, u64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (labels, value) in lines {
+                out.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        counter(
+            "rucat_proxy_streams_total",
+            "Spark Connect calls forwarded to engines.",
+            vec![(String::new(), self.streams.load(Ordering::Relaxed))],
+        );
+        counter(
+            "rucat_proxy_bytes_total",
+            "Bytes of message bodies forwarded, by direction.",
+            vec![
+                (
+                    "{direction=\"to_engine\"}".to_owned(),
+                    self.bytes_to_engines.load(Ordering::Relaxed),
+                ),
+                (
+                    "{direction=\"to_client\"}".to_owned(),
+                    self.bytes_to_clients.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+        let mut refusals: Vec<(&str, u64)> = self.refusals().into_iter().collect();
+        refusals.sort();
+        counter(
+            "rucat_proxy_refusals_total",
+            "Calls refused before anything was forwarded, by gRPC status.",
+            refusals
+                .into_iter()
+                .map(|(code, n)| (format!("{{code=\"{code}\"}}"), n))
+                .collect(),
+        );
+        out
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -226,6 +226,15 @@ impl Router {
         if request.version() != Version::HTTP_2 {
             return if request.uri().path() == "/healthz" {
                 Response::new(Answer::Full(Some(Bytes::from_static(b"ok\n"))))
+            } else if request.uri().path() == "/metrics" {
+                let mut response = Response::new(Answer::Full(Some(Bytes::from(
+                    self.activity.counters.prometheus(),
+                ))));
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
             } else {
                 let mut response = Response::new(Answer::Full(Some(Bytes::from_static(
                     b"this is a Spark Connect (gRPC over HTTP/2) proxy\n",

@@ -147,6 +147,28 @@ async fn the_proxy_lets_the_owner_in_and_refuses_everyone_else() {
     for (connection, probe, status) in &cases {
         refused(&rucat, &id, connection, probe, status);
     }
+    // The proxy counts what it forwarded and what it refused (plain HTTP/1.1 on its port).
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", rucat.proxy.port()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    assert!(value("rucat_proxy_streams_total ") > 0);
+    assert!(value("rucat_proxy_bytes_total{direction=\"to_client\"} ") > 0);
+    assert!(value("rucat_proxy_refusals_total{code=\"UNAUTHENTICATED\"} ") >= 2);
+    assert!(value("rucat_proxy_refusals_total{code=\"NOT_FOUND\"} ") >= 2);
+    assert!(value("rucat_proxy_refusals_total{code=\"UNAVAILABLE\"} ") >= 1);
+    assert!(value("rucat_proxy_refusals_total{code=\"INVALID_ARGUMENT\"} ") >= 1);
+    assert!(!metrics.contains(&id), "no engine ids in the counters");
+
     let (_, answer) = pyspark(&[
         "select1",
         &format!("{proxy}/;x-rucat-engine={stopped};token={}", users.alice),
