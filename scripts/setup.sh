@@ -4,7 +4,7 @@
 #   - protoc (the spark-connect-rs client used by the tests compiles Spark Connect's protos)
 #   - Spark, as the `pyspark` package from PyPI in a cached virtualenv, with PySpark's own
 #     Spark Connect client (the `connect` extra: grpcio, grpcio-status, googleapis-common-protos,
-#     protobuf, pandas, pyarrow, zstandard) pinned in the same virtualenv, so that
+#     protobuf, pandas, pyarrow, zstandard) and requests pinned in the same virtualenv, so that
 #     scripts/spark_client.py and `$VENV/bin/pyspark --remote sc://...` work
 #   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
 #     servers of their own to restart under load
@@ -79,16 +79,17 @@ fi
 # `connect` extra of pyspark 4.3.0 asks for (grpcio, grpcio-status >= 1.76.0,
 # googleapis-common-protos >= 1.71.0, zstandard >= 0.25.0, pandas >= 2.2.0, pyarrow >= 18.0.0,
 # numpy >= 1.23.2), pinned; protobuf is pinned to the version pyspark's generated code was made
-# with (6.33.5: older 6.x runtimes refuse to load it). The list is stamped into the virtualenv,
+# with (6.33.5: older 6.x runtimes refuse to load it). `requests` is for the tests (a REST client
+# as Python users write them). The list is stamped into the virtualenv,
 # so changing it reinstalls; the import check is find_spec only, so a cached run stays fast.
 CONNECT_PACKAGES=("pyspark[connect]==$PYSPARK_VERSION" grpcio==1.76.0 grpcio-status==1.76.0
   googleapis-common-protos==1.71.0 protobuf==6.33.5 zstandard==0.25.0
-  pandas==2.3.3 pyarrow==22.0.0 numpy==2.3.5)
+  pandas==2.3.3 pyarrow==22.0.0 numpy==2.3.5 requests==2.34.2)
 if [ "$(cat "$VENV/.rucat-connect-packages" 2>/dev/null)" != "${CONNECT_PACKAGES[*]}" ] ||
   ! "$VENV/bin/python" -c '
 import sys
 from importlib.util import find_spec
-modules = "grpc grpc_status google.rpc google.protobuf pandas pyarrow zstandard".split()
+modules = "grpc grpc_status google.rpc google.protobuf pandas pyarrow zstandard requests".split()
 sys.exit(any(find_spec(m) is None for m in modules))
 ' >/dev/null 2>&1; then
   say "installing the Spark Connect client packages (${CONNECT_PACKAGES[*]}) into $VENV"

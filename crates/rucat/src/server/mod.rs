@@ -1,6 +1,7 @@
 //! The REST API. It reads and writes the store only; monitors do the platform work.
 
 mod auth;
+mod body;
 mod engines;
 pub mod error;
 
@@ -73,6 +74,7 @@ pub fn router(context: ApiContext) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(body::read_whole))
         .with_state(context)
 }
 

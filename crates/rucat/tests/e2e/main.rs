@@ -427,3 +427,42 @@ async fn two_users_and_an_admin_share_one_server() {
         );
     }
 }
+
+/// A body over the limit is answered after it has been read, so Python's urllib and requests
+/// read the 413 and its JSON instead of a broken pipe, with a credential or without one (the size
+/// is judged first); nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_read_the_refusal_of_an_oversized_body() {
+    let options = Options {
+        platform: Some("simulated".to_owned()),
+        ..alice_only()
+    };
+    let rucat = Rucat::start_with(options).await;
+    let token = rucat.token().expect("token").to_owned();
+    let url = format!("http://{}/engines", rucat.addr);
+    // 6 MB: far more than the socket buffers take, so a server answering before reading the
+    // body closes the connection on a client still writing.
+    let output = std::process::Command::new(harness::spark_python())
+        .arg(harness::repo_root().join("crates/rucat/tests/e2e/oversized_body.py"))
+        .args([&url, &token, "6000000"])
+        .output()
+        .expect("run oversized_body.py");
+    assert!(output.status.success(), "{output:?}");
+    let answers: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for (case, status, code) in [
+        ("urllib_too_large", 413, "payload_too_large"),
+        ("urllib_unauthenticated", 413, "payload_too_large"),
+        ("requests_too_large", 413, "payload_too_large"),
+        ("requests_chunked_too_large", 413, "payload_too_large"),
+        ("requests_unauthenticated", 413, "payload_too_large"),
+    ] {
+        let answer = &answers[case];
+        assert_eq!(answer["status"], status, "{case}: {answer}");
+        assert_eq!(answer["body"]["error"]["code"], code, "{case}: {answer}");
+    }
+    assert!(answers["urllib_too_large"]["body"]["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("65536 bytes")));
+    let listed = rucat.client().list(None, None, None).await.expect("list");
+    assert!(listed.engines.is_empty(), "nothing was stored: {listed:?}");
+}
