@@ -52,8 +52,17 @@ impl Platform for Recording {
         self.inner.create(engine).await
     }
 
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
-        self.inner.delete(id).await
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
+        self.inner.delete(id, generation, force).await
+    }
+
+    async fn probe(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
+        self.inner.probe(engine, endpoint).await
     }
 
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
@@ -64,7 +73,7 @@ impl Platform for Recording {
         self.inner.logs(id, max_bytes).await
     }
 
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
         self.inner.resources().await
     }
 

@@ -66,6 +66,9 @@ fn seed_engine(i: usize) -> Engine {
         next_update_time: None,
         idle_timeout_minutes: 0,
         secret: None,
+        generation: 0,
+        failures: 0,
+        failing_since: None,
     }
 }
 

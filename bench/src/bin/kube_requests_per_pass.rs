@@ -34,7 +34,7 @@ use rucat::platform::kubernetes::{
 use rucat::platform::{Platform, PlatformError, ResourceState};
 use rucat::store::conformance::sample_engine;
 use rucat::store::sqlite::SqliteStore;
-use rucat::store::Store;
+use rucat::store::{Reschedule, Store};
 use rucat_bench::{flag, machine_line, median, ms, print_table};
 use serde_json::json;
 
@@ -63,8 +63,17 @@ impl Platform for Counting {
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         self.inner.create(engine).await
     }
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
-        self.inner.delete(id).await
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
+        self.inner.delete(id, generation, force).await
+    }
+    /// Spark Connect checks are not Kubernetes API requests; no driver serves here.
+    async fn probe(&self, _engine: &Engine, _endpoint: &str) -> Result<(), String> {
+        Ok(())
     }
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
         self.checks.fetch_add(1, Ordering::Relaxed);
@@ -84,7 +93,7 @@ impl Platform for Counting {
     async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError> {
         self.inner.logs(id, max_bytes).await
     }
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
         self.inner.resources().await
     }
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
@@ -110,7 +119,7 @@ struct Row {
 async fn all_due(store: &dyn Store, ids: &[EngineId]) -> Result<(), Error> {
     for id in ids {
         store
-            .reschedule(id, EngineState::Running, Some(Utc::now()))
+            .reschedule(id, &Reschedule::new(EngineState::Running, Some(Utc::now())))
             .await?;
     }
     Ok(())

@@ -100,6 +100,9 @@ pub struct SimulatedFile {
     pub versions: Option<Vec<String>>,
     pub create_delay_ms: Option<u64>,
     pub start_delay_ms: Option<u64>,
+    pub delete_delay_ms: Option<u64>,
+    /// `[MIN, MAX]` milliseconds every call waits first.
+    pub latency_ms: Option<[u64; 2]>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -125,7 +128,7 @@ pub struct KubernetesFile {
     pub run_as_user: Option<i64>,
     pub cluster_domain: Option<String>,
     pub api_timeout_ms: Option<u64>,
-    pub delete_wait_ms: Option<u64>,
+    pub connect_address: Option<String>,
     pub network_policy: Option<NetworkPolicyConfig>,
 }
 
@@ -141,6 +144,11 @@ pub struct MonitorFile {
     pub concurrency: Option<usize>,
     pub idle_minute_ms: Option<u64>,
     pub activity_stale_ms: Option<u64>,
+    pub health_timeout_ms: Option<u64>,
+    pub delete_timeout_ms: Option<u64>,
+    pub kill_timeout_ms: Option<u64>,
+    pub retry_initial_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +347,21 @@ fn simulated_config(file: &SimulatedFile) -> Result<SimulatedConfig, ConfigError
         start_delay: file
             .start_delay_ms
             .map_or(defaults.start_delay, Duration::from_millis),
+        delete_delay: file
+            .delete_delay_ms
+            .map_or(defaults.delete_delay, Duration::from_millis),
+        latency: match file.latency_ms {
+            Some([min, max]) if min <= max => {
+                (Duration::from_millis(min), Duration::from_millis(max))
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "simulated.latency_ms",
+                    "must be [MIN, MAX] with MIN <= MAX",
+                ))
+            }
+            None => defaults.latency,
+        },
     })
 }
 
@@ -540,11 +563,24 @@ fn kubernetes_config(file: &KubernetesFile) -> Result<KubernetesConfig, ConfigEr
             file.api_timeout_ms,
             defaults.api_timeout,
         )?,
-        delete_wait: millis(
-            "kubernetes.delete_wait_ms",
-            file.delete_wait_ms,
-            defaults.delete_wait,
-        )?,
+        connect_address: match &file.connect_address {
+            Some(address)
+                if address.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && (port.parse::<u16>().is_ok() || port.contains('{'))
+                }) =>
+            {
+                Some(address.clone())
+            }
+            Some(address) => {
+                return Err(invalid(
+                    "kubernetes.connect_address",
+                    format!(
+                        "{address:?} is not HOST:PORT ({{name}} and {{namespace}} may be used)"
+                    ),
+                ))
+            }
+            None => None,
+        },
         network_policy: file.network_policy.clone(),
     })
 }
@@ -625,6 +661,31 @@ fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
             "monitor.orphan_scan_interval_ms",
             file.orphan_scan_interval_ms,
             defaults.orphan_scan_interval,
+        )?,
+        health_timeout: millis(
+            "monitor.health_timeout_ms",
+            file.health_timeout_ms,
+            defaults.health_timeout,
+        )?,
+        delete_timeout: millis(
+            "monitor.delete_timeout_ms",
+            file.delete_timeout_ms,
+            defaults.delete_timeout,
+        )?,
+        kill_timeout: millis(
+            "monitor.kill_timeout_ms",
+            file.kill_timeout_ms,
+            defaults.kill_timeout,
+        )?,
+        retry_initial: millis(
+            "monitor.retry_initial_ms",
+            file.retry_initial_ms,
+            defaults.retry_initial,
+        )?,
+        retry_max: millis(
+            "monitor.retry_max_ms",
+            file.retry_max_ms,
+            defaults.retry_max,
         )?,
         idle_minute: millis(
             "monitor.idle_minute_ms",

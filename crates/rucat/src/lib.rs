@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
+pub mod spark_connect;
 pub mod store;

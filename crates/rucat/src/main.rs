@@ -453,6 +453,8 @@ async fn render(
         );
     }
     let spec = DriverSpec {
+        // As the engine's first start makes them.
+        generation: 1,
         id: &id,
         name: name.as_str(),
         version: &request.engine_version,

@@ -4,6 +4,18 @@
 //! Level-triggered: each pass reads what is due and drives every due engine one or more steps,
 //! so a missed wake-up only delays work. Any number of monitors may share a store; the CAS on
 //! each transition makes exactly one of them act.
+//!
+//! **Fencing.** A claim starts a new generation of the engine; every write a monitor makes
+//! afterwards names that generation (the store refuses it otherwise), and every platform
+//! resource carries the generation that made it: a delete made for one generation never touches
+//! a resource of a later one. A monitor that overran its claim (paused, or slow past the trigger
+//! timeout) can change nothing of what came after.
+//!
+//! **Convergence.** A failed step is retried with capped exponential back-off and jitter, per
+//! engine, each failure an event, so that no engine spins and none starves the others. Deletes
+//! have a deadline: then the resource is killed (SIGKILL, grace period 0), and if even that does
+//! not remove it, the engine takes its error path naming the stuck resource while the orphan scan
+//! keeps at it. A Running engine that stops answering Spark Connect for `health_timeout` fails.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +31,7 @@ use crate::engine::{Actor, Engine, EngineId, EngineSecret, EngineState, MonitorS
 use crate::platform::{Platform, PlatformError, ResourceState};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
-use crate::store::{Cas, Store, StoreError, Transition, MAX_KEPT_LOG};
+use crate::store::{Cas, Failure, Reschedule, Store, StoreError, Transition, MAX_KEPT_LOG};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorConfig {
@@ -33,6 +45,15 @@ pub struct MonitorConfig {
     pub start_check_interval: Duration,
     /// How often a running engine is checked.
     pub health_check_interval: Duration,
+    /// How long a running engine may fail its checks before it is failed.
+    pub health_timeout: Duration,
+    /// How long a delete may take before the resource is killed (SIGKILL, grace period 0).
+    pub delete_timeout: Duration,
+    /// How long a killed resource may take to go before the engine takes its error path.
+    pub kill_timeout: Duration,
+    /// The first and the longest pause before a failed step is tried again.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
     /// How often resources left without an engine are looked for.
     pub orphan_scan_interval: Duration,
     /// How many engines are handled at once.
@@ -66,6 +87,11 @@ impl Default for MonitorConfig {
             start_timeout: Duration::from_secs(300),
             start_check_interval: Duration::from_millis(200),
             health_check_interval: Duration::from_secs(5),
+            health_timeout: Duration::from_secs(60),
+            delete_timeout: Duration::from_secs(120),
+            kill_timeout: Duration::from_secs(60),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
             orphan_scan_interval: Duration::from_secs(60),
             concurrency: 16,
             batch: 256,
@@ -112,6 +138,11 @@ fn later(duration: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
+/// How long ago `time` was (zero for a time to come).
+fn since(time: DateTime<Utc>) -> Duration {
+    (Utc::now() - time).to_std().unwrap_or_default()
+}
+
 impl Monitor {
     pub fn new(store: Arc<dyn Store>, platform: Arc<dyn Platform>, config: MonitorConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
@@ -127,12 +158,13 @@ impl Monitor {
         }
     }
 
-    /// Runs passes until `shutdown` fires, then lets the steps under way finish.
+    /// Runs passes until `shutdown` fires, then lets the steps under way finish. The orphan
+    /// scan runs beside, on its own schedule.
     pub async fn run(self, shutdown: Shutdown) {
         let config = &self.inner.config;
         let wake_ups = self.inner.store.wake_ups();
         let mut tasks = JoinSet::new();
-        let mut last_orphan_scan: Option<tokio::time::Instant> = None;
+        let orphans = tokio::spawn(self.clone().scan_orphans(shutdown.clone()));
         // While the store is unreachable, passes are retried ever less often, up to this cap.
         let mut backoff = Backoff::new(
             Duration::from_millis(250).min(config.poll_interval),
@@ -141,6 +173,7 @@ impl Monitor {
         info!(
             poll_interval = ?config.poll_interval,
             concurrency = config.concurrency,
+            name = %config.name,
             "monitor started"
         );
         loop {
@@ -148,12 +181,6 @@ impl Monitor {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            if last_orphan_scan.is_none_or(|at| at.elapsed() >= config.orphan_scan_interval) {
-                last_orphan_scan = Some(tokio::time::Instant::now());
-                if let Err(error) = self.clean_orphans().await {
-                    warn!(%error, "orphan clean-up failed; trying again later");
-                }
-            }
             let mut pause = match self.dispatch(&mut tasks).await {
                 Ok(()) => {
                     backoff.reset();
@@ -186,6 +213,21 @@ impl Monitor {
             .is_err()
         {
             warn!("steps still under way after 30 s; their claims time out and are retried");
+        }
+        orphans.abort();
+    }
+
+    /// The orphan scan's own loop: a slow scan (a slow platform API) holds up no step. The
+    /// interval runs from the end of one scan to the start of the next.
+    async fn scan_orphans(self, shutdown: Shutdown) {
+        loop {
+            if let Err(error) = self.clean_orphans().await {
+                warn!(%error, "orphan clean-up failed; trying again later");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.config.orphan_scan_interval) => {}
+                _ = shutdown.clone().wait() => return,
+            }
         }
     }
 
@@ -239,20 +281,24 @@ impl Monitor {
         Ok(())
     }
 
+    fn wake_at(&self, at: DateTime<Utc>) {
+        let mut wake = lock(&self.inner.next_wake);
+        *wake = Some(wake.map_or(at, |current| current.min(at)));
+    }
+
     /// Steps one engine for as long as there is something to do right away.
     async fn drive(&self, mut engine: Engine) {
         for _ in 0..16 {
             let next = match self.step(&engine).await {
                 Ok(next) => next,
                 Err(error) => {
-                    warn!(engine = %engine.id, state = %engine.state, %error, "step failed; retrying later");
+                    self.failed(&engine, &error).await;
                     return;
                 }
             };
             let Some(at) = next else { return };
             if at > Utc::now() {
-                let mut wake = lock(&self.inner.next_wake);
-                *wake = Some(wake.map_or(at, |current| current.min(at)));
+                self.wake_at(at);
                 return;
             }
             engine = match self.inner.store.get(&engine.id).await {
@@ -264,6 +310,36 @@ impl Monitor {
                 }
             };
         }
+    }
+
+    /// A step failed: recorded as an event of the engine (in the generation the step worked
+    /// on), and tried again after a capped exponential pause with jitter, per engine.
+    async fn failed(&self, engine: &Engine, error: &MonitorError) {
+        let config = &self.inner.config;
+        let attempt = engine.failures.saturating_add(1);
+        let wait = Backoff::nth(config.retry_initial, config.retry_max, engine.failures);
+        warn!(engine = %engine.id, state = %engine.state, attempt, %error, retry_in = ?wait, "step failed");
+        let failure = Failure {
+            state: engine.state,
+            fence: Some(engine.generation),
+            message: format!(
+                "step failed (attempt {attempt}): {error}; trying again in {:.1} s",
+                wait.as_secs_f64()
+            ),
+            retry_at: later(wait),
+            actor: Some(self.actor()),
+        };
+        match self.inner.store.record_failure(&engine.id, &failure).await {
+            Ok(Cas::Done) => self.wake_at(failure.retry_at),
+            Ok(_) => {}
+            Err(error) => {
+                warn!(engine = %engine.id, %error, "cannot record the failure; the next pass retries")
+            }
+        }
+    }
+
+    fn actor(&self) -> Actor {
+        Actor::Monitor(self.inner.config.name.clone())
     }
 
     async fn step(&self, engine: &Engine) -> Result<Next, MonitorError> {
@@ -278,18 +354,23 @@ impl Monitor {
             Terminated | ErrorClean => {
                 self.inner
                     .store
-                    .reschedule(&engine.id, engine.state, None)
+                    .reschedule(
+                        &engine.id,
+                        &Reschedule::new(engine.state, None).fenced(engine.generation),
+                    )
                     .await?;
                 Ok(None)
             }
         }
     }
 
-    /// Applies a monitor step as a CAS from `from`. `false` when another actor got there first.
+    /// Applies a monitor step as a CAS from `from` in the engine's generation (`generation`).
+    /// `false` when another actor got there first, or a later generation exists.
     async fn advance(
         &self,
         engine: &Engine,
         from: EngineState,
+        generation: u64,
         step: MonitorStep,
         shape: impl FnOnce(Transition) -> Transition,
     ) -> Result<bool, MonitorError> {
@@ -297,8 +378,9 @@ impl Monitor {
             warn!(engine = %engine.id, %from, ?step, "no such transition; ignoring");
             return Ok(false);
         };
-        let mut transition =
-            Transition::new(from, to).by(Actor::Monitor(self.inner.config.name.clone()));
+        let mut transition = Transition::new(from, to)
+            .by(self.actor())
+            .fenced(generation);
         transition.error = engine.error.clone();
         let transition = shape(transition);
         match self
@@ -308,104 +390,140 @@ impl Monitor {
             .await?
         {
             Cas::Done => {
-                debug!(engine = %engine.id, %from, %to, "transition");
+                debug!(engine = %engine.id, %from, %to, generation, "transition");
                 Ok(true)
             }
             Cas::Conflict(actual) => {
-                debug!(engine = %engine.id, %from, %to, %actual, "state changed meanwhile; leaving it");
+                debug!(engine = %engine.id, %from, %to, %actual, generation, "state or generation changed meanwhile; leaving it");
                 Ok(false)
             }
             Cas::NotFound => Ok(false),
         }
     }
 
+    /// Looks again at `at`, if the engine is still where this step found it.
     async fn reschedule(&self, engine: &Engine, at: DateTime<Utc>) -> Result<Next, MonitorError> {
-        match self
-            .inner
-            .store
-            .reschedule(&engine.id, engine.state, Some(at))
-            .await?
-        {
-            Cas::Done => Ok(Some(at)),
+        self.reschedule_with(engine, Reschedule::new(engine.state, Some(at)))
+            .await
+    }
+
+    async fn reschedule_with(
+        &self,
+        engine: &Engine,
+        reschedule: Reschedule,
+    ) -> Result<Next, MonitorError> {
+        let at = reschedule.next_update_time;
+        let reschedule = reschedule.fenced(engine.generation);
+        match self.inner.store.reschedule(&engine.id, &reschedule).await? {
+            Cas::Done => Ok(at),
             Cas::Conflict(_) | Cas::NotFound => Ok(None),
         }
     }
 
-    /// A claim outlived the trigger timeout: the monitor holding it died. Give the work back.
+    /// A claim outlived the trigger timeout (its monitor died or stalled), or the step it was
+    /// for failed and its pause is over: give the work back, to be claimed anew.
     async fn retry_claim(&self, engine: &Engine) -> Result<Next, MonitorError> {
         let timeout = self.inner.config.trigger_timeout;
+        let why = if engine.failures > 0 {
+            "retrying the failed step".to_owned()
+        } else {
+            format!("claim timed out after {timeout:?}; retrying")
+        };
         let advanced = self
-            .advance(engine, engine.state, MonitorStep::TimedOut, |t| {
-                // Only the timed-out claim: a fresh one made meanwhile by another monitor is
-                // in the same state but due later.
-                t.only_if_due_by(Utc::now())
-                    .due_at(Utc::now())
-                    .with_message(format!("claim timed out after {timeout:?}; retrying"))
-            })
+            .advance(
+                engine,
+                engine.state,
+                engine.generation,
+                MonitorStep::TimedOut,
+                |t| {
+                    // Only the timed-out claim: a fresh one made meanwhile by another monitor
+                    // is in a later generation, and due later.
+                    t.only_if_due_by(Utc::now())
+                        .due_at(Utc::now())
+                        .with_message(why)
+                },
+            )
             .await?;
         Ok(advanced.then(Utc::now))
     }
 
-    /// Claims a `WaitTo*` engine for this monitor until the trigger timeout. Returns the claimed
-    /// (`Trigger*`) state, or `None` when another actor got there first.
-    async fn claim(&self, engine: &Engine) -> Result<Option<EngineState>, MonitorError> {
-        self.claim_with(engine, None).await
-    }
-
-    /// [`Monitor::claim`], giving the engine `secret` with the claim when there is one.
-    async fn claim_with(
+    /// Claims a `WaitTo*` engine for this monitor until the trigger timeout, in a new
+    /// generation (giving it `secret` with the claim when there is one). Returns the engine as
+    /// claimed (`Trigger*`, its new generation), or `None` when another actor got there first.
+    async fn claim(
         &self,
         engine: &Engine,
         secret: Option<EngineSecret>,
-    ) -> Result<Option<EngineState>, MonitorError> {
+    ) -> Result<Option<Engine>, MonitorError> {
         let Some(claimed) = monitor_transition(engine.state, MonitorStep::Claim) else {
             return Ok(None);
         };
         let claim_until = later(self.inner.config.trigger_timeout);
         let won = self
-            .advance(engine, engine.state, MonitorStep::Claim, |t| {
-                let t = t.due_at(claim_until);
-                match secret {
-                    Some(secret) => t.with_secret(secret),
-                    None => t,
-                }
-            })
+            .advance(
+                engine,
+                engine.state,
+                engine.generation,
+                MonitorStep::Claim,
+                |t| {
+                    let t = t.due_at(claim_until).claiming();
+                    match secret.clone() {
+                        Some(secret) => t.with_secret(secret),
+                        None => t,
+                    }
+                },
+            )
             .await?;
-        Ok(won.then_some(claimed))
+        Ok(won.then(|| Engine {
+            state: claimed,
+            generation: engine.generation + 1,
+            failures: 0,
+            failing_since: None,
+            secret: secret.or_else(|| engine.secret.clone()),
+            ..engine.clone()
+        }))
     }
 
     async fn start(&self, engine: &Engine) -> Result<Next, MonitorError> {
         // Every start has a secret (the server makes one at create and restart; an engine
         // recorded before secrets existed gets one with its claim).
-        let mut engine = engine.clone();
         let secret = engine.secret.is_none().then(EngineSecret::generate);
-        let Some(claimed) = self.claim_with(&engine, secret.clone()).await? else {
+        let Some(claimed) = self.claim(engine, secret).await? else {
             return Ok(None);
         };
-        if secret.is_some() {
-            engine.secret = secret;
-        }
-        let engine = &engine;
-        match self.inner.platform.create(engine).await {
+        match self.inner.platform.create(&claimed).await {
             Ok(()) => {
                 let advanced = self
-                    .advance(engine, claimed, MonitorStep::Created, |t| {
-                        t.due_at(Utc::now())
-                    })
+                    .advance(
+                        &claimed,
+                        claimed.state,
+                        claimed.generation,
+                        MonitorStep::Created,
+                        |t| t.due_at(Utc::now()),
+                    )
                     .await?;
                 Ok(advanced.then(Utc::now))
             }
             Err(error) => {
                 warn!(engine = %engine.id, %error, "engine creation failed");
-                // Whatever the failed attempt left behind goes, its log kept first.
-                self.keep_logs(&engine.id).await;
-                if let Err(error) = self.inner.platform.delete(&engine.id).await {
-                    warn!(engine = %engine.id, %error, "cannot remove what a failed creation left; the claim times out and is retried");
-                    return Ok(None);
-                }
-                self.advance(engine, claimed, MonitorStep::CreateFailed, |t| {
-                    t.with_error(error.to_string())
-                })
+                // Whatever the failed attempt left behind goes, its log kept first (if the log
+                // cannot be kept, the step fails and is retried: nothing is deleted unkept).
+                self.keep_logs(&claimed.id).await?;
+                self.inner
+                    .platform
+                    .delete(&claimed.id, claimed.generation, false)
+                    .await
+                    .map_err(|delete| {
+                        warn!(engine = %engine.id, error = %delete, "cannot remove what a failed creation left");
+                        MonitorError::Platform(delete)
+                    })?;
+                self.advance(
+                    &claimed,
+                    claimed.state,
+                    claimed.generation,
+                    MonitorStep::CreateFailed,
+                    |t| t.with_error(error.to_string()),
+                )
                 .await?;
                 Ok(None)
             }
@@ -416,60 +534,138 @@ impl Monitor {
         let config = &self.inner.config;
         let failure = match self.inner.platform.state(engine).await? {
             ResourceState::Running { endpoint } => {
-                let next = later(config.health_check_interval);
-                self.advance(engine, engine.state, MonitorStep::Ready, |t| {
-                    t.due_at(next).with_endpoint(Some(endpoint))
-                })
-                .await?;
-                info!(engine = %engine.id, "engine is running");
-                return Ok(Some(next));
-            }
-            ResourceState::Starting => {
-                let waited = (Utc::now() - engine.update_time)
-                    .to_std()
-                    .unwrap_or_default();
-                if waited < config.start_timeout {
-                    return self
-                        .reschedule(engine, later(config.start_check_interval))
-                        .await;
+                // Running means a Spark Connect request succeeded, not that a port opened.
+                match self.inner.platform.probe(engine, &endpoint).await {
+                    Ok(()) => {
+                        let next = later(config.health_check_interval);
+                        let advanced = self
+                            .advance(
+                                engine,
+                                engine.state,
+                                engine.generation,
+                                MonitorStep::Ready,
+                                |t| t.due_at(next).with_endpoint(Some(endpoint)),
+                            )
+                            .await?;
+                        if advanced {
+                            info!(engine = %engine.id, "engine is running");
+                        }
+                        return Ok(advanced.then_some(next));
+                    }
+                    Err(why) => self.still_starting(engine, &why).await,
                 }
-                format!(
-                    "the engine did not serve within the start timeout of {:?}",
-                    config.start_timeout
-                )
             }
-            ResourceState::Failed(message) => message,
-            ResourceState::Gone => "the engine's resource disappeared while starting".to_owned(),
+            ResourceState::Starting => self.still_starting(engine, "not serving yet").await,
+            ResourceState::Failed(message) => Err(message),
+            ResourceState::Gone => {
+                Err("the engine's resource disappeared while starting".to_owned())
+            }
         };
-        self.fail(engine, failure).await
+        match failure {
+            Ok(result) => result,
+            Err(message) => self.fail(engine, message).await,
+        }
+    }
+
+    /// A starting engine that does not serve yet: looked at again soon, or failed once the
+    /// start timeout passed.
+    async fn still_starting(
+        &self,
+        engine: &Engine,
+        why: &str,
+    ) -> Result<Result<Next, MonitorError>, String> {
+        let config = &self.inner.config;
+        if since(engine.update_time) < config.start_timeout {
+            return Ok(self
+                .reschedule(engine, later(config.start_check_interval))
+                .await);
+        }
+        Err(format!(
+            "the engine did not serve within the start timeout of {:?} ({why})",
+            config.start_timeout
+        ))
     }
 
     async fn check_running(&self, engine: &Engine) -> Result<Next, MonitorError> {
         if let Some(idle) = self.idle_for(engine).await? {
             let minutes = engine.idle_timeout_minutes;
             let advanced = self
-                .advance(engine, engine.state, MonitorStep::IdleStop, |t| {
-                    t.due_at(Utc::now()).with_message(format!(
-                        "stopped after {minutes} idle minute(s): no Spark Connect call for {idle:?}"
-                    ))
-                })
+                .advance(
+                    engine,
+                    engine.state,
+                    engine.generation,
+                    MonitorStep::IdleStop,
+                    |t| {
+                        t.due_at(Utc::now()).with_message(format!(
+                            "stopped after {minutes} idle minute(s): no Spark Connect call for {idle:?}"
+                        ))
+                    },
+                )
                 .await?;
             if advanced {
                 info!(engine = %engine.id, ?idle, "engine stopped for idleness");
             }
             return Ok(advanced.then(Utc::now));
         }
-        let failure = match self.inner.platform.state(engine).await? {
-            // Serving, or alive but briefly not answering: look again later.
-            ResourceState::Running { .. } | ResourceState::Starting => {
-                return self
-                    .reschedule(engine, later(self.inner.config.health_check_interval))
-                    .await;
+        let config = &self.inner.config;
+        let unhealthy = match self.inner.platform.state(engine).await? {
+            ResourceState::Running { endpoint } => {
+                match self.inner.platform.probe(engine, &endpoint).await {
+                    Ok(()) => {
+                        // Healthy; and an engine whose endpoint was lost (a stop cancelled
+                        // before it ran) gets it back.
+                        let mut reschedule = Reschedule::new(
+                            engine.state,
+                            Some(later(config.health_check_interval)),
+                        );
+                        if engine.endpoint.as_deref() != Some(endpoint.as_str()) {
+                            reschedule.endpoint = Some(endpoint);
+                        }
+                        return self.reschedule_with(engine, reschedule).await;
+                    }
+                    Err(why) => why,
+                }
             }
-            ResourceState::Failed(message) => message,
-            ResourceState::Gone => "the engine's resource disappeared while running".to_owned(),
+            ResourceState::Starting => "its Spark Connect port does not answer".to_owned(),
+            ResourceState::Failed(message) => return self.fail(engine, message).await,
+            ResourceState::Gone => {
+                return self
+                    .fail(
+                        engine,
+                        "the engine's resource disappeared while running".to_owned(),
+                    )
+                    .await
+            }
         };
-        self.fail(engine, failure).await
+        // Failing checks: counted (each an event) until health_timeout, then the engine fails.
+        let failing = engine.failing_since.map_or(Duration::ZERO, since);
+        if failing >= config.health_timeout {
+            return self
+                .fail(
+                    engine,
+                    format!(
+                        "the engine did not answer Spark Connect for {failing:?} (health timeout {:?}): {unhealthy}",
+                        config.health_timeout
+                    ),
+                )
+                .await;
+        }
+        let failure = Failure {
+            state: engine.state,
+            fence: Some(engine.generation),
+            message: format!("health check failed: {unhealthy}"),
+            retry_at: later(config.health_check_interval),
+            actor: Some(self.actor()),
+        };
+        match self
+            .inner
+            .store
+            .record_failure(&engine.id, &failure)
+            .await?
+        {
+            Cas::Done => Ok(Some(failure.retry_at)),
+            Cas::Conflict(_) | Cas::NotFound => Ok(None),
+        }
     }
 
     /// How long a Running engine with an idle timeout has been idle, when that is past its
@@ -480,18 +676,17 @@ impl Monitor {
             return Ok(None);
         }
         let config = &self.inner.config;
-        let now = Utc::now();
-        let fresh_after = now
+        let fresh_after = Utc::now()
             - chrono::Duration::from_std(config.activity_stale).unwrap_or(chrono::Duration::MAX);
         let activity = self.inner.store.activity(&engine.id, fresh_after).await?;
         if activity.in_flight > 0 {
             return Ok(None);
         }
         // Idle since the last call ended, or since the engine runs (its last update).
-        let since = activity
+        let since_active = activity
             .last_active
             .map_or(engine.update_time, |last| last.max(engine.update_time));
-        let idle = (now - since).to_std().unwrap_or_default();
+        let idle = since(since_active);
         let timeout = config.idle_minute * engine.idle_timeout_minutes;
         Ok((idle >= timeout).then_some(idle))
     }
@@ -499,57 +694,133 @@ impl Monitor {
     async fn fail(&self, engine: &Engine, message: String) -> Result<Next, MonitorError> {
         warn!(engine = %engine.id, %message, "engine failed");
         let advanced = self
-            .advance(engine, engine.state, MonitorStep::Failed, |t| {
-                t.due_at(Utc::now()).with_error(message)
-            })
+            .advance(
+                engine,
+                engine.state,
+                engine.generation,
+                MonitorStep::Failed,
+                |t| t.due_at(Utc::now()).with_error(message),
+            )
             .await?;
         Ok(advanced.then(Utc::now))
     }
 
     /// `WaitToTerminate` or `ErrorWaitToClean`: claim, keep the log, delete the resource.
     async fn terminate(&self, engine: &Engine) -> Result<Next, MonitorError> {
-        let Some(claimed) = self.claim(engine).await? else {
+        let Some(claimed) = self.claim(engine, None).await? else {
             return Ok(None);
         };
-        self.keep_logs(&engine.id).await;
-        if let Err(error) = self.inner.platform.delete(&engine.id).await {
-            warn!(engine = %engine.id, %error, "delete failed; the claim times out and is retried");
-            return Ok(None);
-        }
+        // The log first: if it cannot be kept (the store is away), nothing is deleted and the
+        // step is tried again.
+        self.keep_logs(&claimed.id).await?;
+        self.inner
+            .platform
+            .delete(&claimed.id, claimed.generation, false)
+            .await?;
         let advanced = self
-            .advance(engine, claimed, MonitorStep::DeleteRequested, |t| {
-                t.due_at(Utc::now())
-            })
+            .advance(
+                &claimed,
+                claimed.state,
+                claimed.generation,
+                MonitorStep::DeleteRequested,
+                |t| t.due_at(Utc::now()),
+            )
             .await?;
         Ok(advanced.then(Utc::now))
     }
 
+    /// `*InProgress` deletes: done once the resource is gone. Past `delete_timeout` the
+    /// resource is killed; past `kill_timeout` more, the engine takes its error path naming
+    /// the stuck resource (the orphan scan keeps trying to remove it).
     async fn check_deleted(&self, engine: &Engine) -> Result<Next, MonitorError> {
-        if self.inner.platform.state(engine).await? == ResourceState::Gone {
-            self.advance(engine, engine.state, MonitorStep::Gone, |t| t)
+        let config = &self.inner.config;
+        let platform = &self.inner.platform;
+        if platform.state(engine).await? == ResourceState::Gone {
+            let advanced = self
+                .advance(
+                    engine,
+                    engine.state,
+                    engine.generation,
+                    MonitorStep::Gone,
+                    |t| t,
+                )
                 .await?;
-            info!(engine = %engine.id, state = ?monitor_transition(engine.state, MonitorStep::Gone), "engine resource removed");
+            if advanced {
+                info!(engine = %engine.id, state = ?monitor_transition(engine.state, MonitorStep::Gone), "engine resource removed");
+            }
             return Ok(None);
         }
-        self.inner.platform.delete(&engine.id).await?;
-        self.reschedule(engine, later(self.inner.config.start_check_interval))
+        let waited = since(engine.update_time);
+        if waited < config.delete_timeout {
+            platform
+                .delete(&engine.id, engine.generation, false)
+                .await?;
+            return self
+                .reschedule(engine, later(config.start_check_interval))
+                .await;
+        }
+        if waited < config.delete_timeout + config.kill_timeout {
+            platform.delete(&engine.id, engine.generation, true).await?;
+            let recheck = later(config.start_check_interval.max(Duration::from_millis(500)));
+            if engine.failures == 0 {
+                // Said once, in the history.
+                let failure = Failure {
+                    state: engine.state,
+                    fence: Some(engine.generation),
+                    message: format!(
+                        "the resource was not gone after {:?}; killing it",
+                        config.delete_timeout
+                    ),
+                    retry_at: recheck,
+                    actor: Some(self.actor()),
+                };
+                return match self
+                    .inner
+                    .store
+                    .record_failure(&engine.id, &failure)
+                    .await?
+                {
+                    Cas::Done => Ok(Some(recheck)),
+                    _ => Ok(None),
+                };
+            }
+            let mut keep = Reschedule::new(engine.state, Some(recheck));
+            keep.keep_failures = true;
+            return self.reschedule_with(engine, keep).await;
+        }
+        let stuck = platform
+            .stuck(&engine.id)
             .await
+            .unwrap_or_else(|error| format!("the engine's resource ({error})"));
+        let message = format!(
+            "{stuck} did not go within {:?} of its delete, even killed; the orphan scan keeps removing it",
+            waited
+        );
+        warn!(engine = %engine.id, %message, "delete stuck");
+        self.advance(
+            engine,
+            engine.state,
+            engine.generation,
+            MonitorStep::DeleteStuck,
+            |t| t.with_error(message),
+        )
+        .await?;
+        Ok(None)
     }
 
-    async fn keep_logs(&self, id: &EngineId) {
+    /// Keeps the driver log's tail before the resource goes. A log that cannot be read is not
+    /// there to keep; one that cannot be saved stops the step (to be tried again).
+    async fn keep_logs(&self, id: &EngineId) -> Result<(), MonitorError> {
         match self.inner.platform.logs(id, MAX_KEPT_LOG).await {
-            Ok(Some(text)) => {
-                if let Err(error) = self.inner.store.save_logs(id, &text).await {
-                    warn!(engine = %id, %error, "cannot keep the driver log");
-                }
-            }
+            Ok(Some(text)) => self.inner.store.save_logs(id, &text).await?,
             Ok(None) => {}
             Err(error) => warn!(engine = %id, %error, "cannot read the driver log to keep it"),
         }
+        Ok(())
     }
 
-    /// Removes resources whose engine is gone, and stops those of settled engines. Returns how
-    /// many resources were cleaned.
+    /// Removes resources whose engine is gone, stops those of settled engines, and those left
+    /// by an earlier generation of an engine. Returns how many resources were cleaned.
     pub async fn clean_orphans(&self) -> Result<usize, MonitorError> {
         // Resources first, then states: an engine created in between is not in the first list,
         // so it cannot be taken for an orphan.
@@ -557,19 +828,37 @@ impl Monitor {
         if resources.is_empty() {
             return Ok(0);
         }
-        let states: HashMap<EngineId, EngineState> =
-            self.inner.store.all_states().await?.into_iter().collect();
+        let engines: HashMap<EngineId, (EngineState, u64)> = self
+            .inner
+            .store
+            .all_states()
+            .await?
+            .into_iter()
+            .map(|(id, state, generation)| (id, (state, generation)))
+            .collect();
         let mut cleaned = 0;
-        for id in resources {
+        for (id, resource_generation) in resources {
             if lock(&self.inner.in_flight).contains(&id) {
                 continue;
             }
-            let result = match states.get(&id) {
+            let result = match engines.get(&id) {
                 None => {
                     info!(engine = %id, "removing what is left of a deleted engine");
                     self.inner.platform.forget(&id).await.map(|()| true)
                 }
-                Some(state) if state.is_settled() => self.stop_orphan(&id, *state).await,
+                Some((state, generation)) if state.is_settled() => {
+                    self.stop_orphan(&id, *state, *generation).await
+                }
+                // A resource of an earlier generation: nothing the engine uses now (a delete of
+                // that generation touches nothing later).
+                Some((_, generation)) if resource_generation < *generation => {
+                    info!(engine = %id, resource_generation, generation, "removing a resource of an earlier generation");
+                    self.inner
+                        .platform
+                        .delete(&id, resource_generation, true)
+                        .await
+                        .map(|()| true)
+                }
                 Some(_) => Ok(false),
             };
             match result {
@@ -581,7 +870,12 @@ impl Monitor {
         Ok(cleaned)
     }
 
-    async fn stop_orphan(&self, id: &EngineId, state: EngineState) -> Result<bool, PlatformError> {
+    async fn stop_orphan(
+        &self,
+        id: &EngineId,
+        state: EngineState,
+        generation: u64,
+    ) -> Result<bool, PlatformError> {
         let Some(engine) = self.inner.store.get(id).await.ok().flatten() else {
             return Ok(false);
         };
@@ -589,15 +883,9 @@ impl Monitor {
         {
             return Ok(false);
         }
-        // Another monitor may have restarted the engine and created its resource since the
-        // first read: only an engine still settled, unchanged, has an orphan.
-        match self.inner.store.get(id).await {
-            Ok(Some(again))
-                if again.state == engine.state && again.update_time == engine.update_time => {}
-            _ => return Ok(false),
-        }
         warn!(engine = %id, %state, "a resource runs for a settled engine; stopping it");
-        self.inner.platform.delete(id).await?;
+        // Fenced: a restart since then claims a later generation, which this delete leaves.
+        self.inner.platform.delete(id, generation, true).await?;
         Ok(true)
     }
 }

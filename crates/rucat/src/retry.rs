@@ -26,15 +26,32 @@ impl Backoff {
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(self.max);
-        // A uuid v4 carries 122 random bits; a few of them are plenty of jitter.
-        let random = (uuid::Uuid::new_v4().as_u128() & 0xffff) as u32;
-        wait - wait / 4 * random / 0xffff
+        jitter(wait)
+    }
+
+    /// The wait before attempt `failures + 1`, for a caller that keeps the count itself (a
+    /// failure count kept with an engine): `initial` doubled `failures` times, capped at `max`,
+    /// with the same jitter.
+    pub fn nth(initial: Duration, max: Duration, failures: u32) -> Duration {
+        let doublings = failures.min(32);
+        let wait = initial
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(max)
+            .min(max);
+        jitter(wait)
     }
 
     /// After a success: the next failure waits `initial` again.
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
+}
+
+/// Shortens `wait` by up to a quarter at random.
+fn jitter(wait: Duration) -> Duration {
+    // A uuid v4 carries 122 random bits; a few of them are plenty of jitter.
+    let random = (uuid::Uuid::new_v4().as_u128() & 0xffff) as u32;
+    wait - wait / 4 * random / 0xffff
 }
 
 #[cfg(test)]
@@ -55,5 +72,24 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_wait() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_nth_wait_doubles_from_the_count_up_to_the_cap() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(60));
+        for (failures, nominal) in [
+            (0, 100),
+            (1, 200),
+            (3, 800),
+            (20, 60_000),
+            (u32::MAX, 60_000),
+        ] {
+            let wait = Backoff::nth(initial, max, failures);
+            let nominal = Duration::from_millis(nominal);
+            assert!(
+                wait <= nominal && wait >= nominal * 3 / 4,
+                "{failures}: {wait:?}"
+            );
+        }
     }
 }

@@ -105,7 +105,7 @@ async fn create(app: &TestApp, token: &str, name: &str) -> String {
 /// Everything the store holds, to compare before and after refused requests.
 async fn snapshot(app: &TestApp) -> Vec<Value> {
     let mut out = Vec::new();
-    for (id, _) in app.store.all_states().await.expect("states") {
+    for (id, _, _) in app.store.all_states().await.expect("states") {
         let engine = app.store.get(&id).await.expect("get").expect("engine");
         let events = app.store.events(&id).await.expect("events");
         out.push(json!({"engine": engine, "events": events}));

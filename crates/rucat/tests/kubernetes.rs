@@ -11,6 +11,7 @@ mod e2e;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::fake_connect::FakeSparkConnect;
 use common::{spawn_api, TestApp, VERSION};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_double::{Fault, KubeDouble};
@@ -29,7 +30,6 @@ fn config() -> KubernetesConfig {
     KubernetesConfig {
         versions: vec![VERSION.to_owned()],
         api_timeout: Duration::from_secs(2),
-        delete_wait: Duration::from_secs(3),
         ..KubernetesConfig::default()
     }
 }
@@ -54,6 +54,8 @@ fn engine(configs: &[(&str, &str)]) -> Engine {
     Engine {
         version: VERSION.into(),
         state: EngineState::StartInProgress,
+        // As the claim of its first start made it.
+        generation: 1,
         secret: Some(rucat::engine::EngineSecret::generate()),
         configs: configs
             .iter()
@@ -358,26 +360,42 @@ async fn checking_running_engines_costs_no_request_beyond_the_watch() {
 }
 
 #[tokio::test]
-async fn delete_removes_pod_and_service_and_waits_for_them() {
+async fn delete_removes_pod_and_what_it_owns() {
     let double = KubeDouble::start().await;
     let platform = platform(&double).await;
     let engine = engine(&[]);
     platform.create(&engine).await.expect("create");
     double.set_deletion_delay(Duration::from_millis(600));
 
-    let started = std::time::Instant::now();
-    platform.delete(&engine.id).await.expect("delete");
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "delete returned before the pod was gone"
+    // The delete is asked (once, for exactly this pod); the pod terminates, then goes with
+    // what it owns.
+    double.reset_requests();
+    platform
+        .delete(&engine.id, engine.generation, false)
+        .await
+        .expect("delete");
+    let uid = double.pod(NS, &name(&engine)).expect("terminating")["metadata"]["uid"].clone();
+    let deletes: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![format!("/api/v1/namespaces/{NS}/pods/{}", name(&engine))]
     );
+    assert!(uid.is_string());
+    state_becomes(&platform, &engine, |s| *s == ResourceState::Gone).await;
     assert!(double.pod(NS, &name(&engine)).is_none());
     assert!(double.service(NS, &name(&engine)).is_none());
     assert!(double.secret(NS, &name(&engine)).is_none());
-    state_becomes(&platform, &engine, |s| *s == ResourceState::Gone).await;
 
     // Deleting nothing succeeds.
-    platform.delete(&engine.id).await.expect("delete again");
+    platform
+        .delete(&engine.id, engine.generation, false)
+        .await
+        .expect("delete again");
 }
 
 fn secret_token(double: &KubeDouble, engine: &Engine) -> Vec<u8> {
@@ -430,7 +448,10 @@ async fn each_start_has_its_own_secret_and_a_stale_one_is_replaced() {
     assert_eq!(double.pods(NS).len(), 1);
 
     // The next start (a restart) has a new secret.
-    platform.delete(&engine.id).await.expect("delete");
+    platform
+        .delete(&engine.id, engine.generation, false)
+        .await
+        .expect("delete");
     let restarted = Engine {
         secret: Some(rucat::engine::EngineSecret::generate()),
         ..engine.clone()
@@ -509,7 +530,10 @@ async fn each_engine_gets_a_network_policy_owned_by_its_pod() {
     assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], uid);
 
     // Deleted with the engine.
-    platform.delete(&engine.id).await.expect("delete");
+    platform
+        .delete(&engine.id, engine.generation, false)
+        .await
+        .expect("delete");
     assert!(double.network_policy(NS, &name(&engine)).is_none());
 
     // Owned by the pod: a pod that vanishes takes its policy along.
@@ -667,11 +691,20 @@ fn fast_monitor() -> MonitorConfig {
     }
 }
 
-async fn setup(double: &KubeDouble) -> (TestApp, Arc<KubernetesPlatform>, Monitor) {
-    let platform = Arc::new(platform(double).await);
+/// The monitor with the Kubernetes platform, reaching every driver's Spark Connect port at a
+/// stand-in server (nothing runs in the double's pods).
+async fn setup(
+    double: &KubeDouble,
+) -> (TestApp, Arc<KubernetesPlatform>, Monitor, FakeSparkConnect) {
+    let connect = FakeSparkConnect::start().await;
+    let config = KubernetesConfig {
+        connect_address: Some(connect.addr.to_string()),
+        ..config()
+    };
+    let platform = Arc::new(platform_with(double, config).await);
     let app = spawn_api(Some(platform.clone() as Arc<dyn Platform>)).await;
     let monitor = Monitor::new(app.store.clone(), platform.clone(), fast_monitor());
-    (app, platform, monitor)
+    (app, platform, monitor, connect)
 }
 
 async fn drive_until(app: &TestApp, monitor: &Monitor, id: &str, wanted: EngineState) {
@@ -696,7 +729,7 @@ async fn create(app: &TestApp) -> String {
 #[tokio::test]
 async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
     let double = KubeDouble::start().await;
-    let (app, _platform, monitor) = setup(&double).await;
+    let (app, _platform, monitor, connect) = setup(&double).await;
     let id = create(&app).await;
     let pod = format!("rucat-{id}");
 
@@ -710,19 +743,35 @@ async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
         EngineState::StartInProgress,
         "not Running before the pod is ready"
     );
+    // Ready (its TCP readiness probe passed) is not Running: Spark Connect must answer.
+    connect.set_healthy(false);
     double.set_pod_status(NS, &pod, ready());
+    for _ in 0..300 {
+        monitor.pass().await.expect("pass");
+        if connect.calls() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.client.get(&id).await.expect("get").state,
+        EngineState::StartInProgress,
+        "a ready pod whose Spark Connect does not answer is not Running"
+    );
+    assert!(connect.calls() > 0, "the monitor asked Spark Connect");
+    connect.set_healthy(true);
     drive_until(&app, &monitor, &id, EngineState::Running).await;
-    // The proxy reaches the engine at its Service's DNS name; users see the proxy.
+    // The proxy (and the monitor) reach the engine where [kubernetes] connect_address says
+    // (by default its Service's DNS name); users see the proxy.
     let stored = app
         .store
         .get(&EngineId::parse(&id).expect("id"))
         .await
         .expect("get")
         .expect("engine");
-    assert_eq!(
-        stored.endpoint.as_deref(),
-        Some(format!("sc://{pod}.{NS}.svc.cluster.local:15002").as_str())
-    );
+    assert_eq!(stored.endpoint, Some(format!("sc://{}", connect.addr)));
+    let dns = objects::endpoint(&stored.id, NS, &config());
+    assert_eq!(dns, format!("sc://{pod}.{NS}.svc.cluster.local:15002"));
     let engine = app.client.get(&id).await.expect("get");
     assert_eq!(
         engine.endpoint,
@@ -745,7 +794,7 @@ async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
 #[tokio::test]
 async fn a_failing_pod_fails_its_engine_with_the_reason_and_is_cleaned() {
     let double = KubeDouble::start().await;
-    let (app, _platform, monitor) = setup(&double).await;
+    let (app, _platform, monitor, _connect) = setup(&double).await;
     let id = create(&app).await;
     let pod = format!("rucat-{id}");
     drive_until(&app, &monitor, &id, EngineState::StartInProgress).await;
@@ -767,7 +816,7 @@ async fn a_failing_pod_fails_its_engine_with_the_reason_and_is_cleaned() {
 #[tokio::test]
 async fn an_api_refusing_creates_fails_the_engine_but_keeps_it() {
     let double = KubeDouble::start().await;
-    let (app, _platform, monitor) = setup(&double).await;
+    let (app, _platform, monitor, _connect) = setup(&double).await;
     double.fail_next(Fault::new("/pods", 403).with_method("POST"));
     let id = create(&app).await;
     drive_until(&app, &monitor, &id, EngineState::ErrorClean).await;
@@ -792,7 +841,7 @@ async fn an_api_refusing_creates_fails_the_engine_but_keeps_it() {
 #[tokio::test]
 async fn orphan_pods_are_deleted_and_foreign_pods_left_alone() {
     let double = KubeDouble::start().await;
-    let (app, _platform, monitor) = setup(&double).await;
+    let (app, _platform, monitor, _connect) = setup(&double).await;
     let spec_pod = |id: &EngineId, instance: &str| {
         let config = KubernetesConfig {
             instance: instance.to_owned(),
@@ -805,6 +854,8 @@ async fn orphan_pods_are_deleted_and_foreign_pods_left_alone() {
                 name: "x",
                 version: VERSION,
                 configs: &configs,
+                // As planted engines have it.
+                generation: 0,
             },
             NS,
             &config,
@@ -854,7 +905,9 @@ struct Binary {
 }
 
 impl Binary {
-    async fn serve(double: &KubeDouble) -> Binary {
+    /// `rucat serve --platform kubernetes` on the double, reaching drivers' Spark Connect at
+    /// `connect`.
+    async fn serve(double: &KubeDouble, connect: &FakeSparkConnect) -> Binary {
         let dir = tempfile::tempdir().expect("temp dir");
         double
             .write_kubeconfig(&dir.path().join("kubeconfig"), NS)
@@ -863,10 +916,11 @@ impl Binary {
             dir.path().join("rucat.toml"),
             format!(
                 "platform = \"kubernetes\"\n\
-                 [kubernetes]\nversions = [\"{VERSION}\"]\n\
+                 [kubernetes]\nversions = [\"{VERSION}\"]\nconnect_address = \"{}\"\n\
                  [kubernetes.network_policy]\n\
                  connect_from = [{{ namespace = \"rucat\", pod_labels = {{ \"rucat.io/engine-access\" = \"true\" }} }}]\n\
-                 [monitor]\npoll_interval_ms = 100\nstart_check_interval_ms = 50\n"
+                 [monitor]\npoll_interval_ms = 100\nstart_check_interval_ms = 50\n",
+                connect.addr
             ),
         )
         .expect("config");
@@ -959,7 +1013,8 @@ fn documents(text: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
     let double = KubeDouble::start().await;
-    let rucat = Binary::serve(&double).await;
+    let connect = FakeSparkConnect::start().await;
+    let rucat = Binary::serve(&double, &connect).await;
 
     let id = stdout(&rucat.cli(&[
         "engine",
@@ -1047,7 +1102,8 @@ async fn the_binary_runs_an_engine_on_kubernetes_and_renders_what_it_creates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn render_refuses_what_a_create_would() {
     let double = KubeDouble::start().await;
-    let rucat = Binary::serve(&double).await;
+    let connect = FakeSparkConnect::start().await;
+    let rucat = Binary::serve(&double, &connect).await;
     for (args, needle) in [
         (
             vec!["--conf", "spark.kubernetes.driver.podTemplateFile=/tmp/x"],

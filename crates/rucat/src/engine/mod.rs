@@ -351,6 +351,14 @@ pub struct Engine {
     /// What the engine's Spark Connect server requires of its clients (the proxy sends it).
     #[serde(skip)]
     pub secret: Option<EngineSecret>,
+    /// The generation of the engine's last claim by a monitor (see the store's fencing).
+    #[serde(skip)]
+    pub generation: u64,
+    /// How many attempts at the current step failed in a row, and since when.
+    #[serde(skip)]
+    pub failures: u32,
+    #[serde(skip)]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// One state change in an engine's history.

@@ -178,10 +178,13 @@ pub enum MonitorStep {
     /// A Running engine had no Spark Connect call for its idle timeout: stop it, as a user's
     /// STOP would.
     IdleStop,
+    /// A delete did not remove the resource by its deadline, even killed: the engine takes its
+    /// error path (the orphan scan keeps removing the resource).
+    DeleteStuck,
 }
 
 impl MonitorStep {
-    pub const ALL: [MonitorStep; 9] = [
+    pub const ALL: [MonitorStep; 10] = [
         MonitorStep::Claim,
         MonitorStep::Created,
         MonitorStep::CreateFailed,
@@ -191,6 +194,7 @@ impl MonitorStep {
         MonitorStep::Gone,
         MonitorStep::TimedOut,
         MonitorStep::IdleStop,
+        MonitorStep::DeleteStuck,
     ];
 }
 
@@ -206,6 +210,7 @@ pub fn monitor_transition(state: EngineState, step: MonitorStep) -> Option<Engin
         (StartInProgress, Failed) => Some(ErrorWaitToClean),
         (Running, Failed) => Some(ErrorWaitToClean),
         (Running, IdleStop) => Some(WaitToTerminate),
+        (TerminateInProgress | ErrorCleanInProgress, DeleteStuck) => Some(ErrorClean),
         (WaitToTerminate, Claim) => Some(TriggerTermination),
         (TriggerTermination, DeleteRequested) => Some(TerminateInProgress),
         (TerminateInProgress, Gone) => Some(Terminated),
@@ -247,6 +252,8 @@ mod tests {
         (StartInProgress, MonitorStep::Failed, ErrorWaitToClean),
         (Running, MonitorStep::Failed, ErrorWaitToClean),
         (Running, MonitorStep::IdleStop, WaitToTerminate),
+        (TerminateInProgress, MonitorStep::DeleteStuck, ErrorClean),
+        (ErrorCleanInProgress, MonitorStep::DeleteStuck, ErrorClean),
         (WaitToTerminate, MonitorStep::Claim, TriggerTermination),
         (
             TriggerTermination,

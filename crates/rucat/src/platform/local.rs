@@ -45,6 +45,9 @@ use super::flock::FileLock;
 use super::{Platform, PlatformError, ResourceState};
 use crate::engine::{Engine, EngineId};
 
+/// The Spark conf (unknown to Spark, harmless) that names the engine generation of a process.
+const GENERATION_CONF: &str = "spark.rucat.generation";
+
 /// The environment variable through which Spark 4's Connect server takes the pre-shared token
 /// it requires of every client.
 pub const SECRET_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
@@ -107,6 +110,9 @@ struct ProcessRecord {
     started_at: DateTime<Utc>,
     master: String,
     spark_home: PathBuf,
+    /// The engine's generation that started the process (0 in records of older Rucats).
+    #[serde(default)]
+    generation: u64,
 }
 
 impl ProcessRecord {
@@ -364,6 +370,9 @@ impl LocalPlatform {
             .arg("--properties-file")
             .arg(&conf_path);
         let mut wiring = vec![
+            // The generation this start belongs to: on the command line, so that the process
+            // is told apart from another start's even without its record.
+            format!("{GENERATION_CONF}={}", engine.generation),
             format!("spark.connect.grpc.binding.port={port}"),
             format!("spark.connect.grpc.binding.address={HOST}"),
             format!("spark.driver.host={HOST}"),
@@ -428,6 +437,7 @@ impl LocalPlatform {
             started_at: Utc::now(),
             master: self.default_master.clone(),
             spark_home: self.spark_home.clone(),
+            generation: engine.generation,
         };
         if let Err(e) = write_json_atomic(&dir.join(STATE_FILE), &record) {
             signal_group(pid, libc::SIGKILL);
@@ -531,15 +541,18 @@ impl LocalPlatform {
         }
     }
 
-    /// Stops every process of the engine (the recorded one, and any found by its command line)
-    /// with SIGTERM, then SIGKILL, and waits until they are gone.
+    /// Stops every process of the engine of generation `up_to` or earlier (the recorded one,
+    /// and any found by its command line; never one of a later generation) with SIGTERM, then
+    /// SIGKILL (at once when `force`), and waits until they are gone.
     async fn stop_processes(
         &self,
         id: &EngineId,
         record: Option<&ProcessRecord>,
+        up_to: u64,
+        force: bool,
     ) -> Result<(), PlatformError> {
         let mut groups: Vec<Group> = Vec::new();
-        if let Some(record) = record {
+        if let Some(record) = record.filter(|r| r.generation <= up_to) {
             match read_stat(record.pgid) {
                 // The leader, or its zombie: ours.
                 Some(stat) if stat.start_time == record.proc_start_time => groups.push(Group {
@@ -560,8 +573,8 @@ impl LocalPlatform {
             find_engine_processes(&name)
         })
         .await?;
-        for (pid, stat, _) in found {
-            if groups.iter().any(|g| g.pgid == stat.pgrp) {
+        for (pid, stat, args) in found {
+            if groups.iter().any(|g| g.pgid == stat.pgrp) || generation_of(&args) > up_to {
                 continue;
             }
             if stat.pgrp <= 1 || stat.pgrp == own_process_group() {
@@ -579,7 +592,12 @@ impl LocalPlatform {
             return Ok(());
         }
 
-        for (signal, wait) in [(libc::SIGTERM, TERM_GRACE), (libc::SIGKILL, KILL_WAIT)] {
+        let signals: &[(i32, Duration)] = if force {
+            &[(libc::SIGKILL, KILL_WAIT)]
+        } else {
+            &[(libc::SIGTERM, TERM_GRACE), (libc::SIGKILL, KILL_WAIT)]
+        };
+        for &(signal, wait) in signals {
             let live = live_groups(&groups).await?;
             if live.is_empty() {
                 return Ok(());
@@ -610,9 +628,16 @@ impl LocalPlatform {
         )))
     }
 
-    /// Stops the engine's processes and removes its state; the caller holds the engine's lock
-    /// when the engine directory exists.
-    async fn delete_locked(&self, id: &EngineId, dir: &Path) -> Result<(), PlatformError> {
+    /// Stops the engine's processes of generation `up_to` or earlier and removes their state;
+    /// the caller holds the engine's lock when the engine directory exists. A later
+    /// generation's process and state are left alone.
+    async fn delete_locked(
+        &self,
+        id: &EngineId,
+        dir: &Path,
+        up_to: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
         let record = match read_record(dir) {
             Ok(record) => record,
             Err(e) => {
@@ -620,7 +645,12 @@ impl LocalPlatform {
                 None
             }
         };
-        self.stop_processes(id, record.as_ref()).await?;
+        self.stop_processes(id, record.as_ref(), up_to, force)
+            .await?;
+        if let Some(record) = record.as_ref().filter(|r| r.generation > up_to) {
+            debug!(engine = %id, generation = record.generation, up_to, "leaving a later start of the engine alone");
+            return Ok(());
+        }
 
         // Let our reaper record the end of our child before its state goes.
         let rx = self.children().remove(id).map(|c| c.exit);
@@ -648,14 +678,21 @@ impl LocalPlatform {
         Ok(())
     }
 
-    async fn adopt_orphan(&self, id: &EngineId, dir: &Path) -> Result<bool, PlatformError> {
+    /// Adopts a process of this start of the engine (`generation`) that has no record yet
+    /// (Rucat died between starting it and writing its record).
+    async fn adopt_orphan(
+        &self,
+        id: &EngineId,
+        dir: &Path,
+        generation: u64,
+    ) -> Result<bool, PlatformError> {
         let name = engine_process_name(id);
         let found = blocking("looking for the engine's processes", move || {
             find_engine_processes(&name)
         })
         .await?;
         let leader = found.into_iter().find_map(|(pid, stat, args)| {
-            if pid != stat.pgrp {
+            if pid != stat.pgrp || generation_of(&args) != generation {
                 return None;
             }
             let port = conf_arg(&args, "spark.connect.grpc.binding.port")?
@@ -670,6 +707,7 @@ impl LocalPlatform {
                 started_at: Utc::now(),
                 master,
                 spark_home: self.spark_home.clone(),
+                generation,
             })
         });
         let Some(record) = leader.filter(ProcessRecord::is_valid) else {
@@ -700,17 +738,27 @@ impl Platform for LocalPlatform {
                 None
             }
         };
+        let generation = engine.generation;
         if let Some(record) = &record {
-            if liveness(record.pid, record.proc_start_time) == Liveness::Alive {
-                info!(engine = %id, pid = record.pid, "adopting the engine's running Spark process");
+            if record.generation > generation {
+                return Err(PlatformError::Create(format!(
+                    "a later start of engine {id} exists (generation {} after {generation}): this one is stale",
+                    record.generation
+                )));
+            }
+            if record.generation == generation
+                && liveness(record.pid, record.proc_start_time) == Liveness::Alive
+            {
+                info!(engine = %id, pid = record.pid, generation, "adopting the engine's running Spark process");
                 return Ok(());
             }
         }
-        if record.is_none() && self.adopt_orphan(id, &dir).await? {
+        if record.is_none() && self.adopt_orphan(id, &dir, generation).await? {
             return Ok(());
         }
         // Whatever is left of an earlier run goes before a new one starts.
-        self.stop_processes(id, record.as_ref()).await?;
+        self.stop_processes(id, record.as_ref(), generation, false)
+            .await?;
         for file in [STATE_FILE, EXIT_FILE] {
             remove_file_if_exists(&dir.join(file)).map_err(PlatformError::io(format!(
                 "removing the stale {file} of engine {id}"
@@ -719,15 +767,20 @@ impl Platform for LocalPlatform {
         self.start(engine, &dir).await
     }
 
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
         let dir = self.engine_dir(id);
         if !dir.is_dir() {
             // Nothing on disk; a process of the engine may still exist if its directory was
             // removed by hand.
-            return self.stop_processes(id, None).await;
+            return self.stop_processes(id, None, generation, force).await;
         }
         let _lock = lock_engine(&dir, id).await?;
-        self.delete_locked(id, &dir).await
+        self.delete_locked(id, &dir, generation, force).await
     }
 
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
@@ -736,6 +789,10 @@ impl Platform for LocalPlatform {
         let Some(record) = read_record(&dir)? else {
             return Ok(ResourceState::Gone);
         };
+        if record.generation > engine.generation {
+            // A later start's process: nothing of the generation asked about is left.
+            return Ok(ResourceState::Gone);
+        }
         if liveness(record.pid, record.proc_start_time) != Liveness::Alive {
             return Ok(ResourceState::Failed(
                 self.failure_message(id, &record, &dir).await,
@@ -790,7 +847,7 @@ impl Platform for LocalPlatform {
         )))
     }
 
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
         let engines = self.data_dir.join(ENGINES_DIR);
         let entries = match fs::read_dir(&engines) {
             Ok(entries) => entries,
@@ -802,22 +859,40 @@ impl Platform for LocalPlatform {
                 })
             }
         };
-        let mut ids: Vec<EngineId> = entries
+        let mut ids: Vec<(EngineId, u64)> = entries
             .filter_map(Result::ok)
             .filter(|entry| entry.file_type().map(|t| t.is_dir()).unwrap_or(false))
             .filter_map(|entry| entry.file_name().to_str().and_then(EngineId::parse))
+            .map(|id| {
+                let generation = read_record(&self.engine_dir(&id))
+                    .ok()
+                    .flatten()
+                    .map_or(0, |record| record.generation);
+                (id, generation)
+            })
             .collect();
         ids.sort();
         Ok(ids)
     }
 
+    async fn stuck(&self, id: &EngineId) -> Result<String, PlatformError> {
+        let record = read_record(&self.engine_dir(id))?;
+        Ok(match record {
+            Some(record) => format!(
+                "the Spark process of engine {id} (pid {}, process group {})",
+                record.pid, record.pgid
+            ),
+            None => format!("a Spark process of engine {id} (found by its command line)"),
+        })
+    }
+
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
         let dir = self.engine_dir(id);
         if !dir.is_dir() {
-            return self.stop_processes(id, None).await;
+            return self.stop_processes(id, None, u64::MAX, true).await;
         }
         let _lock = lock_engine(&dir, id).await?;
-        self.delete_locked(id, &dir).await?;
+        self.delete_locked(id, &dir, u64::MAX, true).await?;
         let target = dir.clone();
         blocking("removing the engine directory", move || {
             remove_dir_if_exists(&target)
@@ -1297,11 +1372,16 @@ fn conf_arg(args: &[String], key: &str) -> Option<String> {
 /// its launcher while it starts.
 fn find_engine_processes(name: &str) -> Vec<(i32, ProcStat, Vec<String>)> {
     let me = std::process::id();
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
     all_processes()
         .into_iter()
         .filter(|(pid, stat)| {
             u32::try_from(*pid).ok() != Some(me) && !stat.is_dead() && !stat.is_kernel_thread()
         })
+        // Only Rucat's own user's processes: on a shared host another user's process may carry
+        // an engine's name, and is never the engine's.
+        .filter(|(pid, _)| owner_uid(*pid) == Some(uid))
         .filter_map(|(pid, stat)| {
             let args = settled_cmdline(pid)?;
             args.windows(2)
@@ -1309,6 +1389,19 @@ fn find_engine_processes(name: &str) -> Vec<(i32, ProcStat, Vec<String>)> {
                 .then_some((pid, stat, args))
         })
         .collect()
+}
+
+/// The user that owns process `pid`.
+fn owner_uid(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
+/// The engine generation a process's command line names (0 for a process of an older Rucat).
+fn generation_of(args: &[String]) -> u64 {
+    conf_arg(args, GENERATION_CONF)
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The command line of a user process. It reads empty for an instant while the process
@@ -1355,8 +1448,8 @@ fn port_owner(pid: i32, port: u16) -> PortOwner {
         return PortOwner::Nobody;
     }
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        // Cannot tell (no permission): trust the port.
-        return PortOwner::Engine;
+        // Cannot tell (no permission: the process is not Rucat's user's): not the engine's.
+        return PortOwner::Other;
     };
     let owns = fds.filter_map(Result::ok).any(|fd| {
         fs::read_link(fd.path()).is_ok_and(|target| {
@@ -1428,6 +1521,9 @@ mod tests {
             next_update_time: None,
             idle_timeout_minutes: 0,
             secret: None,
+            generation: 0,
+            failures: 0,
+            failing_since: None,
         }
     }
 
@@ -1871,7 +1967,10 @@ mod tests {
             0o600
         );
 
-        fx.platform.delete(&engine.id).await.unwrap();
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         assert_eq!(
             fx.platform.state(&engine).await.unwrap(),
             ResourceState::Gone
@@ -1892,10 +1991,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(log.contains("rucat:"), "{log}");
-        fx.platform.delete(&engine.id).await.unwrap();
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         assert_eq!(
             fx.platform.resources().await.unwrap(),
-            vec![engine.id.clone()]
+            vec![(engine.id.clone(), engine.generation)]
         );
     }
 
@@ -1918,7 +2020,10 @@ mod tests {
         assert_eq!(fx.record(&engine.id), first);
         assert_eq!(engine_leaders(&engine.id), vec![first.pid]);
         wait_for_state(&fx.platform, &engine, Duration::from_secs(20), is_running).await;
-        fx.platform.delete(&engine.id).await.unwrap();
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         assert!(engine_leaders(&engine.id).is_empty());
     }
 
@@ -1959,7 +2064,10 @@ mod tests {
             fx.platform.state(&engine).await.unwrap(),
             ResourceState::Gone
         );
-        fx.platform.delete(&engine.id).await.unwrap();
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         assert_eq!(
             fx.platform.state(&engine).await.unwrap(),
             ResourceState::Gone
@@ -1992,7 +2100,10 @@ mod tests {
         );
         // The leader is gone, its helper is not: delete ends the group.
         assert_eq!(group_members(record.pgid).len(), 1);
-        fx.platform.delete(&engine.id).await.unwrap();
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         assert!(group_members(record.pgid).is_empty());
         assert_eq!(
             fx.platform.state(&engine).await.unwrap(),
@@ -2015,7 +2126,7 @@ mod tests {
         assert_eq!(engine_leaders(&engine.id), vec![record.pid]);
         assert_eq!(
             restarted.resources().await.unwrap(),
-            vec![engine.id.clone()]
+            vec![(engine.id.clone(), engine.generation)]
         );
 
         // Rucat died after starting the process, before writing its state file.
@@ -2032,7 +2143,10 @@ mod tests {
         assert!(is_running(&again.state(&engine).await.unwrap()));
         assert_eq!(engine_leaders(&engine.id), vec![record.pid]);
 
-        again.delete(&engine.id).await.unwrap();
+        again
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         assert!(group_members(record.pgid).is_empty());
         assert_eq!(
             fx.platform.state(&engine).await.unwrap(),
@@ -2057,13 +2171,17 @@ mod tests {
             started_at: Utc::now(),
             master: "local[2]".to_owned(),
             spark_home: fx.home.path().to_owned(),
+            generation: 0,
         };
         write_json_atomic(&dir.join(STATE_FILE), &record).unwrap();
         let ResourceState::Failed(message) = fx.platform.state(&engine).await.unwrap() else {
             panic!("not failed");
         };
         assert!(message.contains("no longer running"), "{message}");
-        fx.platform.delete(&engine.id).await.unwrap(); // and it does not kill us
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap(); // and it does not kill us
         assert_eq!(
             fx.platform.state(&engine).await.unwrap(),
             ResourceState::Gone
@@ -2080,7 +2198,7 @@ mod tests {
         fx.platform.create(&b).await.unwrap();
         fs::create_dir_all(fx.data.path().join("engines").join("not-an-engine")).unwrap();
         fs::write(fx.data.path().join("engines").join("0123"), b"").unwrap();
-        let mut expected = vec![a.id.clone(), b.id.clone()];
+        let mut expected = vec![(a.id.clone(), a.generation), (b.id.clone(), b.generation)];
         expected.sort();
         assert_eq!(fx.platform.resources().await.unwrap(), expected);
 
@@ -2090,7 +2208,10 @@ mod tests {
         assert!(group_members(pgid).is_empty());
         assert_eq!(fx.platform.state(&a).await.unwrap(), ResourceState::Gone);
         assert_eq!(fx.platform.logs(&a.id, 100).await.unwrap(), None);
-        assert_eq!(fx.platform.resources().await.unwrap(), vec![b.id.clone()]);
+        assert_eq!(
+            fx.platform.resources().await.unwrap(),
+            vec![(b.id.clone(), b.generation)]
+        );
 
         let tail = fx.platform.logs(&b.id, 10).await.unwrap().unwrap();
         assert!(tail.len() <= 10, "{tail:?}");
@@ -2099,7 +2220,7 @@ mod tests {
 
         // Nothing to delete or forget.
         let nobody = EngineId::generate();
-        fx.platform.delete(&nobody).await.unwrap();
+        fx.platform.delete(&nobody, 0, false).await.unwrap();
         fx.platform.forget(&nobody).await.unwrap();
         assert_eq!(fx.platform.logs(&nobody, 100).await.unwrap(), None);
     }
@@ -2142,7 +2263,10 @@ mod tests {
         );
 
         let stopping = Instant::now();
-        platform.delete(&engine.id).await.unwrap();
+        platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
         eprintln!(
             "real Spark Connect server stopped in {:?}",
             stopping.elapsed()

@@ -14,13 +14,22 @@ struct Inner {
     resources: HashMap<EngineId, Resource>,
     fail_creates: Option<String>,
     hang_creates: bool,
+    /// Deletes do nothing (a resource that will not go, even killed).
+    stuck_deletes: bool,
+    /// Engines whose Spark Connect check fails (a hung engine).
+    unhealthy: std::collections::HashSet<EngineId>,
     polls_until_ready: u32,
     creates: Vec<EngineId>,
     deletes: Vec<EngineId>,
+    /// Every platform call, per engine.
+    calls: HashMap<EngineId, u32>,
+    /// Deletes asked with `force`.
+    forced: Vec<EngineId>,
 }
 
 #[derive(Debug)]
 struct Resource {
+    generation: u64,
     polls_left: u32,
     failed: Option<String>,
 }
@@ -58,6 +67,37 @@ impl MemoryPlatform {
         self.lock().polls_until_ready = polls;
     }
 
+    /// Deletes from now on remove nothing (`false` heals it).
+    pub fn stuck_deletes(&self, stuck: bool) {
+        self.lock().stuck_deletes = stuck;
+    }
+
+    /// The engine's Spark Connect check fails from now on (`false` heals it), while its
+    /// resource looks alive.
+    pub fn set_unhealthy(&self, id: &EngineId, unhealthy: bool) {
+        let mut inner = self.lock();
+        if unhealthy {
+            inner.unhealthy.insert(id.clone());
+        } else {
+            inner.unhealthy.remove(id);
+        }
+    }
+
+    /// How many platform calls (create, delete, state, probe) concerned the engine.
+    pub fn calls(&self, id: &EngineId) -> u32 {
+        self.lock().calls.get(id).copied().unwrap_or(0)
+    }
+
+    /// The engines a delete with `force` was asked for.
+    pub fn forced(&self) -> Vec<EngineId> {
+        self.lock().forced.clone()
+    }
+
+    /// The generation of the engine's resource, if it has one.
+    pub fn generation(&self, id: &EngineId) -> Option<u64> {
+        self.lock().resources.get(id).map(|r| r.generation)
+    }
+
     /// The resource dies with `message`.
     pub fn kill(&self, id: &EngineId, message: &str) {
         if let Some(resource) = self.lock().resources.get_mut(id) {
@@ -70,6 +110,7 @@ impl MemoryPlatform {
         self.lock().resources.insert(
             id.clone(),
             Resource {
+                generation: 0,
                 polls_left: 0,
                 failed: None,
             },
@@ -94,9 +135,16 @@ impl MemoryPlatform {
     }
 }
 
+impl MemoryPlatform {
+    fn count(&self, id: &EngineId) {
+        *self.lock().calls.entry(id.clone()).or_default() += 1;
+    }
+}
+
 #[async_trait]
 impl Platform for MemoryPlatform {
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
+        self.count(&engine.id);
         let hang = self.lock().hang_creates;
         if hang {
             std::future::pending::<()>().await;
@@ -105,13 +153,21 @@ impl Platform for MemoryPlatform {
         if let Some(message) = &inner.fail_creates {
             return Err(PlatformError::Create(message.clone()));
         }
-        if inner.resources.contains_key(&engine.id) {
-            return Ok(());
+        match inner.resources.get(&engine.id).map(|r| r.generation) {
+            Some(generation) if generation == engine.generation => return Ok(()),
+            Some(generation) if generation > engine.generation => {
+                return Err(PlatformError::Create(format!(
+                    "a later start of engine {} exists: this one is stale",
+                    engine.id
+                )))
+            }
+            _ => {}
         }
         let polls_left = inner.polls_until_ready;
         inner.resources.insert(
             engine.id.clone(),
             Resource {
+                generation: engine.generation,
                 polls_left,
                 failed: None,
             },
@@ -120,17 +176,39 @@ impl Platform for MemoryPlatform {
         Ok(())
     }
 
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
+        self.count(id);
         let mut inner = self.lock();
-        if inner.resources.remove(id).is_some() {
+        if force {
+            inner.forced.push(id.clone());
+        }
+        if inner.stuck_deletes {
+            return Ok(());
+        }
+        if inner
+            .resources
+            .get(id)
+            .is_some_and(|r| r.generation <= generation)
+        {
+            inner.resources.remove(id);
             inner.deletes.push(id.clone());
         }
         Ok(())
     }
 
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
+        self.count(&engine.id);
         let mut inner = self.lock();
-        let Some(resource) = inner.resources.get_mut(&engine.id) else {
+        let Some(resource) = inner
+            .resources
+            .get_mut(&engine.id)
+            .filter(|r| r.generation <= engine.generation)
+        else {
             return Ok(ResourceState::Gone);
         };
         if let Some(message) = &resource.failed {
@@ -157,11 +235,24 @@ impl Platform for MemoryPlatform {
             .then(|| format!("driver log of {id}\n")))
     }
 
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
-        Ok(self.lock().resources.keys().cloned().collect())
+    async fn probe(&self, engine: &Engine, _endpoint: &str) -> Result<(), String> {
+        self.count(&engine.id);
+        if self.lock().unhealthy.contains(&engine.id) {
+            return Err("Spark Connect did not answer (a hung engine)".to_owned());
+        }
+        Ok(())
+    }
+
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
+        Ok(self
+            .lock()
+            .resources
+            .iter()
+            .map(|(id, r)| (id.clone(), r.generation))
+            .collect())
     }
 
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
-        self.delete(id).await
+        self.delete(id, u64::MAX, true).await
     }
 }

@@ -49,23 +49,53 @@ pub enum ResourceState {
     Gone,
 }
 
+/// How long the monitor's Spark Connect request may take.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every resource carries the engine generation that made it (the generation of the claim that
+/// started it): a delete names the generation it is for and removes only resources of that
+/// generation or earlier, never a later one, so that a monitor that overran its claim cannot
+/// touch what a later claim started.
 #[async_trait]
 pub trait Platform: Send + Sync + 'static {
-    /// Creates the engine's resource. Idempotent: a resource left by an earlier attempt for the
-    /// same engine is adopted, never duplicated.
+    /// Creates the engine's resource for its generation (`engine.generation`). Idempotent: a
+    /// resource left by an earlier attempt of the same generation is adopted, never
+    /// duplicated; one of an earlier generation is removed first.
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError>;
 
-    /// Deletes the engine's resource and waits until it is gone. Deleting nothing succeeds.
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError>;
+    /// Deletes the engine's resources of `generation` or earlier; with `force`, at once
+    /// (SIGKILL, grace period 0). Deleting nothing succeeds. Returns once the deletion is
+    /// under way (or done); `state` tells when the resource is gone.
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError>;
 
+    /// The state of the engine's resource of its generation or earlier (a later generation's is
+    /// none of this engine view's business: `Gone`).
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError>;
+
+    /// Whether Spark Connect serves the engine at `endpoint`: a real request with the engine's
+    /// secret (see [`crate::spark_connect`]).
+    async fn probe(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
+        crate::spark_connect::probe(endpoint, &engine.id, engine.secret.as_ref(), PROBE_TIMEOUT)
+            .await
+    }
 
     /// The tail (at most `max_bytes`) of the engine's driver log, if there is one.
     async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError>;
 
-    /// The engines that have something on this platform (running or left behind).
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError>;
+    /// The engines that have something on this platform (running or left behind), each with
+    /// the generation that made it.
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError>;
 
-    /// Removes whatever is left of an engine that no longer exists (after `delete`).
+    /// Removes whatever is left of an engine that no longer exists, of any generation.
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError>;
+
+    /// The engine's resource in words, for a message saying it is stuck.
+    async fn stuck(&self, id: &EngineId) -> Result<String, PlatformError> {
+        Ok(format!("the resource of engine {id}"))
+    }
 }

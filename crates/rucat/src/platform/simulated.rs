@@ -7,14 +7,16 @@
 //!
 //! | file | what |
 //! | --- | --- |
-//! | `live/<engine id>` | exists while the engine's resource exists; holds its creation time (ms) |
-//! | `journal` | one line per platform call that changed or found something: `<ms> <pid> <create\|adopt\|delete> <engine id>` |
+//! | `live/<engine id>` | exists while the engine's resource exists; holds its creation time (ms) and the engine generation that made it |
+//! | `journal` | one line per platform call that changed or found something: `<ms> <pid> <create\|adopt\|delete> <engine id> <generation>` |
 //! | `lock` | `flock`ed around every create and delete, so that the journal and `live/` agree |
 //!
 //! A resource is `Starting` until `start_delay` has passed since its creation, then `Running` at
 //! the endpoint `sc://simulated:15002` (nothing listens there). `create` returns only after
 //! `create_delay`, as a slow platform API would, with the resource already made: a monitor killed
-//! meanwhile leaves a resource that the next attempt must adopt, not duplicate.
+//! meanwhile leaves a resource that the next attempt must adopt, not duplicate. `delete` waits
+//! `delete_delay` before it acts (a monitor paused meanwhile acts late), and every call may wait
+//! a random `latency` first.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +47,10 @@ pub struct SimulatedConfig {
     pub create_delay: Duration,
     /// How long a resource is `Starting` before it is `Running`.
     pub start_delay: Duration,
+    /// How long `delete` waits before it acts.
+    pub delete_delay: Duration,
+    /// Every call first waits a random time in this range (a slow platform API).
+    pub latency: (Duration, Duration),
 }
 
 impl Default for SimulatedConfig {
@@ -53,6 +59,8 @@ impl Default for SimulatedConfig {
             versions: vec!["4.3.0".to_owned()],
             create_delay: Duration::ZERO,
             start_delay: Duration::ZERO,
+            delete_delay: Duration::ZERO,
+            latency: (Duration::ZERO, Duration::ZERO),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct JournalEntry {
     pub pid: u32,
     pub event: JournalEvent,
     pub engine: String,
+    /// The engine generation of the resource the line is about.
+    pub generation: u64,
 }
 
 pub struct SimulatedPlatform {
@@ -112,9 +122,50 @@ impl SimulatedPlatform {
         FileLock::acquire(&self.dir.join(LOCK), "the simulated platform", LOCK_TIMEOUT).await
     }
 
-    async fn write_down(&self, event: JournalEvent, id: &EngineId) -> Result<(), PlatformError> {
+    /// Waits as a slow platform API would (the configured latency).
+    async fn latency(&self) {
+        let (min, max) = self.config.latency;
+        if max.is_zero() {
+            return;
+        }
+        let spread = max.saturating_sub(min).as_millis() as u64;
+        let random = uuid::Uuid::new_v4().as_u128() as u64;
+        let extra = if spread == 0 {
+            0
+        } else {
+            random % (spread + 1)
+        };
+        tokio::time::sleep(min + Duration::from_millis(extra)).await;
+    }
+
+    /// The generation of the engine's live resource, if there is one.
+    async fn live_generation(&self, id: &EngineId) -> Result<Option<(i64, u64)>, PlatformError> {
+        let live = self.live(id.as_str());
+        match tokio::fs::read_to_string(&live).await {
+            Ok(text) => {
+                // "<created ms> <generation>"; a file caught half-written reads as just
+                // created, generation 0.
+                let mut fields = text.split_whitespace();
+                let created = fields
+                    .next()
+                    .and_then(|f| f.parse().ok())
+                    .unwrap_or_else(|| Utc::now().timestamp_millis());
+                let generation = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+                Ok(Some((created, generation)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(PlatformError::io(format!("reading {}", live.display()))(e)),
+        }
+    }
+
+    async fn write_down(
+        &self,
+        event: JournalEvent,
+        id: &EngineId,
+        generation: u64,
+    ) -> Result<(), PlatformError> {
         let line = format!(
-            "{} {} {} {id}\n",
+            "{} {} {} {id} {generation}\n",
             Utc::now().timestamp_millis(),
             std::process::id(),
             event.as_str()
@@ -157,11 +208,13 @@ impl SimulatedPlatform {
                     _ => return Err(bad()),
                 };
                 let engine = fields.next().ok_or_else(bad)?.to_owned();
+                let generation = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
                 Ok(JournalEntry {
                     time_ms,
                     pid,
                     event,
                     engine,
+                    generation,
                 })
             })
             .collect()
@@ -193,47 +246,77 @@ fn list_live(dir: &Path) -> Result<Vec<String>, PlatformError> {
 #[async_trait]
 impl Platform for SimulatedPlatform {
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
+        self.latency().await;
         {
             let _lock = self.lock().await?;
             let live = self.live(engine.id.as_str());
-            if tokio::fs::try_exists(&live)
-                .await
-                .map_err(PlatformError::io(format!("reading {}", live.display())))?
-            {
-                self.write_down(JournalEvent::Adopt, &engine.id).await?;
-            } else {
-                tokio::fs::write(&live, Utc::now().timestamp_millis().to_string())
-                    .await
-                    .map_err(PlatformError::io(format!("writing {}", live.display())))?;
-                self.write_down(JournalEvent::Create, &engine.id).await?;
+            match self.live_generation(&engine.id).await? {
+                Some((_, generation)) if generation == engine.generation => {
+                    self.write_down(JournalEvent::Adopt, &engine.id, generation)
+                        .await?;
+                }
+                Some((_, generation)) if generation > engine.generation => {
+                    return Err(PlatformError::Create(format!(
+                        "a later start of engine {} exists (generation {generation} after {}): this one is stale",
+                        engine.id, engine.generation
+                    )));
+                }
+                earlier => {
+                    if let Some((_, generation)) = earlier {
+                        // What an earlier start left goes first.
+                        self.write_down(JournalEvent::Delete, &engine.id, generation)
+                            .await?;
+                    }
+                    let content =
+                        format!("{} {}", Utc::now().timestamp_millis(), engine.generation);
+                    tokio::fs::write(&live, content)
+                        .await
+                        .map_err(PlatformError::io(format!("writing {}", live.display())))?;
+                    self.write_down(JournalEvent::Create, &engine.id, engine.generation)
+                        .await?;
+                }
             }
         }
         tokio::time::sleep(self.config.create_delay).await;
         Ok(())
     }
 
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        _force: bool,
+    ) -> Result<(), PlatformError> {
+        self.latency().await;
+        tokio::time::sleep(self.config.delete_delay).await;
         let _lock = self.lock().await?;
+        // Looked at only now: a delete that comes late finds a later start's resource, and
+        // leaves it.
+        let Some((_, live_generation)) = self.live_generation(id).await? else {
+            return Ok(());
+        };
+        if live_generation > generation {
+            return Ok(());
+        }
         let live = self.live(id.as_str());
         match tokio::fs::remove_file(&live).await {
-            Ok(()) => self.write_down(JournalEvent::Delete, id).await,
+            Ok(()) => {
+                self.write_down(JournalEvent::Delete, id, live_generation)
+                    .await
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(PlatformError::io(format!("removing {}", live.display()))(e)),
         }
     }
 
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
-        let live = self.live(engine.id.as_str());
-        let created = match tokio::fs::read_to_string(&live).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ResourceState::Gone),
-            Err(e) => return Err(PlatformError::io(format!("reading {}", live.display()))(e)),
+        self.latency().await;
+        let Some((created, generation)) = self.live_generation(&engine.id).await? else {
+            return Ok(ResourceState::Gone);
         };
-        // A file caught half-written reads as just created.
-        let created: i64 = created
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| Utc::now().timestamp_millis());
+        if generation > engine.generation {
+            return Ok(ResourceState::Gone);
+        }
         let age = Utc::now().timestamp_millis().saturating_sub(created);
         if u128::try_from(age).unwrap_or(0) >= self.config.start_delay.as_millis() {
             Ok(ResourceState::Running {
@@ -242,6 +325,12 @@ impl Platform for SimulatedPlatform {
         } else {
             Ok(ResourceState::Starting)
         }
+    }
+
+    /// Nothing serves a simulated engine: it is taken to answer.
+    async fn probe(&self, _engine: &Engine, _endpoint: &str) -> Result<(), String> {
+        self.latency().await;
+        Ok(())
     }
 
     async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError> {
@@ -253,14 +342,22 @@ impl Platform for SimulatedPlatform {
         Ok(exists.then(|| crate::store::tail(&text, max_bytes).to_owned()))
     }
 
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
-        let ids = list_live(&self.dir)?;
-        Ok(ids.iter().filter_map(|id| EngineId::parse(id)).collect())
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
+        let mut out = Vec::new();
+        for id in list_live(&self.dir)?
+            .iter()
+            .filter_map(|id| EngineId::parse(id))
+        {
+            if let Some((_, generation)) = self.live_generation(&id).await? {
+                out.push((id, generation));
+            }
+        }
+        Ok(out)
     }
 
     /// Nothing but the resource is kept, so forgetting an engine deletes it.
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
-        self.delete(id).await
+        self.delete(id, u64::MAX, true).await
     }
 }
 
@@ -300,10 +397,16 @@ mod tests {
         );
         assert_eq!(
             other.resources().await.expect("resources"),
-            vec![engine.id.clone()]
+            vec![(engine.id.clone(), engine.generation)]
         );
-        other.delete(&engine.id).await.expect("delete");
-        platform.delete(&engine.id).await.expect("delete nothing");
+        other
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .expect("delete");
+        platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .expect("delete nothing");
         assert_eq!(
             platform.state(&engine).await.expect("state"),
             ResourceState::Gone

@@ -138,6 +138,9 @@ async fn create(
         idle_timeout_minutes,
         // What its Spark Connect server will require; a new one at every restart.
         secret: Some(EngineSecret::generate()),
+        generation: 0,
+        failures: 0,
+        failing_since: None,
     };
     let limits = context.quotas.for_owner(&caller.user);
     context.store.insert_within(&engine, &limits).await?;

@@ -23,8 +23,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    tail, ActivityReport, Cas, ListQuery, Store, StoreError, Transition, MAX_EVENTS, MAX_KEPT_LOG,
-    MAX_PAGE,
+    tail, ActivityReport, Cas, ListQuery, Reschedule, Store, StoreError, Transition, MAX_EVENTS,
+    MAX_KEPT_LOG, MAX_PAGE,
 };
 use crate::engine::quota::{Limits, QuotaExceeded};
 use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
@@ -103,6 +103,9 @@ pub fn sample_engine(name: &str) -> Engine {
         next_update_time: None,
         idle_timeout_minutes: 0,
         secret: None,
+        generation: 0,
+        failures: 0,
+        failing_since: None,
     }
 }
 
@@ -404,7 +407,7 @@ pub async fn reschedule_is_a_cas(store: Arc<dyn Store>) {
     let later = now_ms() + TimeDelta::seconds(90);
     assert_eq!(
         store
-            .reschedule(&engine.id, WaitToStart, Some(later))
+            .reschedule(&engine.id, &Reschedule::new(WaitToStart, Some(later)))
             .await
             .expect("reschedule"),
         Cas::Done
@@ -419,7 +422,7 @@ pub async fn reschedule_is_a_cas(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .reschedule(&engine.id, Running, None)
+            .reschedule(&engine.id, &Reschedule::new(Running, None))
             .await
             .expect("reschedule"),
         Cas::Conflict(WaitToStart)
@@ -428,7 +431,7 @@ pub async fn reschedule_is_a_cas(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .reschedule(&engine.id, WaitToStart, None)
+            .reschedule(&engine.id, &Reschedule::new(WaitToStart, None))
             .await
             .expect("reschedule"),
         Cas::Done
@@ -437,7 +440,10 @@ pub async fn reschedule_is_a_cas(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .reschedule(&EngineId::generate(), WaitToStart, Some(later))
+            .reschedule(
+                &EngineId::generate(),
+                &Reschedule::new(WaitToStart, Some(later))
+            )
             .await
             .expect("reschedule"),
         Cas::NotFound
@@ -496,7 +502,7 @@ pub async fn remove_is_a_cas(store: Arc<dyn Store>) {
         Some("neighbour log\n")
     );
     let all = store.all_states().await.expect("all states");
-    assert_eq!(all, vec![(neighbour.id.clone(), WaitToStart)]);
+    assert_eq!(all, vec![(neighbour.id.clone(), WaitToStart, 0)]);
 }
 
 pub async fn list_due_returns_due_engines_soonest_first(store: Arc<dyn Store>) {
@@ -532,7 +538,7 @@ pub async fn list_due_returns_due_engines_soonest_first(store: Arc<dyn Store>) {
     // Rescheduling and transitions move engines in and out.
     assert_eq!(
         store
-            .reschedule(&a.id, WaitToStart, None)
+            .reschedule(&a.id, &Reschedule::new(WaitToStart, None))
             .await
             .expect("reschedule"),
         Cas::Done
@@ -758,11 +764,12 @@ pub async fn all_states_lists_every_engine(store: Arc<dyn Store>) {
             store,
             Engine {
                 state,
+                generation: i as u64,
                 ..sample_engine(&format!("engine-{i}"))
             },
         )
         .await;
-        expected.insert((engine.id, state));
+        expected.insert((engine.id, state, i as u64));
     }
     let all: HashSet<_> = store
         .all_states()
@@ -942,7 +949,7 @@ pub async fn guarded_transitions_need_the_engine_due(store: Arc<dyn Store>) {
     // Nothing due at all: refused too.
     assert_eq!(
         store
-            .reschedule(&engine.id, TriggerStart, None)
+            .reschedule(&engine.id, &Reschedule::new(TriggerStart, None))
             .await
             .expect("reschedule"),
         Cas::Done
@@ -958,7 +965,7 @@ pub async fn guarded_transitions_need_the_engine_due(store: Arc<dyn Store>) {
     // Once the claim's time has passed, it is taken over.
     let expired = now_ms() - TimeDelta::seconds(1);
     store
-        .reschedule(&engine.id, TriggerStart, Some(expired))
+        .reschedule(&engine.id, &Reschedule::new(TriggerStart, Some(expired)))
         .await
         .expect("reschedule");
     let take_over = take_over.only_if_due_by(now_ms());
@@ -1010,14 +1017,14 @@ pub async fn wake_ups_when_an_engine_becomes_due(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .reschedule(&engine.id, TriggerStart, None)
+            .reschedule(&engine.id, &Reschedule::new(TriggerStart, None))
             .await
             .expect("reschedule"),
         Cas::Done
     );
     assert_wakes(store, "rescheduling to now", async {
         let cas = store
-            .reschedule(&engine.id, TriggerStart, Some(now_ms()))
+            .reschedule(&engine.id, &Reschedule::new(TriggerStart, Some(now_ms())))
             .await
             .expect("reschedule");
         assert_eq!(cas, Cas::Done);

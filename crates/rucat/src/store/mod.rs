@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod postgres;
 mod rows;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -81,6 +82,12 @@ pub struct Transition {
     pub limits: Option<Limits>,
     /// A new secret for the engine's next start; `None` keeps the one it has.
     pub secret: Option<EngineSecret>,
+    /// When set, the change happens only if the engine is still in this generation (a
+    /// monitor's writes name the generation of its claim, so that one that overran its claim
+    /// changes nothing of a later one).
+    pub fence: Option<u64>,
+    /// A claim: the engine enters a new generation (one more) with the change.
+    pub claim: bool,
 }
 
 impl Transition {
@@ -96,7 +103,21 @@ impl Transition {
             actor: None,
             limits: None,
             secret: None,
+            fence: None,
+            claim: false,
         }
+    }
+
+    /// Applies only in `generation` (see [`Transition::fence`]).
+    pub fn fenced(mut self, generation: u64) -> Self {
+        self.fence = Some(generation);
+        self
+    }
+
+    /// Makes the change a claim (see [`Transition::claim`]).
+    pub fn claiming(mut self) -> Self {
+        self.claim = true;
+        self
     }
 
     /// Gives the engine a new secret with the change (see [`Transition::secret`]).
@@ -143,6 +164,48 @@ impl Transition {
         self.message = Some(message.into());
         self
     }
+}
+
+/// When a monitor should look at an engine again, if it is still in `state` (and `fence`'s
+/// generation, when set). No event; the count of failed attempts is reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reschedule {
+    pub state: EngineState,
+    pub fence: Option<u64>,
+    /// `None` when nothing is due.
+    pub next_update_time: Option<DateTime<Utc>>,
+    /// When set, the engine's own address (found while it runs); `None` keeps it.
+    pub endpoint: Option<String>,
+    /// Keep the count of failed attempts (and since when) instead of resetting it.
+    pub keep_failures: bool,
+}
+
+impl Reschedule {
+    pub fn new(state: EngineState, next_update_time: Option<DateTime<Utc>>) -> Self {
+        Reschedule {
+            state,
+            fence: None,
+            next_update_time,
+            endpoint: None,
+            keep_failures: false,
+        }
+    }
+
+    pub fn fenced(mut self, generation: u64) -> Self {
+        self.fence = Some(generation);
+        self
+    }
+}
+
+/// A failed attempt at an engine's step: counted, recorded as an event, and tried again at
+/// `retry_at`, if the engine is still in `state` (and `fence`'s generation, when set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub state: EngineState,
+    pub fence: Option<u64>,
+    pub message: String,
+    pub retry_at: DateTime<Utc>,
+    pub actor: Option<Actor>,
 }
 
 /// What one proxy reports of an engine: its Spark Connect calls under way through that proxy,
@@ -201,13 +264,12 @@ pub trait Store: Send + Sync + 'static {
     async fn update_state(&self, id: &EngineId, transition: &Transition)
         -> Result<Cas, StoreError>;
 
-    /// Sets when a monitor should look again, if the engine is still in `state`. No event.
-    async fn reschedule(
-        &self,
-        id: &EngineId,
-        state: EngineState,
-        next_update_time: Option<DateTime<Utc>>,
-    ) -> Result<Cas, StoreError>;
+    /// Sets when a monitor should look again (see [`Reschedule`]).
+    async fn reschedule(&self, id: &EngineId, reschedule: &Reschedule) -> Result<Cas, StoreError>;
+
+    /// Records a failed attempt (see [`Failure`]): the engine's failure count and the time
+    /// its failures began are kept with it until its next transition or reschedule.
+    async fn record_failure(&self, id: &EngineId, failure: &Failure) -> Result<Cas, StoreError>;
 
     /// Removes the engine (with its events and logs) if it is in `expected`.
     async fn remove(&self, id: &EngineId, expected: EngineState) -> Result<Cas, StoreError>;
@@ -215,8 +277,8 @@ pub trait Store: Send + Sync + 'static {
     /// Engines whose `next_update_time` is at or before `now`, soonest first.
     async fn list_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Engine>, StoreError>;
 
-    /// The ids and states of all engines (for orphan clean-up).
-    async fn all_states(&self) -> Result<Vec<(EngineId, EngineState)>, StoreError>;
+    /// The ids, states and generations of all engines (for orphan clean-up).
+    async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError>;
 
     /// The engine's state history, oldest first; `None` if there is no such engine.
     async fn events(&self, id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError>;

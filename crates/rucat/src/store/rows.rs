@@ -16,7 +16,8 @@ use crate::engine::{Actor, Engine, EngineId, EngineSecret, EngineState};
 /// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
 pub(super) const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, \
                                          state, error, endpoint, create_time, update_time, \
-                                         next_update_time, idle_timeout_minutes, secret";
+                                         next_update_time, idle_timeout_minutes, secret, \
+                                         generation, failures, failing_since";
 
 /// The page size of a listing that asks for none.
 pub(super) const DEFAULT_PAGE: u32 = 50;
@@ -75,7 +76,16 @@ where
     let next_update_time: Option<i64> = column(row, &id, "next_update_time")?;
     let idle_timeout_minutes: i64 = column(row, &id, "idle_timeout_minutes")?;
     let secret: Option<String> = column(row, &id, "secret")?;
+    let generation: i64 = column(row, &id, "generation")?;
+    let failures: i64 = column(row, &id, "failures")?;
+    let failing_since: Option<i64> = column(row, &id, "failing_since")?;
     Ok(Engine {
+        generation: u64::try_from(generation)
+            .map_err(|_| corrupt(&id, format_args!("generation {generation} is negative")))?,
+        failures: count(failures),
+        failing_since: failing_since
+            .map(|t| time_from(&id, "failing_since", t))
+            .transpose()?,
         idle_timeout_minutes: u32::try_from(idle_timeout_minutes).map_err(|_| {
             corrupt(
                 &id,
@@ -127,17 +137,21 @@ where
     })
 }
 
-/// The `(id, state)` of each row, for `all_states`.
-pub(super) fn id_and_state<R>(row: &R) -> Result<(EngineId, EngineState), StoreError>
+/// The `(id, state, generation)` of each row, for `all_states`.
+pub(super) fn id_state_generation<R>(row: &R) -> Result<(EngineId, EngineState, u64), StoreError>
 where
     R: Row,
     for<'a> &'a str: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
 {
     let id = row_id(row)?;
     let state: String = column(row, &id, "state")?;
     let state = state_from(&id, "state", &state)?;
-    Ok((id_from(id)?, state))
+    let generation: i64 = column(row, &id, "generation")?;
+    let generation = u64::try_from(generation)
+        .map_err(|_| corrupt(&id, format_args!("generation {generation} is negative")))?;
+    Ok((id_from(id)?, state, generation))
 }
 
 /// Reads one row of the events query (an engine left-joined with its events): `None` for the
@@ -192,9 +206,14 @@ pub(super) fn activity_from(
 /// An owner's engines other than one (`$1` the owner, `$2` the engine's id): how many in all,
 /// and how many are active (neither `Terminated` nor `ErrorClean`). `$n` placeholders read the
 /// same in SQLite and PostgreSQL.
-pub(super) const QUOTA_COUNTS_SQL: &str = "SELECT count(*), \
-     coalesce(sum(CASE WHEN state IN ('Terminated', 'ErrorClean') THEN 0 ELSE 1 END), 0) \
-     FROM engines WHERE owner = $1 AND id <> $2";
+pub(super) const QUOTA_COUNTS_SQL: &str = "SELECT CAST(count(*) AS BIGINT), \
+     CAST(coalesce(sum(CASE WHEN state IN ('Terminated', 'ErrorClean') THEN 0 ELSE 1 END), 0) \
+     AS BIGINT) FROM engines WHERE owner = $1 AND id <> $2";
+
+/// A generation as the stores keep it (BIGINT; generations never get near its limit).
+pub(super) fn generation_value(generation: u64) -> i64 {
+    i64::try_from(generation).unwrap_or(i64::MAX)
+}
 
 /// A count from the database as the limits compare it.
 pub(super) fn count(n: i64) -> u32 {

@@ -290,15 +290,26 @@ async fn a_monitor_killed_while_holding_claims_is_taken_over_without_duplicates(
 
     let journal = SimulatedPlatform::journal(&cluster.data_dir()).expect("journal");
     for id in &ids {
-        let events: Vec<_> = journal
+        let entries: Vec<_> = journal.iter().filter(|entry| &entry.engine == id).collect();
+        let events: Vec<_> = entries
             .iter()
-            .filter(|entry| &entry.engine == id)
             .map(|entry| (entry.event, entry.pid == victim_pid))
             .collect();
+        // A survivor's claim is a new generation: it does not take on a resource the victim
+        // (which may yet wake up and act on it) made, but replaces it, never two at once.
         assert_eq!(
             events,
-            [(JournalEvent::Create, true), (JournalEvent::Adopt, false)],
-            "engine {id}: made once by the victim, adopted once by a survivor"
+            [
+                (JournalEvent::Create, true),
+                (JournalEvent::Delete, false),
+                (JournalEvent::Create, false)
+            ],
+            "engine {id}: made by the victim, replaced once by a survivor"
+        );
+        assert_eq!(entries[1].generation, entries[0].generation);
+        assert!(
+            entries[2].generation > entries[0].generation,
+            "engine {id}: the survivor's resource is of a later generation: {entries:?}"
         );
         let history: serde_json::Value = cluster
             .http

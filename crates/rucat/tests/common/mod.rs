@@ -2,6 +2,7 @@
 //! file, with typed calls.
 #![allow(dead_code)]
 
+pub mod fake_connect;
 pub mod jwt;
 
 use std::net::SocketAddr;
@@ -82,6 +83,9 @@ impl TestApp {
             next_update_time: None,
             idle_timeout_minutes: 0,
             secret: None,
+            generation: 0,
+            failures: 0,
+            failing_since: None,
         };
         self.store.insert(&engine).await.expect("insert");
         // As stored (times at the store's precision).

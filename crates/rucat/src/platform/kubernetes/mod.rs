@@ -58,10 +58,11 @@ pub struct KubernetesConfig {
     /// The user id drivers run as (185 is `spark` in the Apache Spark images).
     pub run_as_user: i64,
     pub cluster_domain: String,
+    /// How Rucat reaches a driver's Spark Connect port, `HOST:PORT` with `{name}` (the pod's
+    /// and Service's name) and `{namespace}`; `None`: the Service's DNS name, port 15002.
+    pub connect_address: Option<String>,
     /// How long one API request may take.
     pub api_timeout: Duration,
-    /// How long `delete` waits for a pod to be gone.
-    pub delete_wait: Duration,
     /// When set, each engine gets a NetworkPolicy (owned by its driver pod): its pods accept
     /// traffic from each other, and the driver's Spark Connect port from these peers only.
     pub network_policy: Option<NetworkPolicyConfig>,
@@ -97,8 +98,8 @@ impl Default for KubernetesConfig {
             driver_memory: "2Gi".to_owned(),
             run_as_user: 185,
             cluster_domain: "cluster.local".to_owned(),
+            connect_address: None,
             api_timeout: Duration::from_secs(30),
-            delete_wait: Duration::from_secs(60),
             network_policy: None,
         }
     }
@@ -112,8 +113,6 @@ impl KubernetesConfig {
 
 /// The first pause before a transient API failure is asked again.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-/// How often `delete` looks whether the pod is gone.
-const DELETE_POLL: Duration = Duration::from_millis(250);
 /// Lines of driver log read before the tail is cut to size.
 const LOG_LINES: i64 = 20_000;
 
@@ -278,6 +277,7 @@ impl KubernetesPlatform {
         })?;
         let secret = objects::engine_secret(
             &engine.id,
+            engine.generation,
             &self.namespace,
             &self.config,
             token.expose(),
@@ -300,6 +300,13 @@ impl KubernetesPlatform {
             .call_retrying(|| self.secrets.get(&name))
             .await
             .map_err(|error| PlatformError::Create(format!("secret {name}: {error}")))?;
+        let existing_generation = objects::generation_of(&existing.metadata);
+        if existing_generation > engine.generation {
+            return Err(PlatformError::Create(format!(
+                "secret {name} belongs to a later start (generation {existing_generation} after {}): this one is stale",
+                engine.generation
+            )));
+        }
         let current = existing
             .data
             .as_ref()
@@ -309,7 +316,7 @@ impl KubernetesPlatform {
             return Ok(());
         }
         info!(engine = %engine.id, "replacing the Secret of an earlier start");
-        let background = DeleteParams::background();
+        let background = exactly(&existing.metadata, false);
         self.call_retrying(|| self.secrets.delete(&name, &background))
             .await
             .map(drop)
@@ -407,36 +414,74 @@ impl KubernetesPlatform {
         create().await
     }
 
-    async fn delete_objects(&self, name: &str) -> Result<(), PlatformError> {
-        let background = DeleteParams::background();
-        self.call_retrying(|| self.pods.delete(name, &background))
+    /// Deletes the engine's pod if it belongs to `generation` or earlier (with its uid as a
+    /// precondition: a pod made meanwhile by a later start is never the one deleted), and the
+    /// engine's Secret likewise when no pod owns it. The pod's Service, NetworkPolicy and Secret
+    /// go with it (ownerReferences).
+    async fn delete_generation(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
+        let name = objects::object_name(id);
+        let pod = self
+            .call_retrying(|| self.pods.get_opt(&name))
             .await
-            .map(drop)
-            .or_else(RequestError::not_found_is_ok)
             .map_err(|error| PlatformError::Delete(format!("driver pod {name}: {error}")))?;
-        // The pod owns the Service (and the NetworkPolicy), so the garbage collector removes
-        // them too; deleting them here as well makes that immediate.
-        self.call_retrying(|| self.services.delete(name, &background))
-            .await
-            .map(drop)
-            .or_else(RequestError::not_found_is_ok)
-            .map_err(|error| PlatformError::Delete(format!("service {name}: {error}")))?;
-        if self.config.network_policy.is_some() {
-            self.call_retrying(|| self.network_policies.delete(name, &background))
-                .await
-                .map(drop)
-                .or_else(RequestError::not_found_is_ok)
-                .map_err(|error| {
-                    PlatformError::Delete(format!("network policy {name}: {error}"))
-                })?;
+        if let Some(pod) = &pod {
+            let pod_generation = objects::generation_of(&pod.metadata);
+            if pod_generation > generation {
+                debug!(engine = %id, pod_generation, generation, "leaving a later start's pod alone");
+                return Ok(());
+            }
+            // A pod already terminating is asked again only to shorten its grace period.
+            if pod.metadata.deletion_timestamp.is_none() || force {
+                let params = exactly(&pod.metadata, force);
+                self.call_retrying(|| self.pods.delete(&name, &params))
+                    .await
+                    .map(drop)
+                    .or_else(RequestError::gone_is_ok)
+                    .map_err(|error| {
+                        PlatformError::Delete(format!("driver pod {name}: {error}"))
+                    })?;
+            }
         }
-        // Owned by the pod too, but a Secret made for a pod that was never created has no owner.
-        self.call_retrying(|| self.secrets.delete(name, &background))
+        let secret = self
+            .call_retrying(|| self.secrets.get_opt(&name))
             .await
-            .map(drop)
-            .or_else(RequestError::not_found_is_ok)
-            .map_err(|error| PlatformError::Delete(format!("secret {name}: {error}")))
+            .map_err(|error| PlatformError::Delete(format!("secret {name}: {error}")))?;
+        if let Some(secret) = secret {
+            let owned = secret
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|owners| !owners.is_empty());
+            if !owned && objects::generation_of(&secret.metadata) <= generation {
+                let params = exactly(&secret.metadata, false);
+                self.call_retrying(|| self.secrets.delete(&name, &params))
+                    .await
+                    .map(drop)
+                    .or_else(RequestError::gone_is_ok)
+                    .map_err(|error| PlatformError::Delete(format!("secret {name}: {error}")))?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// Delete options that apply only to the object as it was read (its uid), in the background
+/// (owned objects follow), at once when `force`.
+fn exactly(meta: &kube::api::ObjectMeta, force: bool) -> DeleteParams {
+    let mut params = DeleteParams::background();
+    params.preconditions = Some(kube::api::Preconditions {
+        uid: meta.uid.clone(),
+        resource_version: None,
+    });
+    if force {
+        params.grace_period_seconds = Some(0);
+    }
+    params
 }
 
 /// Why one API request failed.
@@ -472,6 +517,16 @@ impl RequestError {
             Err(self)
         }
     }
+
+    /// For a delete with a uid precondition: the object is gone (404), or it is another
+    /// object by now (409, the precondition failed): either way, nothing left to delete.
+    fn gone_is_ok(self) -> Result<(), RequestError> {
+        if matches!(self.code(), Some(404 | 409)) {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
 }
 
 #[async_trait]
@@ -485,13 +540,29 @@ impl Platform for KubernetesPlatform {
         let created = match self.call_retrying(|| self.pods.create(&post, &pod)).await {
             Ok(created) => created,
             Err(error) if error.code() == Some(409) => {
-                // An earlier attempt made it: adopt it, unless it is on its way out.
+                // An earlier attempt of this start made it: adopt it. One of an earlier start
+                // goes first (and this attempt is retried); one of a later start means this
+                // claim is stale.
                 let existing =
                     self.call_retrying(|| self.pods.get(&name))
                         .await
                         .map_err(|error| {
                             PlatformError::Create(format!("driver pod {name}: {error}"))
                         })?;
+                let existing_generation = objects::generation_of(&existing.metadata);
+                if existing_generation > engine.generation {
+                    return Err(PlatformError::Create(format!(
+                        "driver pod {name} belongs to a later start (generation {existing_generation} after {}): this one is stale",
+                        engine.generation
+                    )));
+                }
+                if existing_generation < engine.generation {
+                    self.delete_generation(&engine.id, existing_generation, false)
+                        .await?;
+                    return Err(PlatformError::Create(format!(
+                        "driver pod {name} of an earlier start (generation {existing_generation}) is being deleted first"
+                    )));
+                }
                 if existing.metadata.deletion_timestamp.is_some() {
                     return Err(PlatformError::Create(format!(
                         "driver pod {name} from an earlier attempt is still being deleted"
@@ -505,37 +576,48 @@ impl Platform for KubernetesPlatform {
         self.create_owned_objects(&engine.id, &created).await
     }
 
-    async fn delete(&self, id: &EngineId) -> Result<(), PlatformError> {
-        let name = objects::object_name(id);
-        self.delete_objects(&name).await?;
-        let deadline = tokio::time::Instant::now() + self.config.delete_wait;
-        loop {
-            match self.call(self.pods.get_opt(&name)).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(_)) if tokio::time::Instant::now() < deadline => {}
-                Ok(Some(_)) => {
-                    return Err(PlatformError::Delete(format!(
-                        "driver pod {name} is still terminating after {:?}",
-                        self.config.delete_wait
-                    )))
-                }
-                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {}
-                Err(error) => {
-                    return Err(PlatformError::Delete(format!("driver pod {name}: {error}")))
-                }
-            }
-            tokio::time::sleep(DELETE_POLL).await;
-        }
+    async fn delete(
+        &self,
+        id: &EngineId,
+        generation: u64,
+        force: bool,
+    ) -> Result<(), PlatformError> {
+        self.delete_generation(id, generation, force).await
     }
 
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
         let name = objects::object_name(&engine.id);
         Ok(match self.pod(&name).await? {
+            // A later start's pod is none of this generation's.
+            Some(pod) if objects::generation_of(&pod.metadata) > engine.generation => {
+                ResourceState::Gone
+            }
             Some(pod) => pod_state(
                 &pod,
                 &objects::endpoint(&engine.id, &self.namespace, &self.config),
             ),
             None => ResourceState::Gone,
+        })
+    }
+
+    async fn stuck(&self, id: &EngineId) -> Result<String, PlatformError> {
+        let name = objects::object_name(id);
+        Ok(match self.pod(&name).await? {
+            Some(pod) => {
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.node_name.clone())
+                    .unwrap_or_else(|| "no node".to_owned());
+                match &pod.metadata.deletion_timestamp {
+                    Some(since) => format!(
+                        "driver pod {name} (on {node}, terminating since {}; is its node down?)",
+                        since.0
+                    ),
+                    None => format!("driver pod {name} (on {node})"),
+                }
+            }
+            None => format!("driver pod {name}"),
         })
     }
 
@@ -559,14 +641,15 @@ impl Platform for KubernetesPlatform {
         }
     }
 
-    async fn resources(&self) -> Result<Vec<EngineId>, PlatformError> {
+    async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
         let store = self.watched().await?;
-        let mut ids: Vec<EngineId> = store
+        let mut ids: Vec<(EngineId, u64)> = store
             .state()
             .iter()
             .filter_map(|pod| {
                 let labels = pod.metadata.labels.as_ref()?;
-                EngineId::parse(labels.get(objects::ENGINE_ID_LABEL)?)
+                let id = EngineId::parse(labels.get(objects::ENGINE_ID_LABEL)?)?;
+                Some((id, objects::generation_of(&pod.metadata)))
             })
             .collect();
         ids.sort();
@@ -575,7 +658,7 @@ impl Platform for KubernetesPlatform {
     }
 
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
-        self.delete(id).await
+        self.delete_generation(id, u64::MAX, true).await
     }
 }
 

@@ -25,6 +25,9 @@ use crate::engine::{Engine, EngineId};
 /// Labels every object Rucat creates carries; the watch and the orphan scan select on them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rucat");
 pub const ENGINE_ID_LABEL: &str = "rucat.io/engine-id";
+/// The engine generation (the claim) that made an object: a delete for one generation never
+/// touches a later one's pod or Secret.
+pub const GENERATION_LABEL: &str = "rucat.io/generation";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
 /// The Spark driver's ports, fixed inside the pod (each pod has its own network namespace).
@@ -56,6 +59,8 @@ pub struct DriverSpec<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub configs: &'a BTreeMap<String, String>,
+    /// The engine generation this start belongs to (1 for an engine's first start).
+    pub generation: u64,
 }
 
 impl<'a> From<&'a Engine> for DriverSpec<'a> {
@@ -65,6 +70,7 @@ impl<'a> From<&'a Engine> for DriverSpec<'a> {
             name: &engine.name,
             version: &engine.version,
             configs: &engine.configs,
+            generation: engine.generation,
         }
     }
 }
@@ -91,9 +97,28 @@ pub fn driver_host(id: &EngineId, namespace: &str, config: &KubernetesConfig) ->
     )
 }
 
-/// Where Spark Connect clients reach the engine, from inside the cluster.
+/// Where Rucat (the monitor's check, the proxy) reaches the engine's Spark Connect server:
+/// the driver's Service, or `[kubernetes] connect_address` with `{name}` and `{namespace}`
+/// filled in.
 pub fn endpoint(id: &EngineId, namespace: &str, config: &KubernetesConfig) -> String {
-    format!("sc://{}:{CONNECT_PORT}", driver_host(id, namespace, config))
+    match &config.connect_address {
+        Some(template) => format!(
+            "sc://{}",
+            template
+                .replace("{name}", &object_name(id))
+                .replace("{namespace}", namespace)
+        ),
+        None => format!("sc://{}:{CONNECT_PORT}", driver_host(id, namespace, config)),
+    }
+}
+
+/// The generation an object's labels name (0 for objects of older Rucats).
+pub fn generation_of(meta: &ObjectMeta) -> u64 {
+    meta.labels
+        .as_ref()
+        .and_then(|labels| labels.get(GENERATION_LABEL))
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The driver container's image: one the user picked from the allowed list with
@@ -254,16 +279,19 @@ pub fn driver_command() -> Vec<String> {
 /// start). Owned by the driver pod once it exists (`owner`), so it goes with it.
 pub fn engine_secret(
     id: &EngineId,
+    generation: u64,
     namespace: &str,
     config: &KubernetesConfig,
     token: &str,
     owner: Option<(&str, &str)>,
 ) -> Secret {
+    let mut labels = labels(id, config);
+    labels.insert(GENERATION_LABEL.to_owned(), generation.to_string());
     Secret {
         metadata: ObjectMeta {
             name: Some(object_name(id)),
             namespace: Some(namespace.to_owned()),
-            labels: Some(labels(id, config)),
+            labels: Some(labels),
             owner_references: owned_by(owner),
             ..ObjectMeta::default()
         },
@@ -368,11 +396,13 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
             .map(|name| LocalObjectReference { name: name.clone() })
             .collect()
     });
+    let mut pod_labels = labels(spec.id, config);
+    pod_labels.insert(GENERATION_LABEL.to_owned(), spec.generation.to_string());
     Pod {
         metadata: ObjectMeta {
             name: Some(object_name(spec.id)),
             namespace: Some(namespace.to_owned()),
-            labels: Some(labels(spec.id, config)),
+            labels: Some(pod_labels),
             annotations: Some(BTreeMap::from([
                 ("rucat.io/engine-name".to_owned(), spec.name.to_owned()),
                 ("rucat.io/spark-version".to_owned(), spec.version.to_owned()),
