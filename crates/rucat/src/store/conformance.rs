@@ -23,8 +23,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    tail, ActivityReport, Cas, ListQuery, Reschedule, Store, StoreError, Transition, MAX_EVENTS,
-    MAX_KEPT_LOG, MAX_PAGE,
+    tail, ActivityReport, Cas, Failure, ListQuery, Reschedule, Store, StoreError, Transition,
+    MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE,
 };
 use crate::engine::quota::{Limits, QuotaExceeded};
 use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
@@ -67,6 +67,9 @@ macro_rules! store_conformance_tests {
             quotas_hold_under_concurrent_restarts,
             secrets_are_kept_and_replaced_by_transitions,
             activity_adds_up_over_proxies_and_goes_stale,
+            claims_raise_the_generation_and_fenced_writes_need_it,
+            failures_are_counted_recorded_and_reset,
+            reschedule_restores_a_lost_endpoint,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1312,5 +1315,271 @@ pub async fn activity_adds_up_over_proxies_and_goes_stale(store: Arc<dyn Store>)
             .await
             .expect("activity"),
         super::Activity::default()
+    );
+}
+
+pub async fn claims_raise_the_generation_and_fenced_writes_need_it(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("fenced")).await;
+    assert_eq!(engine.generation, 0);
+
+    // A claim starts generation 1.
+    transition(
+        store,
+        &engine.id,
+        Transition::new(WaitToStart, TriggerStart).claiming(),
+    )
+    .await;
+    assert_eq!(get(store, &engine.id).await.generation, 1);
+
+    // A second claim of the same state (a monitor taking over one whose claim timed out) starts
+    // generation 2; the first monitor's writes, naming generation 1, now change nothing.
+    transition(
+        store,
+        &engine.id,
+        Transition::new(TriggerStart, TriggerStart).claiming(),
+    )
+    .await;
+    let taken_over = get(store, &engine.id).await;
+    assert_eq!(taken_over.generation, 2);
+    let history = events(store, &engine.id).await;
+    let later = now_ms() + TimeDelta::seconds(60);
+    let stale = [
+        store
+            .update_state(
+                &engine.id,
+                &Transition::new(TriggerStart, StartInProgress)
+                    .fenced(1)
+                    .due_at(later),
+            )
+            .await
+            .expect("update_state"),
+        store
+            .reschedule(
+                &engine.id,
+                &Reschedule::new(TriggerStart, Some(later)).fenced(1),
+            )
+            .await
+            .expect("reschedule"),
+        store
+            .record_failure(
+                &engine.id,
+                &Failure {
+                    state: TriggerStart,
+                    fence: Some(1),
+                    message: "late".to_owned(),
+                    retry_at: later,
+                    actor: None,
+                },
+            )
+            .await
+            .expect("record_failure"),
+    ];
+    assert_eq!(
+        stale,
+        [
+            Cas::Conflict(TriggerStart),
+            Cas::Conflict(TriggerStart),
+            Cas::Conflict(TriggerStart)
+        ]
+    );
+    assert_eq!(get(store, &engine.id).await, taken_over);
+    assert_eq!(events(store, &engine.id).await, history);
+
+    // The current generation's writes apply, and a fenced transition keeps the generation.
+    transition(
+        store,
+        &engine.id,
+        Transition::new(TriggerStart, StartInProgress).fenced(2),
+    )
+    .await;
+    assert_eq!(
+        store
+            .reschedule(
+                &engine.id,
+                &Reschedule::new(StartInProgress, Some(later)).fenced(2),
+            )
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    let now = get(store, &engine.id).await;
+    assert_eq!((now.state, now.generation), (StartInProgress, 2));
+    assert_eq!(now.next_update_time, Some(later));
+
+    // Unfenced writes (a user's) apply whatever the generation, and do not raise it.
+    transition(
+        store,
+        &engine.id,
+        Transition::new(StartInProgress, WaitToTerminate),
+    )
+    .await;
+    assert_eq!(get(store, &engine.id).await.generation, 2);
+    assert_eq!(
+        store
+            .all_states()
+            .await
+            .expect("all_states")
+            .into_iter()
+            .find(|(id, _, _)| id == &engine.id),
+        Some((engine.id.clone(), WaitToTerminate, 2))
+    );
+}
+
+pub async fn failures_are_counted_recorded_and_reset(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("failing")).await;
+    transition(
+        store,
+        &engine.id,
+        Transition::new(WaitToStart, TriggerStart).claiming(),
+    )
+    .await;
+    let monitor = Actor::Monitor("m-1".to_owned());
+    let before = now_ms();
+    for n in 1..=2 {
+        let retry_at = now_ms() + TimeDelta::seconds(n);
+        let failure = Failure {
+            state: TriggerStart,
+            fence: Some(1),
+            message: format!("the API refused ({n})"),
+            retry_at,
+            actor: Some(monitor.clone()),
+        };
+        assert_eq!(
+            store
+                .record_failure(&engine.id, &failure)
+                .await
+                .expect("record_failure"),
+            Cas::Done
+        );
+        let stored = get(store, &engine.id).await;
+        assert_eq!(stored.state, TriggerStart);
+        assert_eq!(stored.failures, n as u32);
+        assert_eq!(stored.next_update_time, Some(retry_at));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let failing = get(store, &engine.id).await;
+    let since = failing
+        .failing_since
+        .expect("failing since the first failure");
+    assert_between(since, before, now_ms(), "failing_since");
+    // Each failure is an event naming the state, the message and the monitor.
+    let recorded: Vec<_> = events(store, &engine.id)
+        .await
+        .into_iter()
+        .filter(|e| e.from == Some(TriggerStart) && e.to == TriggerStart)
+        .map(|e| (e.message, e.actor))
+        .collect();
+    assert_eq!(
+        recorded,
+        (1..=2)
+            .map(|n| (
+                Some(format!("the API refused ({n})")),
+                Some(monitor.clone())
+            ))
+            .collect::<Vec<_>>()
+    );
+    // A failure for another state changes nothing.
+    let wrong = Failure {
+        state: Running,
+        fence: None,
+        message: "wrong".to_owned(),
+        retry_at: now_ms(),
+        actor: None,
+    };
+    assert_eq!(
+        store
+            .record_failure(&engine.id, &wrong)
+            .await
+            .expect("record"),
+        Cas::Conflict(TriggerStart)
+    );
+    assert_eq!(
+        store
+            .record_failure(&EngineId::generate(), &wrong)
+            .await
+            .expect("record"),
+        Cas::NotFound
+    );
+
+    // A reschedule keeping failures keeps the count and since when; one that does not resets.
+    let keep = Reschedule {
+        keep_failures: true,
+        ..Reschedule::new(TriggerStart, None).fenced(1)
+    };
+    assert_eq!(
+        store
+            .reschedule(&engine.id, &keep)
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    let kept = get(store, &engine.id).await;
+    assert_eq!((kept.failures, kept.failing_since), (2, Some(since)));
+    assert_eq!(
+        store
+            .reschedule(&engine.id, &Reschedule::new(TriggerStart, None).fenced(1))
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    let reset = get(store, &engine.id).await;
+    assert_eq!((reset.failures, reset.failing_since), (0, None));
+
+    // A transition resets them too.
+    let again = Failure {
+        state: TriggerStart,
+        fence: Some(1),
+        message: "once more".to_owned(),
+        retry_at: now_ms(),
+        actor: None,
+    };
+    store
+        .record_failure(&engine.id, &again)
+        .await
+        .expect("record");
+    assert_eq!(get(store, &engine.id).await.failures, 1);
+    transition(
+        store,
+        &engine.id,
+        Transition::new(TriggerStart, StartInProgress).fenced(1),
+    )
+    .await;
+    let moved = get(store, &engine.id).await;
+    assert_eq!((moved.failures, moved.failing_since), (0, None));
+}
+
+pub async fn reschedule_restores_a_lost_endpoint(store: Arc<dyn Store>) {
+    let store = &*store;
+    let engine = insert(store, sample_engine("endpoint")).await;
+    transition(store, &engine.id, Transition::new(WaitToStart, Running)).await;
+    assert_eq!(get(store, &engine.id).await.endpoint, None);
+    let found = Reschedule {
+        endpoint: Some("sc://127.0.0.1:15555".to_owned()),
+        ..Reschedule::new(Running, None)
+    };
+    assert_eq!(
+        store
+            .reschedule(&engine.id, &found)
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    assert_eq!(
+        get(store, &engine.id).await.endpoint.as_deref(),
+        Some("sc://127.0.0.1:15555")
+    );
+    // Without one, the endpoint is kept.
+    assert_eq!(
+        store
+            .reschedule(&engine.id, &Reschedule::new(Running, None))
+            .await
+            .expect("reschedule"),
+        Cas::Done
+    );
+    assert_eq!(
+        get(store, &engine.id).await.endpoint.as_deref(),
+        Some("sc://127.0.0.1:15555")
     );
 }
