@@ -849,9 +849,13 @@ impl Monitor {
                 Some((state, generation)) if state.is_settled() => {
                     self.stop_orphan(&id, *state, *generation).await
                 }
-                // A resource of an earlier generation: nothing the engine uses now (a delete of
-                // that generation touches nothing later).
-                Some((_, generation)) if resource_generation < *generation => {
+                // A resource of an earlier generation while the engine starts or runs on its
+                // current one: nothing the engine uses (a delete of that generation touches
+                // nothing later). In other states the claim holder is dealing with it (and
+                // keeps its log first).
+                Some((EngineState::StartInProgress | EngineState::Running, generation))
+                    if resource_generation < *generation =>
+                {
                     info!(engine = %id, resource_generation, generation, "removing a resource of an earlier generation");
                     self.inner
                         .platform

@@ -36,8 +36,28 @@ impl Process {
         }
     }
 
-    /// SIGTERM, then SIGKILL after 10 s; the exit status of a graceful stop.
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// SIGSTOP: the process is frozen (as by a long GC pause or a suspended VM) until
+    /// [`Process::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGTERM (to a paused process too), then SIGKILL after 10 s; the exit status of a
+    /// graceful stop.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.resume();
         let mut child = self.child.take()?;
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -11,6 +11,7 @@ mod common;
 #[path = "../e2e/harness.rs"]
 mod e2e;
 mod harness;
+mod local;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
