@@ -1447,12 +1447,23 @@ fn port_owner(pid: i32, port: u16) -> PortOwner {
     if inodes.is_empty() {
         return PortOwner::Nobody;
     }
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        // Cannot tell (no permission: the process is not Rucat's user's): not the engine's.
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.filter_map(Result::ok).map(|fd| fd.path()));
+    listener_among(fds, &inodes)
+}
+
+/// Whether one of a process's open files (`fds`: the links of its `/proc/PID/fd`) is one of
+/// the listening sockets `inodes`. Files that cannot be listed (no permission: the process is
+/// not Rucat's user's) cannot tell, and are never taken for the engine's.
+fn listener_among(
+    fds: std::io::Result<impl Iterator<Item = PathBuf>>,
+    inodes: &HashSet<u64>,
+) -> PortOwner {
+    let Ok(mut fds) = fds else {
         return PortOwner::Other;
     };
-    let owns = fds.filter_map(Result::ok).any(|fd| {
-        fs::read_link(fd.path()).is_ok_and(|target| {
+    let owns = fds.any(|fd| {
+        fs::read_link(fd).is_ok_and(|target| {
             target
                 .to_str()
                 .and_then(|t| t.strip_prefix("socket:["))
@@ -1674,6 +1685,104 @@ mod tests {
 
     fn loopback(port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(HOST, port))
+    }
+
+    /// `sh -c 'sleep 60' --name NAME`: a process whose command line carries an engine's name,
+    /// run as `uid` when given (the tests run as root, which may start processes of any user).
+    fn impostor(name: &str, uid: Option<u32>) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("/bin/sh");
+        // Two commands, so that the shell stays (it would exec a single one, losing the name).
+        command
+            .args(["-c", "sleep 60; true", "--name", name])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        command
+            .spawn()
+            .expect("start a process (as another user: the tests must run as root)")
+    }
+
+    #[tokio::test]
+    async fn another_users_process_carrying_an_engines_name_is_never_the_engine() {
+        let fx = Fixture::new();
+        let engine = engine(&[]);
+        let name = engine_process_name(&engine.id);
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test starts a process as another user, so it runs as root"
+        );
+        let mut foreign = impostor(&name, Some(65534));
+        let foreign_pid = foreign.id() as i32;
+        // Seen as the engine's before the fix: only the command line was looked at.
+        for _ in 0..100 {
+            if settled_cmdline(foreign_pid).is_some_and(|args| args.contains(&name)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(owner_uid(foreign_pid), Some(65534));
+        assert!(find_engine_processes(&name).is_empty());
+        // Neither a state, nor something a delete (even forced) or the orphan scan kills.
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
+        fx.platform
+            .delete(&engine.id, u64::MAX, true)
+            .await
+            .unwrap();
+        assert!(
+            foreign.try_wait().unwrap().is_none(),
+            "another user's process was killed"
+        );
+
+        // Our own user's process with that name is one (the check can fail).
+        let mut own = impostor(&name, None);
+        let own_pid = own.id() as i32;
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = find_engine_processes(&name);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            found.iter().map(|(pid, _, _)| *pid).collect::<Vec<_>>(),
+            vec![own_pid]
+        );
+        for child in [&mut foreign, &mut own] {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
+    #[test]
+    fn a_process_whose_files_cannot_be_listed_does_not_own_a_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id() as i32;
+        let table = fs::read_to_string(format!("/proc/{me}/net/tcp")).unwrap();
+        let inodes: HashSet<u64> = listening_inodes(&table, port).into_iter().collect();
+        assert!(!inodes.is_empty());
+        let own_fds = || {
+            fs::read_dir(format!("/proc/{me}/fd"))
+                .map(|dir| dir.filter_map(Result::ok).map(|fd| fd.path()))
+        };
+        assert_eq!(listener_among(own_fds(), &inodes), PortOwner::Engine);
+        assert_eq!(port_owner(me, port), PortOwner::Engine);
+        // Before the fix, a /proc/PID/fd that could not be read counted as the engine's.
+        let denied: std::io::Result<std::iter::Empty<PathBuf>> =
+            Err(std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(listener_among(denied, &inodes), PortOwner::Other);
+        drop(listener);
     }
 
     #[test]
