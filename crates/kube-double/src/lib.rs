@@ -33,7 +33,11 @@
 //!   (`uid`, `resourceVersion`) the object does not meet are a 409 Conflict (`Operation cannot
 //!   be fulfilled on pods "x": Precondition failed: UID in precondition: A, UID in object
 //!   meta: B`, the API server's message without the storage error text it wraps around the
-//!   precondition) and nothing is deleted, dry run or not.
+//!   precondition) and nothing is deleted, dry run or not. An object with
+//!   `metadata.finalizers` is only marked (`deletionTimestamp`, `deletionGracePeriodSeconds`,
+//!   which a later delete with a shorter grace period, 0 included, shortens; MODIFIED) and
+//!   stays, blocking its name, until its last finalizer is removed (a PATCH or
+//!   [`KubeDouble::update_pod`]): then it goes at once (DELETED) with what it owns.
 //! - `PATCH {api}/namespaces/{ns}/{plural}/{name}` with `Content-Type:
 //!   application/merge-patch+json` (an RFC 7386 JSON merge patch, kube-rs's `Patch::Merge`) or
 //!   `application/strategic-merge-patch+json` (applied as a merge patch too: lists are replaced
@@ -445,6 +449,32 @@ preferences: {{}}
     /// and the connection breaks.
     pub fn fail_after_commit(&self, rule: Fault) {
         self.shared.add_fault(rule, true);
+    }
+
+    /// Holds the next matching requests (`rule`'s `method`, `path_contains` and `times`) on
+    /// their way until [`KubeDouble::release_held`]: then each is served, or faulted as
+    /// [`KubeDouble::fail_next`] would with `rule` (so a `status` below 400 and no `delay`
+    /// serves it as it is). A held request reaches the store when released even if its client
+    /// has given up meanwhile: a request delayed in the network, arriving late.
+    pub fn hold_next(&self, rule: Fault) {
+        self.shared.add_hold(rule);
+    }
+
+    /// Lets every request held now go on (see [`KubeDouble::hold_next`]).
+    pub fn release_held(&self) {
+        self.shared.release_held();
+    }
+
+    /// How many requests are held now.
+    pub fn held(&self) -> usize {
+        self.shared.held()
+    }
+
+    /// The path and `DeleteOptions` body (`{}` when none) of every DELETE received since the
+    /// start or [`KubeDouble::reset_requests`], in order (`gracePeriodSeconds`,
+    /// `preconditions`, `propagationPolicy`…).
+    pub fn delete_options(&self) -> Vec<(String, Value)> {
+        self.shared.deletes()
     }
 
     /// Drops the fault rules not yet used up.

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     /// Bumped to end every open watch.
     watch_epoch: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Bumped to let the held requests go.
+    released: watch::Sender<u64>,
 }
 
 /// Fault rules and the request record.
@@ -33,12 +35,18 @@ pub(crate) struct Shared {
 struct Control {
     faults: Vec<Rule>,
     requests: Vec<Request>,
+    /// The path and `DeleteOptions` of every DELETE.
+    deletes: Vec<(String, Value)>,
+    /// Requests held now (see [`crate::KubeDouble::hold_next`]).
+    held: usize,
 }
 
 struct Rule {
     fault: Fault,
     /// Serve the request (its change is made) and answer the fault anyway.
     after_commit: bool,
+    /// Hold the request until released, then apply the fault.
+    held: bool,
 }
 
 impl Shared {
@@ -49,6 +57,7 @@ impl Shared {
             changed: watch::channel(()).0,
             watch_epoch: AtomicU64::new(0),
             shutdown: watch::channel(false).0,
+            released: watch::channel(0).0,
         }
     }
 
@@ -74,8 +83,45 @@ impl Shared {
             self.control().faults.push(Rule {
                 fault,
                 after_commit,
+                held: false,
             });
         }
+    }
+
+    pub(crate) fn add_hold(&self, fault: Fault) {
+        if fault.times > 0 {
+            self.control().faults.push(Rule {
+                fault,
+                after_commit: false,
+                held: true,
+            });
+        }
+    }
+
+    /// Lets every request held now go.
+    pub(crate) fn release_held(&self) {
+        self.released.send_modify(|epoch| *epoch += 1);
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.control().held
+    }
+
+    pub(crate) fn deletes(&self) -> Vec<(String, Value)> {
+        self.control().deletes.clone()
+    }
+
+    /// Waits (holding the request) until the next release.
+    async fn hold(&self) {
+        let mut released = self.released.subscribe();
+        released.mark_unchanged();
+        self.control().held += 1;
+        let mut stopped = self.shutdown.subscribe();
+        tokio::select! {
+            _ = released.changed() => {}
+            _ = stopped.wait_for(|stopped| *stopped) => {}
+        }
+        self.control().held -= 1;
     }
 
     pub(crate) fn clear_faults(&self) {
@@ -87,12 +133,19 @@ impl Shared {
     }
 
     pub(crate) fn reset_requests(&self) {
-        self.control().requests.clear();
+        let mut control = self.control();
+        control.requests.clear();
+        control.deletes.clear();
     }
 
-    /// Records the request and takes the first fault rule it matches, if any.
-    fn admit(&self, request: Request, target: &str) -> Option<(Fault, bool)> {
+    /// Records the request and takes the first fault rule it matches, if any: the fault,
+    /// whether it applies after commit, whether the request is held first.
+    fn admit(&self, request: Request, target: &str, body: &Bytes) -> Option<(Fault, bool, bool)> {
         let mut control = self.control();
+        if request.method == "DELETE" {
+            let options = serde_json::from_slice(body).unwrap_or_else(|_| json!({}));
+            control.deletes.push((request.path.clone(), options));
+        }
         let matched = control.faults.iter().position(|rule| {
             rule.fault
                 .method
@@ -103,7 +156,7 @@ impl Shared {
         control.requests.push(request);
         let index = matched?;
         let rule = &mut control.faults[index];
-        let taken = (rule.fault.clone(), rule.after_commit);
+        let taken = (rule.fault.clone(), rule.after_commit, rule.held);
         rule.fault.times -= 1;
         if rule.fault.times == 0 {
             control.faults.remove(index);
@@ -191,34 +244,89 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let params = Params::parse(&uri);
     let path = uri.path();
     let query = uri.query().unwrap_or_default();
     let request = Request {
         method: method.as_str().to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
-        watch: params.as_ref().is_ok_and(|p| p.flag("watch")),
+        watch: Params::parse(&uri).is_ok_and(|p| p.flag("watch")),
     };
     let target = if query.is_empty() {
         path.to_owned()
     } else {
         format!("{path}?{query}")
     };
-    let fault = shared.admit(request, &target);
-    let serve = || match &params {
-        Ok(params) => route(&shared, &method, path, params, content_type, &body)
+    let fault = shared.admit(request, &target, &body);
+    let Some((fault, after_commit, held)) = fault else {
+        return serve(&shared, &method, &uri, &headers, &body);
+    };
+    if held {
+        // A request held up on its way: it reaches the store when released, whether or not
+        // its client still waits for the answer (so it runs apart from this connection).
+        let task = tokio::spawn(async move {
+            shared.hold().await;
+            answer(
+                &shared,
+                &method,
+                &uri,
+                &headers,
+                &body,
+                &target,
+                fault,
+                after_commit,
+            )
+            .await
+        });
+        return task.await.unwrap_or_else(|_| {
+            ApiError::new(500, "kube-double: a held request failed").into_response()
+        });
+    }
+    answer(
+        &shared,
+        &method,
+        &uri,
+        &headers,
+        &body,
+        &target,
+        fault,
+        after_commit,
+    )
+    .await
+}
+
+/// Serves the request as the API server would.
+fn serve(
+    shared: &Arc<Shared>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    match Params::parse(uri) {
+        Ok(params) => route(shared, method, uri.path(), &params, content_type, body)
             .unwrap_or_else(IntoResponse::into_response),
-        Err(error) => error.clone().into_response(),
-    };
-    let Some((fault, after_commit)) = fault else {
-        return serve();
-    };
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Serves, delays or refuses the request as the fault rule it matched says.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    shared: &Arc<Shared>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    target: &str,
+    fault: Fault,
+    after_commit: bool,
+) -> Response {
     let failure = fault.status >= 400;
-    let served = (after_commit || !failure).then(serve);
+    let served = (after_commit || !failure).then(|| serve(shared, method, uri, headers, body));
     if let Some(delay) = fault.delay {
         tokio::time::sleep(delay).await;
     }

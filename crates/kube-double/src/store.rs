@@ -455,9 +455,7 @@ impl Store {
             meta.insert(field.into(), previous["metadata"][field].clone());
         }
         self.stamp(&mut object);
-        self.objects
-            .insert(key(kind, namespace, name), object.clone());
-        self.record(kind, ChangeType::Modified, object.clone(), Some(previous));
+        self.store_changed(kind, namespace, name, object.clone(), previous);
         Some(object)
     }
 
@@ -561,9 +559,7 @@ impl Store {
         }
         let previous = current.clone();
         self.stamp(&mut object);
-        self.objects
-            .insert(key(kind, namespace, name), object.clone());
-        self.record(kind, ChangeType::Modified, object.clone(), Some(previous));
+        self.store_changed(kind, namespace, name, object.clone(), previous);
         Ok(object)
     }
 
@@ -591,6 +587,35 @@ impl Store {
             .unwrap_or_default()
             .to_owned();
         let terminating = !object["metadata"]["deletionTimestamp"].is_null();
+        if has_finalizers(object) {
+            // Marked for deletion, kept until its finalizers are removed; a grace period given
+            // now (0 included) shortens the one recorded.
+            let grace = match (options.grace, kind) {
+                (Some(grace), _) => grace,
+                (None, Kind::Pod) => grace_seconds(self.deletion_delay),
+                (None, _) => 0,
+            };
+            let recorded = object["metadata"]["deletionGracePeriodSeconds"].as_u64();
+            let object = if !terminating || recorded.is_some_and(|r| grace < r) {
+                let start = !terminating;
+                self.modify(kind, namespace, name, |object| {
+                    let meta = &mut object["metadata"];
+                    if start {
+                        meta["deletionTimestamp"] =
+                            meta::timestamp(SystemTime::now() + Duration::from_secs(grace)).into();
+                    }
+                    meta["deletionGracePeriodSeconds"] = grace.into();
+                })
+                .unwrap_or_default()
+            } else {
+                object.clone()
+            };
+            return Ok(Deletion::Terminating {
+                object,
+                uid,
+                after: None,
+            });
+        }
         let delay = self.deletion_delay;
         if kind == Kind::Pod && options.grace != Some(0) {
             if terminating {
@@ -601,7 +626,7 @@ impl Store {
                 });
             }
             if !delay.is_zero() {
-                let grace_seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+                let grace_seconds = grace_seconds(delay);
                 let object = self.modify(kind, namespace, name, |pod| {
                     pod["metadata"]["deletionTimestamp"] =
                         meta::timestamp(SystemTime::now() + delay).into();
@@ -663,11 +688,48 @@ impl Store {
         uid: &str,
         cascade: bool,
     ) -> bool {
+        // An object with finalizers goes when they are removed, not before.
         let same = self
             .get(kind, namespace, name)
-            .is_some_and(|o| o["metadata"]["uid"] == uid);
+            .is_some_and(|o| o["metadata"]["uid"] == uid && !has_finalizers(o));
         same && self.remove(kind, namespace, name, cascade).is_some()
     }
+
+    /// After a change: an object marked for deletion whose last finalizer is gone is removed
+    /// (DELETED, with what it owns), as the API server does; else the change is recorded
+    /// (MODIFIED).
+    fn store_changed(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        object: Value,
+        previous: Value,
+    ) {
+        let released = has_finalizers(&previous)
+            && !has_finalizers(&object)
+            && !object["metadata"]["deletionTimestamp"].is_null();
+        self.objects
+            .insert(key(kind, namespace, name), object.clone());
+        if released {
+            // `remove` stamps a new resourceVersion and records the deletion.
+            self.remove(kind, namespace, name, true);
+        } else {
+            self.record(kind, ChangeType::Modified, object, Some(previous));
+        }
+    }
+}
+
+/// Whether `object` has `metadata.finalizers` (a non-empty list): a delete only marks it.
+fn has_finalizers(object: &Value) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// A grace period in whole seconds, rounded up.
+fn grace_seconds(delay: Duration) -> u64 {
+    delay.as_secs() + u64::from(delay.subsec_nanos() > 0)
 }
 
 /// What decoding does to every object of a kind, whatever the request: a Secret's `stringData`

@@ -124,7 +124,17 @@ struct Inner {
     config: MonitorConfig,
     permits: Arc<Semaphore>,
     in_flight: Mutex<HashSet<EngineId>>,
+    finished: Mutex<Finished>,
     next_wake: Mutex<Option<DateTime<Utc>>>,
+}
+
+/// When each engine's last drive ended, counted in drives ended: a due engine read before its
+/// last drive ended may be read as it was before that drive (stale), and is not driven from
+/// that read.
+#[derive(Default)]
+struct Finished {
+    count: u64,
+    at: HashMap<EngineId, u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,6 +163,7 @@ impl Monitor {
                 config,
                 permits,
                 in_flight: Mutex::new(HashSet::new()),
+                finished: Mutex::new(Finished::default()),
                 next_wake: Mutex::new(None),
             }),
         }
@@ -260,6 +271,12 @@ impl Monitor {
                 *wake = None;
             }
         }
+        let read_from = {
+            // Drives that ended before this read cannot make what it returns stale.
+            let mut finished = lock(&self.inner.finished);
+            finished.at.clear();
+            finished.count
+        };
         let due = self
             .inner
             .store
@@ -269,11 +286,29 @@ impl Monitor {
             if !lock(&self.inner.in_flight).insert(engine.id.clone()) {
                 continue;
             }
+            // Driven (by an earlier pass) while this pass read it: what was read may be from
+            // before that drive, as if still due (a recorded failure's retry not seen yet).
+            // The next pass, at once, reads it afresh.
+            let stale = lock(&self.inner.finished)
+                .at
+                .get(&engine.id)
+                .is_some_and(|&ended| ended > read_from);
+            if stale {
+                lock(&self.inner.in_flight).remove(&engine.id);
+                self.wake_at(now);
+                continue;
+            }
             let monitor = self.clone();
             tasks.spawn(async move {
                 let id = engine.id.clone();
                 if let Ok(_permit) = monitor.inner.permits.clone().acquire_owned().await {
                     monitor.drive(engine).await;
+                }
+                {
+                    let mut finished = lock(&monitor.inner.finished);
+                    finished.count += 1;
+                    let ended = finished.count;
+                    finished.at.insert(id.clone(), ended);
                 }
                 lock(&monitor.inner.in_flight).remove(&id);
             });
@@ -437,10 +472,12 @@ impl Monitor {
                 MonitorStep::TimedOut,
                 |t| {
                     // Only the timed-out claim: a fresh one made meanwhile by another monitor
-                    // is in a later generation, and due later.
+                    // is in a later generation, and due later. A failed step's count goes on,
+                    // so that its next failure waits longer.
                     t.only_if_due_by(Utc::now())
                         .due_at(Utc::now())
                         .with_message(why)
+                        .keeping_failures()
                 },
             )
             .await?;
@@ -466,7 +503,7 @@ impl Monitor {
                 engine.generation,
                 MonitorStep::Claim,
                 |t| {
-                    let t = t.due_at(claim_until).claiming();
+                    let t = t.due_at(claim_until).claiming().keeping_failures();
                     match secret.clone() {
                         Some(secret) => t.with_secret(secret),
                         None => t,
@@ -477,8 +514,6 @@ impl Monitor {
         Ok(won.then(|| Engine {
             state: claimed,
             generation: engine.generation + 1,
-            failures: 0,
-            failing_since: None,
             secret: secret.or_else(|| engine.secret.clone()),
             ..engine.clone()
         }))
@@ -491,11 +526,33 @@ impl Monitor {
         let Some(claimed) = self.claim(engine, secret).await? else {
             return Ok(None);
         };
-        match self.inner.platform.create(&claimed).await {
+        let result = self.create_claimed(&claimed).await;
+        self.after_claim(&claimed, result).await
+    }
+
+    /// What follows a claim: a failure there is the claimed engine's (its `Trigger*` state and
+    /// new generation). Recorded against the engine as it was before the claim, it would find
+    /// the store moved on and be lost: no event, and no retry before the claim timed out.
+    async fn after_claim(
+        &self,
+        claimed: &Engine,
+        result: Result<Next, MonitorError>,
+    ) -> Result<Next, MonitorError> {
+        match result {
+            Ok(next) => Ok(next),
+            Err(error) => {
+                self.failed(claimed, &error).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn create_claimed(&self, claimed: &Engine) -> Result<Next, MonitorError> {
+        match self.inner.platform.create(claimed).await {
             Ok(()) => {
                 let advanced = self
                     .advance(
-                        &claimed,
+                        claimed,
                         claimed.state,
                         claimed.generation,
                         MonitorStep::Created,
@@ -505,7 +562,7 @@ impl Monitor {
                 Ok(advanced.then(Utc::now))
             }
             Err(error) => {
-                warn!(engine = %engine.id, %error, "engine creation failed");
+                warn!(engine = %claimed.id, %error, "engine creation failed");
                 // Whatever the failed attempt left behind goes, its log kept first (if the log
                 // cannot be kept, the step fails and is retried: nothing is deleted unkept).
                 self.keep_logs(&claimed.id).await?;
@@ -514,11 +571,11 @@ impl Monitor {
                     .delete(&claimed.id, claimed.generation, false)
                     .await
                     .map_err(|delete| {
-                        warn!(engine = %engine.id, error = %delete, "cannot remove what a failed creation left");
+                        warn!(engine = %claimed.id, error = %delete, "cannot remove what a failed creation left");
                         MonitorError::Platform(delete)
                     })?;
                 self.advance(
-                    &claimed,
+                    claimed,
                     claimed.state,
                     claimed.generation,
                     MonitorStep::CreateFailed,
@@ -710,6 +767,11 @@ impl Monitor {
         let Some(claimed) = self.claim(engine, None).await? else {
             return Ok(None);
         };
+        let result = self.delete_claimed(&claimed).await;
+        self.after_claim(&claimed, result).await
+    }
+
+    async fn delete_claimed(&self, claimed: &Engine) -> Result<Next, MonitorError> {
         // The log first: if it cannot be kept (the store is away), nothing is deleted and the
         // step is tried again.
         self.keep_logs(&claimed.id).await?;
@@ -719,7 +781,7 @@ impl Monitor {
             .await?;
         let advanced = self
             .advance(
-                &claimed,
+                claimed,
                 claimed.state,
                 claimed.generation,
                 MonitorStep::DeleteRequested,

@@ -696,6 +696,13 @@ fn fast_monitor() -> MonitorConfig {
 async fn setup(
     double: &KubeDouble,
 ) -> (TestApp, Arc<KubernetesPlatform>, Monitor, FakeSparkConnect) {
+    setup_with(double, fast_monitor()).await
+}
+
+async fn setup_with(
+    double: &KubeDouble,
+    monitor: MonitorConfig,
+) -> (TestApp, Arc<KubernetesPlatform>, Monitor, FakeSparkConnect) {
     let connect = FakeSparkConnect::start().await;
     let config = KubernetesConfig {
         connect_address: Some(connect.addr.to_string()),
@@ -703,7 +710,7 @@ async fn setup(
     };
     let platform = Arc::new(platform_with(double, config).await);
     let app = spawn_api(Some(platform.clone() as Arc<dyn Platform>)).await;
-    let monitor = Monitor::new(app.store.clone(), platform.clone(), fast_monitor());
+    let monitor = Monitor::new(app.store.clone(), platform.clone(), monitor);
     (app, platform, monitor, connect)
 }
 
@@ -1304,4 +1311,401 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "only the driver's user reads it");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convergence on Kubernetes: stuck deletes, fencing against a late DELETE, hung drivers.
+
+/// Polls `check` every 10 ms until it holds; panics with `what` after `deadline`.
+async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The monitor running as `rucat monitor` runs it, until the trigger fires.
+fn run(monitor: Monitor) -> (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    let (trigger, shutdown) = rucat::shutdown::channel();
+    (trigger, tokio::spawn(monitor.run(shutdown)))
+}
+
+async fn stop_monitor(running: (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>)) {
+    running.0.fire();
+    tokio::time::timeout(Duration::from_secs(30), running.1)
+        .await
+        .expect("the monitor stops on shutdown")
+        .expect("join");
+}
+
+async fn engine_events(app: &TestApp, id: &str) -> Vec<rucat::engine::EngineEvent> {
+    app.store
+        .events(&EngineId::parse(id).expect("id"))
+        .await
+        .expect("events")
+        .expect("engine")
+}
+
+/// The time of the first event into `to`.
+fn entered(
+    events: &[rucat::engine::EngineEvent],
+    to: EngineState,
+) -> chrono::DateTime<chrono::Utc> {
+    events
+        .iter()
+        .find(|e| e.to == to && e.from != Some(to))
+        .unwrap_or_else(|| panic!("no event into {to}: {events:?}"))
+        .time
+}
+
+/// `after` past `from`, less the millisecond the store may round off.
+fn past(from: chrono::DateTime<chrono::Utc>, after: Duration) -> chrono::DateTime<chrono::Utc> {
+    from + chrono::Duration::from_std(after).expect("duration") - chrono::Duration::milliseconds(1)
+}
+
+/// Runs the monitor until the engine is Running on its (ready) pod.
+async fn running_engine(app: &TestApp, double: &KubeDouble) -> (String, String) {
+    let id = create(app).await;
+    let pod = format!("rucat-{id}");
+    until(Duration::from_secs(10), "the driver pod", || async {
+        double.pod(NS, &pod).is_some()
+    })
+    .await;
+    double.set_pod_status(NS, &pod, ready());
+    app.client
+        .wait(&id, EngineState::Running, Duration::from_secs(10), |_| {})
+        .await
+        .expect("running");
+    (id, pod)
+}
+
+/// Item 2 (a). A driver pod whose deletion never finishes (a finalizer nobody removes): after
+/// `delete_timeout` the monitor deletes it again with `gracePeriodSeconds: 0`, after
+/// `kill_timeout` more the engine is `ErrorClean` with a message naming the pod and what holds
+/// it; the orphan scan keeps deleting it, and it goes once its finalizer does.
+///
+/// Before the delete deadlines, the engine stayed in `TerminateInProgress` for ever and the
+/// pod was never deleted with grace period 0.
+#[tokio::test]
+async fn a_pod_that_will_not_go_is_forced_then_its_engine_fails_naming_it() {
+    let double = KubeDouble::start().await;
+    let (delete_timeout, kill_timeout) = (Duration::from_millis(500), Duration::from_millis(500));
+    let config = MonitorConfig {
+        delete_timeout,
+        kill_timeout,
+        orphan_scan_interval: Duration::from_millis(200),
+        ..fast_monitor()
+    };
+    let check = config.start_check_interval;
+    let (app, _platform, monitor, _connect) = setup_with(&double, config).await;
+    let running = run(monitor);
+    let (id, pod) = running_engine(&app, &double).await;
+    let uid = double.pod(NS, &pod).expect("pod")["metadata"]["uid"].clone();
+    assert!(double.update_pod(NS, &pod, |pod| {
+        pod["metadata"]["finalizers"] = json!(["example.com/protect"]);
+    }));
+
+    double.reset_requests();
+    app.client.stop(&id).await.expect("stop");
+    until(Duration::from_secs(15), "ErrorClean", || async {
+        app.client.get(&id).await.expect("get").state == EngineState::ErrorClean
+    })
+    .await;
+    assert!(double.pod(NS, &pod).is_some(), "still there");
+
+    // Deleted gracefully first, then with grace period 0; each time that very pod (its uid).
+    let path = format!("/api/v1/namespaces/{NS}/pods/{pod}");
+    let deletes: Vec<Value> = double
+        .delete_options()
+        .into_iter()
+        .filter(|(p, _)| *p == path)
+        .map(|(_, options)| options)
+        .collect();
+    assert!(deletes[0]["gracePeriodSeconds"].is_null(), "{deletes:?}");
+    assert!(
+        deletes.iter().any(|d| d["gracePeriodSeconds"] == 0),
+        "{deletes:?}"
+    );
+    assert!(
+        deletes.iter().all(|d| d["preconditions"]["uid"] == uid),
+        "{deletes:?}"
+    );
+
+    let events = engine_events(&app, &id).await;
+    let deleting = entered(&events, EngineState::TerminateInProgress);
+    let killing = events
+        .iter()
+        .find(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("killing it"))
+        })
+        .unwrap_or_else(|| panic!("no event saying the pod is killed: {events:?}"));
+    assert!(killing.time >= past(deleting, delete_timeout), "{events:?}");
+    let failed = entered(&events, EngineState::ErrorClean);
+    assert!(failed >= past(deleting, delete_timeout + kill_timeout));
+    // By then, give or take a check (and a generous margin for a busy machine).
+    assert!(
+        failed
+            <= past(
+                deleting,
+                delete_timeout + kill_timeout + check + Duration::from_secs(2)
+            ),
+        "{events:?}"
+    );
+    let error = app
+        .client
+        .get(&id)
+        .await
+        .expect("get")
+        .error
+        .unwrap_or_default();
+    assert!(
+        error.contains(&format!("driver pod {pod} "))
+            && error.contains("held by its finalizers example.com/protect"),
+        "{error}"
+    );
+
+    // The orphan scan keeps deleting it (grace period 0)...
+    let forced = |double: &KubeDouble| {
+        double
+            .delete_options()
+            .iter()
+            .filter(|(p, d)| *p == path && d["gracePeriodSeconds"] == 0)
+            .count()
+    };
+    let before = forced(&double);
+    until(
+        Duration::from_secs(10),
+        "the orphan scan deletes it again",
+        || async { forced(&double) > before },
+    )
+    .await;
+    // ...and it goes, with what it owns, once its finalizer is removed.
+    double.update_pod(NS, &pod, |pod| pod["metadata"]["finalizers"] = json!([]));
+    assert!(double.pod(NS, &pod).is_none());
+    assert!(double.service(NS, &pod).is_none());
+    assert_eq!(
+        app.client.get(&id).await.expect("get").state,
+        EngineState::ErrorClean
+    );
+    stop_monitor(running).await;
+}
+
+/// Item 3. Monitor A claims a stop (generation g) and reads the driver pod, but its DELETE is
+/// held up on the way. Its claim times out; monitor B takes the stop over, deletes the pod,
+/// and the engine is restarted: B makes a new pod (generation g + 2, a new uid) that runs.
+/// Then A's DELETE arrives: it names the old pod's uid as a precondition, so the API refuses
+/// it (409) and the new pod stays; A's store writes name generation g and change nothing.
+///
+/// Without fencing (a DELETE by name, as before), A's late DELETE would remove the new pod,
+/// and the Running engine would lose its driver (and fail at B's next check); and A, taking
+/// its stale claim for current, would record its delete as done.
+#[tokio::test]
+async fn a_late_delete_from_a_monitor_that_overran_its_claim_spares_the_next_pod() {
+    let double = KubeDouble::start().await;
+    let connect = FakeSparkConnect::start().await;
+    let kube = KubernetesConfig {
+        connect_address: Some(connect.addr.to_string()),
+        ..config()
+    };
+    // A waits for its held DELETE as long as it takes.
+    let platform_a = Arc::new(
+        platform_with(
+            &double,
+            KubernetesConfig {
+                api_timeout: Duration::from_secs(60),
+                ..kube.clone()
+            },
+        )
+        .await,
+    );
+    let platform_b = Arc::new(platform_with(&double, kube).await);
+    let app = spawn_api(Some(platform_b.clone() as Arc<dyn Platform>)).await;
+    let monitor = |name: &str, platform: Arc<KubernetesPlatform>| {
+        let config = MonitorConfig {
+            name: name.to_owned(),
+            trigger_timeout: Duration::from_millis(500),
+            ..fast_monitor()
+        };
+        Monitor::new(app.store.clone(), platform, config)
+    };
+    let (a, b) = (
+        monitor("monitor-a", platform_a),
+        monitor("monitor-b", platform_b),
+    );
+    let id = create(&app).await;
+    let pod = format!("rucat-{id}");
+    let engine_id = EngineId::parse(&id).expect("id");
+    drive_until(&app, &b, &id, EngineState::StartInProgress).await;
+    double.set_pod_status(NS, &pod, ready());
+    drive_until(&app, &b, &id, EngineState::Running).await;
+    let old_uid = double.pod(NS, &pod).expect("pod")["metadata"]["uid"].clone();
+
+    // A claims the stop and sends its DELETE, which is held up.
+    double.hold_next(Fault::new(&format!("/pods/{pod}"), 0).with_method("DELETE"));
+    app.client.stop(&id).await.expect("stop");
+    let late = tokio::spawn({
+        let a = a.clone();
+        async move { a.pass().await }
+    });
+    until(Duration::from_secs(10), "A's DELETE held", || async {
+        double.held() == 1
+    })
+    .await;
+    let claimed = app
+        .store
+        .get(&engine_id)
+        .await
+        .expect("get")
+        .expect("engine");
+    assert_eq!(claimed.state, EngineState::TriggerTermination);
+    let a_generation = claimed.generation;
+
+    // B takes the stop over once A's claim timed out, and the engine is restarted.
+    drive_until(&app, &b, &id, EngineState::Terminated).await;
+    assert!(double.pod(NS, &pod).is_none());
+    app.client.restart(&id).await.expect("restart");
+    drive_until(&app, &b, &id, EngineState::StartInProgress).await;
+    double.set_pod_status(NS, &pod, ready());
+    drive_until(&app, &b, &id, EngineState::Running).await;
+    let new_pod = double.pod(NS, &pod).expect("the new pod");
+    let new_uid = new_pod["metadata"]["uid"].clone();
+    assert_ne!(new_uid, old_uid);
+    let generation = app
+        .store
+        .get(&engine_id)
+        .await
+        .expect("get")
+        .expect("engine")
+        .generation;
+    assert_eq!(
+        generation,
+        a_generation + 2,
+        "B's stop claim, then B's start claim"
+    );
+    assert_eq!(
+        new_pod["metadata"]["labels"][objects::GENERATION_LABEL],
+        generation.to_string()
+    );
+
+    // A's DELETE arrives, late.
+    double.release_held();
+    tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .expect("A's pass ends")
+        .expect("join")
+        .expect("pass");
+    let pod_now = double.pod(NS, &pod).expect("the new pod survives");
+    assert_eq!(pod_now["metadata"]["uid"], new_uid);
+    assert!(double.service(NS, &pod).is_some());
+    assert!(double.secret(NS, &pod).is_some());
+    let path = format!("/api/v1/namespaces/{NS}/pods/{pod}");
+    let first = double
+        .delete_options()
+        .into_iter()
+        .find(|(p, _)| *p == path)
+        .expect("A's DELETE");
+    assert_eq!(
+        first.1["preconditions"]["uid"], old_uid,
+        "for the old pod only"
+    );
+
+    // A changed nothing in the store: its only event is its claim; the engine runs on.
+    let events = engine_events(&app, &id).await;
+    let by_a: Vec<_> = events
+        .iter()
+        .filter(|e| e.actor == Some(rucat::engine::Actor::Monitor("monitor-a".into())))
+        .map(|e| (e.from, e.to))
+        .collect();
+    assert_eq!(
+        by_a,
+        [(
+            Some(EngineState::WaitToTerminate),
+            EngineState::TriggerTermination
+        )]
+    );
+    for _ in 0..10 {
+        b.pass().await.expect("pass");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let engine = app
+        .store
+        .get(&engine_id)
+        .await
+        .expect("get")
+        .expect("engine");
+    assert_eq!(
+        (engine.state, engine.generation),
+        (EngineState::Running, generation)
+    );
+    assert_eq!(engine.endpoint, Some(format!("sc://{}", connect.addr)));
+    assert!(double.pod(NS, &pod).is_some());
+}
+
+/// Item 4 on Kubernetes. A Running engine whose driver stops answering Spark Connect (its
+/// pod still ready) fails after `health_timeout`, with the reason, and its pod is deleted.
+///
+/// Before health checks, a ready pod kept its engine Running whatever Spark Connect did.
+#[tokio::test]
+async fn a_driver_that_stops_answering_fails_after_the_health_timeout_and_is_deleted() {
+    let double = KubeDouble::start().await;
+    let (interval, timeout) = (Duration::from_millis(100), Duration::from_millis(600));
+    let config = MonitorConfig {
+        health_check_interval: interval,
+        health_timeout: timeout,
+        ..fast_monitor()
+    };
+    let (app, _platform, monitor, connect) = setup_with(&double, config).await;
+    let running = run(monitor);
+    let (id, pod) = running_engine(&app, &double).await;
+
+    connect.set_healthy(false);
+    let hung = std::time::Instant::now();
+    until(Duration::from_secs(10), "the engine fails", || async {
+        app.client.get(&id).await.expect("get").state != EngineState::Running
+    })
+    .await;
+    // Its first failed check within an interval, then the timeout and at most an interval
+    // more (a generous margin for a busy machine).
+    assert!(hung.elapsed() <= timeout + interval * 2 + Duration::from_secs(2));
+    let engine = app
+        .client
+        .wait(
+            &id,
+            EngineState::ErrorClean,
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .await
+        .expect("cleaned");
+    let error = engine.error.unwrap_or_default();
+    assert!(error.contains("did not answer Spark Connect"), "{error}");
+    assert!(double.pod(NS, &pod).is_none(), "the pod is deleted");
+
+    let events = engine_events(&app, &id).await;
+    let first_failure = events
+        .iter()
+        .find(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("health check failed"))
+        })
+        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
+        .time;
+    let failed = entered(&events, EngineState::ErrorWaitToClean);
+    assert!(failed >= past(first_failure, timeout), "{events:?}");
+    assert!(
+        failed <= past(first_failure, timeout + interval + Duration::from_secs(2)),
+        "{events:?}"
+    );
+    stop_monitor(running).await;
 }

@@ -11,6 +11,7 @@ use rucat::engine::{EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
 use rucat::platform::memory::MemoryPlatform;
 use rucat::platform::Platform;
+use rucat::store::StoreError;
 
 fn fast_config() -> MonitorConfig {
     MonitorConfig {
@@ -322,4 +323,655 @@ async fn orphans_are_cleaned() {
     assert!(!platform.exists(&ghost));
     assert!(!platform.exists(&settled.id));
     assert!(platform.exists(&live.id));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convergence: back-off, delete deadlines, health, and the items fixed with fencing.
+
+/// Polls `check` every 10 ms until it holds; panics with `what` after `deadline`.
+async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The monitor running as `rucat monitor` runs it; stopped through the trigger.
+fn run(monitor: Monitor) -> (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    let (trigger, shutdown) = rucat::shutdown::channel();
+    (trigger, tokio::spawn(monitor.run(shutdown)))
+}
+
+async fn stop_monitor(running: (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>)) {
+    running.0.fire();
+    tokio::time::timeout(Duration::from_secs(30), running.1)
+        .await
+        .expect("the monitor stops on shutdown")
+        .expect("join");
+}
+
+async fn stored(app: &TestApp, id: &str) -> rucat::engine::Engine {
+    app.store.get(&eid(id)).await.expect("get").expect("engine")
+}
+
+async fn events(app: &TestApp, id: &str) -> Vec<rucat::engine::EngineEvent> {
+    app.store
+        .events(&eid(id))
+        .await
+        .expect("events")
+        .expect("engine")
+}
+
+/// The time of the first event into `to`.
+fn entered(
+    events: &[rucat::engine::EngineEvent],
+    to: EngineState,
+) -> chrono::DateTime<chrono::Utc> {
+    events
+        .iter()
+        .find(|e| e.to == to && e.from != Some(to))
+        .unwrap_or_else(|| panic!("no event into {to}: {events:?}"))
+        .time
+}
+
+fn millis(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).expect("a duration")
+}
+
+/// The most attempts a step failing for `window` can make when the wait after the n-th
+/// failure is `initial` doubled n times up to `max`, each shortened by at most a quarter
+/// (the jitter): attempts k and k+1 are at least 3/4 of the k-th wait apart.
+fn most_attempts(initial: Duration, max: Duration, window: Duration) -> u32 {
+    let mut attempts = 1;
+    let mut elapsed = Duration::ZERO;
+    let mut wait = initial;
+    loop {
+        elapsed += wait * 3 / 4;
+        if elapsed > window {
+            return attempts;
+        }
+        attempts += 1;
+        wait = (wait * 2).min(max);
+    }
+}
+
+/// Item 1. 280 engines whose state cannot be read (their start checks fail) and 20 whose
+/// creates are refused (and so is the removal of what they left, so the start step fails and
+/// is retried rather than the engine failed; a create that fails cleanly fails the engine, see
+/// `failed_creation_ends_in_error_clean_with_the_message`), beside 10 healthy engines, under
+/// one running monitor reading at most 64 due engines per pass.
+///
+/// Before the back-off, a failed step left the engine due as it was: it was tried again at
+/// every pass (a platform call per pass and per failing engine, unbounded), and, read soonest
+/// due first, the 300 failing engines filled every pass's batch of 64 so that healthy engines
+/// created after them were never read. And a failure was only a log line, no event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_engines_back_off_without_starving_healthy_ones_and_each_failure_is_an_event() {
+    // The defaults' first wait, a shorter cap: over the window, at most three attempts apart
+    // from the first, where retrying at every pass makes several times as many.
+    let (retry_initial, retry_max) = (Duration::from_secs(1), Duration::from_secs(4));
+    let config = MonitorConfig {
+        poll_interval: Duration::from_millis(100),
+        // Failed steps come back on their back-off, never on a claim's timeout.
+        trigger_timeout: Duration::from_secs(60),
+        start_check_interval: Duration::from_millis(10),
+        health_check_interval: Duration::from_secs(60),
+        retry_initial,
+        retry_max,
+        batch: 64,
+        orphan_scan_interval: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let (app, platform, monitor) = setup(config).await;
+    const UNREADABLE: &str = "the API cannot read the pod: etcdserver: request timed out";
+    const REFUSED: &str = "admission webhook \"quota.example.com\" denied the request";
+    platform.fail_state_named("unreadable-", UNREADABLE);
+    platform.refuse_named("refused-", REFUSED);
+    let mut unreadable = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..280 {
+        unreadable.push(create(&app, &format!("unreadable-{i}")).await);
+        if i % 14 == 0 {
+            refused.push(create(&app, &format!("refused-{i}")).await);
+        }
+    }
+    assert_eq!((unreadable.len(), refused.len()), (280, 20));
+    let failing: Vec<&String> = unreadable.iter().chain(&refused).collect();
+
+    let started = std::time::Instant::now();
+    let running = run(monitor);
+    // Every failing engine has failed once, and waits for its retry; then the healthy ones
+    // come.
+    until(
+        Duration::from_secs(20),
+        "every failing engine tried",
+        || async { failing.iter().all(|id| platform.calls(&eid(id)) >= 2) },
+    )
+    .await;
+    let mut healthy = Vec::new();
+    for i in 0..10 {
+        healthy.push(create(&app, &format!("healthy-{i}")).await);
+    }
+    until(
+        Duration::from_secs(20),
+        "healthy engines running",
+        || async {
+            for id in &healthy {
+                if state(&app, id).await != EngineState::Running {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // A window long enough for the waits to double a few times.
+    let window = Duration::from_secs(5);
+    if let Some(rest) = window.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    stop_monitor(running).await;
+    let elapsed = started.elapsed();
+
+    // Start checks that fail: one create, then one state read per attempt, the attempts
+    // spaced by the doubling waits (give or take the store's milliseconds).
+    let bound = 1 + most_attempts(
+        retry_initial,
+        retry_max,
+        elapsed + Duration::from_millis(10),
+    );
+    let most = |ids: &[String]| ids.iter().map(|id| platform.calls(&eid(id))).max();
+    eprintln!(
+        "in {elapsed:?}: at most {:?} calls per unreadable engine (bound {bound}), {:?} per refused one",
+        most(&unreadable),
+        most(&refused)
+    );
+    for id in &unreadable {
+        let calls = platform.calls(&eid(id));
+        assert!(
+            calls <= bound,
+            "engine {id}: {calls} platform calls in {elapsed:?}, at most {bound} with back-off"
+        );
+    }
+    // A start whose create and clean-up are refused: two calls per attempt. Each attempt
+    // claims the engine anew, and the claim keeps its count of failures, so these attempts
+    // too are spaced by the doubling waits.
+    for id in &refused {
+        let calls = platform.calls(&eid(id));
+        assert!(
+            calls <= 2 * bound,
+            "engine {id}: {calls} platform calls in {elapsed:?}, at most {} with back-off",
+            2 * bound
+        );
+    }
+
+    // Each failure is an event with its message, in the state it happened in.
+    for (ids, message, state) in [
+        (&unreadable, UNREADABLE, EngineState::StartInProgress),
+        (&refused, REFUSED, EngineState::TriggerStart),
+    ] {
+        for id in ids {
+            let events = events(&app, id).await;
+            let failures: Vec<_> = events
+                .iter()
+                .filter(|e| e.message.as_deref().is_some_and(|m| m.contains(message)))
+                .collect();
+            assert!(
+                !failures.is_empty(),
+                "engine {id}: no failure event: {events:?}"
+            );
+            for failure in failures {
+                assert_eq!((failure.from, failure.to), (Some(state), state));
+                let text = failure.message.as_deref().unwrap_or_default();
+                assert!(text.contains("trying again in"), "{text}");
+            }
+        }
+    }
+    for id in &unreadable {
+        assert_eq!(state(&app, id).await, EngineState::StartInProgress);
+    }
+}
+
+/// Item 2 (b). A resource that will not go, even killed: after `delete_timeout` the delete is
+/// forced, after `kill_timeout` more the engine is `ErrorClean` with a message naming the
+/// resource; the orphan scan keeps at it and removes it once it can.
+///
+/// Before the deadlines, such an engine stayed in `TerminateInProgress` for ever, its delete
+/// asked again every check, never forced.
+#[tokio::test]
+async fn a_delete_that_never_finishes_is_forced_then_fails_naming_the_resource() {
+    let (delete_timeout, kill_timeout) = (Duration::from_millis(400), Duration::from_millis(400));
+    let check = Duration::from_millis(20);
+    let config = MonitorConfig {
+        start_check_interval: check,
+        health_check_interval: Duration::from_secs(60),
+        delete_timeout,
+        kill_timeout,
+        orphan_scan_interval: Duration::from_millis(100),
+        ..fast_config()
+    };
+    let (app, platform, monitor) = setup(config).await;
+    let running = run(monitor);
+    let id = create(&app, "sticky").await;
+    app.client
+        .wait(&id, EngineState::Running, Duration::from_secs(10), |_| {})
+        .await
+        .expect("running");
+
+    platform.stuck_deletes(true);
+    app.client.stop(&id).await.expect("stop");
+    until(Duration::from_secs(10), "ErrorClean", || async {
+        state(&app, &id).await == EngineState::ErrorClean
+    })
+    .await;
+    assert!(platform.exists(&eid(&id)), "still there");
+    assert!(
+        platform.forced().contains(&eid(&id)),
+        "the delete was forced"
+    );
+
+    let events = events(&app, &id).await;
+    let deleting = entered(&events, EngineState::TerminateInProgress);
+    let killing = events
+        .iter()
+        .find(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("killing it"))
+        })
+        .unwrap_or_else(|| panic!("no event saying the resource is killed: {events:?}"));
+    assert!(
+        killing.time >= deadline_at(deleting, delete_timeout),
+        "forced before the delete timeout: {events:?}"
+    );
+    let failed = entered(&events, EngineState::ErrorClean);
+    // Not before both deadlines; and by then, give or take a check and a generous margin.
+    assert!(failed >= deadline_at(deleting, delete_timeout + kill_timeout));
+    assert!(
+        failed
+            <= deadline_at(
+                deleting,
+                delete_timeout + kill_timeout + check + Duration::from_secs(2)
+            ),
+        "{events:?}"
+    );
+    let error = app
+        .client
+        .get(&id)
+        .await
+        .expect("get")
+        .error
+        .unwrap_or_default();
+    assert!(
+        error.contains(&format!("the resource of engine {id}")) && error.contains("orphan scan"),
+        "{error}"
+    );
+
+    // The orphan scan keeps forcing it, and it goes once it can.
+    let forced = |platform: &MemoryPlatform| {
+        platform
+            .forced()
+            .iter()
+            .filter(|f| f.as_str() == id)
+            .count()
+    };
+    let before = forced(&platform);
+    until(
+        Duration::from_secs(10),
+        "the orphan scan forces it again",
+        || async { forced(&platform) > before },
+    )
+    .await;
+    platform.stuck_deletes(false);
+    until(
+        Duration::from_secs(10),
+        "the orphan scan removes it",
+        || async { !platform.exists(&eid(&id)) },
+    )
+    .await;
+    assert_eq!(state(&app, &id).await, EngineState::ErrorClean);
+    stop_monitor(running).await;
+}
+
+fn deadline_at(
+    from: chrono::DateTime<chrono::Utc>,
+    after: Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    // The store keeps milliseconds.
+    from + millis(after) - chrono::Duration::milliseconds(1)
+}
+
+/// Item 4. A Running engine whose Spark Connect stops answering (its resource alive) fails
+/// once its checks have failed for `health_timeout`, with the reason, and is cleaned.
+///
+/// Before health checks, Running was kept as long as the resource looked alive: a hung engine
+/// stayed Running for ever.
+#[tokio::test]
+async fn a_hung_engine_fails_after_the_health_timeout_and_is_cleaned() {
+    let (interval, timeout) = (Duration::from_millis(100), Duration::from_millis(600));
+    let config = MonitorConfig {
+        health_check_interval: interval,
+        health_timeout: timeout,
+        ..fast_config()
+    };
+    let (app, platform, monitor) = setup(config).await;
+    let running = run(monitor);
+    let id = create(&app, "hangs").await;
+    app.client
+        .wait(&id, EngineState::Running, Duration::from_secs(10), |_| {})
+        .await
+        .expect("running");
+
+    platform.set_unhealthy(&eid(&id), true);
+    let hung = std::time::Instant::now();
+    until(Duration::from_secs(10), "the engine fails", || async {
+        state(&app, &id).await != EngineState::Running
+    })
+    .await;
+    // Its first failed check comes within an interval, and it fails within the timeout and
+    // one more interval of that (a generous margin for a busy machine).
+    assert!(hung.elapsed() <= timeout + interval * 2 + Duration::from_secs(2));
+    let engine = app
+        .client
+        .wait(
+            &id,
+            EngineState::ErrorClean,
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .await
+        .expect("cleaned");
+    let error = engine.error.unwrap_or_default();
+    assert!(
+        error.contains("did not answer Spark Connect") && error.contains("a hung engine"),
+        "{error}"
+    );
+    assert!(!platform.exists(&eid(&id)), "its resource is gone");
+
+    let events = events(&app, &id).await;
+    let first_failure = events
+        .iter()
+        .find(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("health check failed"))
+        })
+        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
+        .time;
+    let failed = entered(&events, EngineState::ErrorWaitToClean);
+    assert!(failed >= deadline_at(first_failure, timeout), "{events:?}");
+    assert!(
+        failed <= deadline_at(first_failure, timeout + interval + Duration::from_secs(2)),
+        "{events:?}"
+    );
+    stop_monitor(running).await;
+}
+
+/// Item 5. STOP while starting, then RESTART before any monitor acted on the stop: the
+/// engine is Running again (the stop cancelled) without ever having had an endpoint; the
+/// monitor gives it its endpoint once it serves.
+///
+/// Before, a Running engine's checks only rescheduled it: it stayed Running with no endpoint,
+/// and no client could reach it.
+#[tokio::test]
+async fn a_stop_cancelled_while_starting_ends_running_with_its_endpoint() {
+    let (app, platform, monitor) = setup(fast_config()).await;
+    platform.set_polls_until_ready(5);
+    let id = create(&app, "indecisive").await;
+    drive_until(&app, &monitor, &id, EngineState::StartInProgress).await;
+
+    app.client.stop(&id).await.expect("stop");
+    let restarted = app.client.restart(&id).await.expect("restart");
+    assert_eq!(restarted.state, EngineState::Running);
+    assert_eq!(stored(&app, &id).await.endpoint, None, "never had one");
+
+    for _ in 0..200 {
+        if stored(&app, &id).await.endpoint.is_some() {
+            break;
+        }
+        monitor.pass().await.expect("pass");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        stored(&app, &id).await.endpoint,
+        Some(MemoryPlatform::endpoint(&eid(&id)))
+    );
+    let engine = app.client.get(&id).await.expect("get");
+    assert_eq!(engine.state, EngineState::Running);
+    assert_eq!(
+        engine.endpoint,
+        Some(format!("sc://localhost:15002/;x-rucat-engine={id}"))
+    );
+    assert_eq!(platform.creates(), vec![eid(&id)], "the same resource");
+}
+
+/// Item 6. An orphan scan whose platform listing never returns holds up nothing.
+///
+/// Before, the scan ran inside the monitor's loop, before each dispatch: a hung listing
+/// stopped the monitor, and no engine was driven any more.
+#[tokio::test]
+async fn a_hung_orphan_scan_does_not_hold_up_engines() {
+    let config = MonitorConfig {
+        orphan_scan_interval: Duration::from_millis(10),
+        ..fast_config()
+    };
+    let (app, platform, monitor) = setup(config).await;
+    platform.hang_resources(true);
+    let running = run(monitor);
+    let id = create(&app, "unhindered").await;
+    app.client
+        .wait(&id, EngineState::Running, Duration::from_secs(10), |_| {})
+        .await
+        .expect("running while the orphan scan hangs");
+    app.client.stop(&id).await.expect("stop");
+    app.client
+        .wait(
+            &id,
+            EngineState::Terminated,
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .await
+        .expect("stopped while the orphan scan hangs");
+    // And the hung scan does not keep the monitor from stopping.
+    stop_monitor(running).await;
+}
+
+/// A store whose `save_logs` fails while `refuse_logs` is set (an outage of the store while
+/// the monitor keeps a driver log); everything else goes to the real store.
+struct LogRefusingStore {
+    inner: Arc<dyn rucat::store::Store>,
+    refuse_logs: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl rucat::store::Store for LogRefusingStore {
+    async fn insert_within(
+        &self,
+        engine: &rucat::engine::Engine,
+        limits: &rucat::engine::quota::Limits,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_within(engine, limits).await
+    }
+    async fn get(&self, id: &EngineId) -> Result<Option<rucat::engine::Engine>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(
+        &self,
+        query: &rucat::store::ListQuery,
+    ) -> Result<rucat::store::Page, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn update_state(
+        &self,
+        id: &EngineId,
+        transition: &rucat::store::Transition,
+    ) -> Result<rucat::store::Cas, StoreError> {
+        self.inner.update_state(id, transition).await
+    }
+    async fn reschedule(
+        &self,
+        id: &EngineId,
+        reschedule: &rucat::store::Reschedule,
+    ) -> Result<rucat::store::Cas, StoreError> {
+        self.inner.reschedule(id, reschedule).await
+    }
+    async fn record_failure(
+        &self,
+        id: &EngineId,
+        failure: &rucat::store::Failure,
+    ) -> Result<rucat::store::Cas, StoreError> {
+        self.inner.record_failure(id, failure).await
+    }
+    async fn remove(
+        &self,
+        id: &EngineId,
+        expected: EngineState,
+    ) -> Result<rucat::store::Cas, StoreError> {
+        self.inner.remove(id, expected).await
+    }
+    async fn list_due(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<Vec<rucat::engine::Engine>, StoreError> {
+        self.inner.list_due(now, limit).await
+    }
+    async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError> {
+        self.inner.all_states().await
+    }
+    async fn events(
+        &self,
+        id: &EngineId,
+    ) -> Result<Option<Vec<rucat::engine::EngineEvent>>, StoreError> {
+        self.inner.events(id).await
+    }
+    async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError> {
+        if self.refuse_logs.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unreachable {
+                url: "sqlite://test".into(),
+                reason: "disk I/O error while keeping the log".into(),
+            });
+        }
+        self.inner.save_logs(id, logs).await
+    }
+    async fn logs(&self, id: &EngineId) -> Result<Option<String>, StoreError> {
+        self.inner.logs(id).await
+    }
+    async fn report_activity(
+        &self,
+        proxy: &str,
+        reports: &[rucat::store::ActivityReport],
+    ) -> Result<(), StoreError> {
+        self.inner.report_activity(proxy, reports).await
+    }
+    async fn activity(
+        &self,
+        id: &EngineId,
+        fresh_after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<rucat::store::Activity, StoreError> {
+        self.inner.activity(id, fresh_after).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    fn wake_ups(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.wake_ups()
+    }
+}
+
+/// Item 7. While the driver log cannot be kept (the store fails to save it), the resource is
+/// not deleted: the step fails, as an event, and is retried; once the store keeps logs again
+/// the engine is deleted with its log kept.
+///
+/// Before, a log that could not be saved was only warned about and the resource deleted
+/// anyway, its log lost. And (until the failure was recorded against the claimed engine) the
+/// failure was no event, and was retried only once the claim timed out.
+#[tokio::test]
+async fn a_driver_log_that_cannot_be_kept_holds_the_delete_until_it_can() {
+    let config = MonitorConfig {
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(40),
+        // Retries come from the back-off, not from a timed-out claim.
+        trigger_timeout: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let (app, platform, _) = setup(config.clone()).await;
+    let store = Arc::new(LogRefusingStore {
+        inner: app.store.clone(),
+        refuse_logs: std::sync::atomic::AtomicBool::new(false),
+    });
+    let monitor = Monitor::new(store.clone(), Arc::new(platform.clone()), config);
+    let id = create(&app, "chatty").await;
+    drive_until(&app, &monitor, &id, EngineState::Running).await;
+
+    store
+        .refuse_logs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    app.client.stop(&id).await.expect("stop");
+    let failures = |events: &[rucat::engine::EngineEvent]| {
+        events
+            .iter()
+            .filter(|e| {
+                e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("disk I/O error while keeping the log"))
+            })
+            .count()
+    };
+    let mut seen = 0;
+    for _ in 0..500 {
+        monitor.pass().await.expect("pass");
+        seen = failures(&events(&app, &id).await);
+        if seen >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        seen >= 3,
+        "the failure is an event, each time it is retried"
+    );
+    assert!(platform.exists(&eid(&id)), "nothing deleted unkept");
+    assert!(platform.deletes().is_empty());
+    let engine = stored(&app, &id).await;
+    assert!(
+        matches!(
+            engine.state,
+            EngineState::WaitToTerminate | EngineState::TriggerTermination
+        ),
+        "{engine:?}"
+    );
+    let failure = events(&app, &id)
+        .await
+        .into_iter()
+        .find(|e| failures(std::slice::from_ref(e)) == 1)
+        .expect("a failure event");
+    assert_eq!(
+        (failure.from, failure.to),
+        (
+            Some(EngineState::TriggerTermination),
+            EngineState::TriggerTermination
+        )
+    );
+
+    store
+        .refuse_logs
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    drive_until(&app, &monitor, &id, EngineState::Terminated).await;
+    assert!(!platform.exists(&eid(&id)));
+    let logs = app.client.logs(&id).await.expect("logs");
+    assert_eq!(logs.source, "kept");
+    assert!(
+        logs.log.contains(&format!("driver log of {id}")),
+        "{logs:?}"
+    );
 }

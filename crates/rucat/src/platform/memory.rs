@@ -1,5 +1,6 @@
 //! An in-memory platform double, for tests of the logic around a platform (the monitor), with
-//! faults that a test injects: creation fails or hangs, a resource dies.
+//! faults that a test injects: creation fails or hangs, a resource dies or will not go, an
+//! engine stops answering, calls about some engines fail, the orphan scan's listing hangs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +26,25 @@ struct Inner {
     calls: HashMap<EngineId, u32>,
     /// Deletes asked with `force`.
     forced: Vec<EngineId>,
+    /// Name prefixes whose engines' creates and deletes fail, with the message.
+    refused_names: Vec<(String, String)>,
+    /// Name prefixes whose engines' state cannot be read, with the message.
+    unreadable_names: Vec<(String, String)>,
+    /// The name of every engine a create was asked for (deletes name only the id).
+    names: HashMap<EngineId, String>,
+    /// `resources` never returns (a platform API that hangs the orphan scan).
+    hang_resources: bool,
+}
+
+impl Inner {
+    /// The message of the first rule in `rules` whose prefix the engine's name has.
+    fn failing(&self, rules: &[(String, String)], id: &EngineId) -> Option<String> {
+        let name = self.names.get(id)?;
+        rules
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+            .map(|(_, message)| message.clone())
+    }
 }
 
 #[derive(Debug)]
@@ -81,6 +101,30 @@ impl MemoryPlatform {
         } else {
             inner.unhealthy.remove(id);
         }
+    }
+
+    /// From now on, creates and deletes of every engine whose name starts with `prefix` fail
+    /// with `message` (an API refusing everything about these engines): their start fails,
+    /// and so does removing what it left, so the step is retried rather than the engine
+    /// failed.
+    pub fn refuse_named(&self, prefix: &str, message: &str) {
+        self.lock()
+            .refused_names
+            .push((prefix.to_owned(), message.to_owned()));
+    }
+
+    /// From now on, the state of every engine whose name starts with `prefix` cannot be read
+    /// (fails with `message`), while creating it works: its checks fail and are retried.
+    pub fn fail_state_named(&self, prefix: &str, message: &str) {
+        self.lock()
+            .unreadable_names
+            .push((prefix.to_owned(), message.to_owned()));
+    }
+
+    /// `resources` (the orphan scan's listing) never returns from now on (`false` heals it; a
+    /// call already hanging stays hung).
+    pub fn hang_resources(&self, hang: bool) {
+        self.lock().hang_resources = hang;
     }
 
     /// How many platform calls (create, delete, state, probe) concerned the engine.
@@ -145,6 +189,14 @@ impl MemoryPlatform {
 impl Platform for MemoryPlatform {
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         self.count(&engine.id);
+        let refused = {
+            let mut inner = self.lock();
+            inner.names.insert(engine.id.clone(), engine.name.clone());
+            inner.failing(&inner.refused_names, &engine.id)
+        };
+        if let Some(message) = refused {
+            return Err(PlatformError::Create(message));
+        }
         let hang = self.lock().hang_creates;
         if hang {
             std::future::pending::<()>().await;
@@ -184,6 +236,9 @@ impl Platform for MemoryPlatform {
     ) -> Result<(), PlatformError> {
         self.count(id);
         let mut inner = self.lock();
+        if let Some(message) = inner.failing(&inner.refused_names, id) {
+            return Err(PlatformError::Delete(message));
+        }
         if force {
             inner.forced.push(id.clone());
         }
@@ -204,6 +259,9 @@ impl Platform for MemoryPlatform {
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
         self.count(&engine.id);
         let mut inner = self.lock();
+        if let Some(message) = inner.failing(&inner.unreadable_names, &engine.id) {
+            return Err(PlatformError::Inspect(message));
+        }
         let Some(resource) = inner
             .resources
             .get_mut(&engine.id)
@@ -244,6 +302,10 @@ impl Platform for MemoryPlatform {
     }
 
     async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {
+        let hang = self.lock().hang_resources;
+        if hang {
+            std::future::pending::<()>().await;
+        }
         Ok(self
             .lock()
             .resources

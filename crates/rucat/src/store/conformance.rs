@@ -1540,10 +1540,22 @@ pub async fn failures_are_counted_recorded_and_reset(store: Arc<dyn Store>) {
         .await
         .expect("record");
     assert_eq!(get(store, &engine.id).await.failures, 1);
+    // ... unless it keeps them (a claim retrying a failed step).
     transition(
         store,
         &engine.id,
-        Transition::new(TriggerStart, StartInProgress).fenced(1),
+        Transition::new(TriggerStart, TriggerStart)
+            .claiming()
+            .keeping_failures(),
+    )
+    .await;
+    let retried = get(store, &engine.id).await;
+    assert_eq!((retried.failures, retried.generation), (1, 2));
+    assert!(retried.failing_since.is_some());
+    transition(
+        store,
+        &engine.id,
+        Transition::new(TriggerStart, StartInProgress).fenced(2),
     )
     .await;
     let moved = get(store, &engine.id).await;

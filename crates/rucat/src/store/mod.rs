@@ -88,6 +88,9 @@ pub struct Transition {
     pub fence: Option<u64>,
     /// A claim: the engine enters a new generation (one more) with the change.
     pub claim: bool,
+    /// Keep the count of failed attempts (and since when) instead of resetting it: a claim,
+    /// and a claim given back to retry a failed step, are not progress.
+    pub keep_failures: bool,
 }
 
 impl Transition {
@@ -105,6 +108,7 @@ impl Transition {
             secret: None,
             fence: None,
             claim: false,
+            keep_failures: false,
         }
     }
 
@@ -117,6 +121,12 @@ impl Transition {
     /// Makes the change a claim (see [`Transition::claim`]).
     pub fn claiming(mut self) -> Self {
         self.claim = true;
+        self
+    }
+
+    /// Keeps the count of failed attempts (see [`Transition::keep_failures`]).
+    pub fn keeping_failures(mut self) -> Self {
+        self.keep_failures = true;
         self
     }
 

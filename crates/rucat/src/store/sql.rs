@@ -238,12 +238,15 @@ macro_rules! sql_store {
                         Self::check_limits(&mut tx, &owner, id, limits, false, activates).await?;
                     }
                 }
-                // A transition resets the count of failed attempts; a claim starts a new
-                // generation; a fenced one applies only to the generation it names.
+                // A transition resets the count of failed attempts (unless it keeps them); a
+                // claim starts a new generation; a fenced one applies only to the generation
+                // it names.
                 let seq: Option<i64> = sqlx::query_scalar(
                     "UPDATE engines SET state = $1, error = $2, endpoint = $3, \
                      next_update_time = $4, update_time = $5, secret = coalesce($6, secret), \
-                     generation = generation + $7, failures = 0, failing_since = NULL \
+                     generation = generation + $7, \
+                     failures = CASE WHEN $12 = 1 THEN failures ELSE 0 END, \
+                     failing_since = CASE WHEN $12 = 1 THEN failing_since ELSE NULL END \
                      WHERE id = $8 AND state = $9 \
                      AND (CAST($10 AS BIGINT) IS NULL OR next_update_time <= $10) \
                      AND (CAST($11 AS BIGINT) IS NULL OR generation = $11) \
@@ -260,6 +263,7 @@ macro_rules! sql_store {
                 .bind(t.from.as_str())
                 .bind(t.due_by.map(sql::millis))
                 .bind(t.fence.map(generation_value))
+                .bind(i64::from(t.keep_failures))
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(seq) = seq else {

@@ -609,7 +609,15 @@ impl Platform for KubernetesPlatform {
                     .as_ref()
                     .and_then(|spec| spec.node_name.clone())
                     .unwrap_or_else(|| "no node".to_owned());
+                let finalizers = pod.metadata.finalizers.as_deref().unwrap_or_default();
                 match &pod.metadata.deletion_timestamp {
+                    // What holds it: its finalizers (until their controller removes them), or
+                    // else a kubelet that does not confirm the end of its containers.
+                    Some(since) if !finalizers.is_empty() => format!(
+                        "driver pod {name} (on {node}, terminating since {}, held by its finalizers {})",
+                        since.0,
+                        finalizers.join(", ")
+                    ),
                     Some(since) => format!(
                         "driver pod {name} (on {node}, terminating since {}; is its node down?)",
                         since.0
