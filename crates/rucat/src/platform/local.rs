@@ -66,8 +66,13 @@ const SCRATCH_DIR: &str = "tmp";
 
 /// The address engines bind and clients reach them on.
 const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
-/// How long a process has between SIGTERM and SIGKILL.
+/// How long a process has between SIGTERM and SIGKILL when it must be gone before the engine
+/// starts again (`create`).
 const TERM_GRACE: Duration = Duration::from_secs(10);
+/// How long a plain `delete` waits, after SIGTERM, for the processes to go (Spark stops in well
+/// under a second) before it returns with the deletion under way. The monitor looks again, and
+/// past its delete timeout deletes with `force`.
+const TERM_WAIT: Duration = Duration::from_secs(2);
 /// How long a process may take to disappear after SIGKILL before `delete` gives up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
@@ -542,15 +547,15 @@ impl LocalPlatform {
     }
 
     /// Stops every process of the engine of generation `up_to` or earlier (the recorded one,
-    /// and any found by its command line; never one of a later generation) with SIGTERM, then
-    /// SIGKILL (at once when `force`), and waits until they are gone.
+    /// and any found by its command line; never one of a later generation) as `stop` says.
+    /// Returns the process groups still alive: only after [`Stop::Term`], which does not wait.
     async fn stop_processes(
         &self,
         id: &EngineId,
         record: Option<&ProcessRecord>,
         up_to: u64,
-        force: bool,
-    ) -> Result<(), PlatformError> {
+        stop: Stop,
+    ) -> Result<Vec<Group>, PlatformError> {
         let mut groups: Vec<Group> = Vec::new();
         if let Some(record) = record.filter(|r| r.generation <= up_to) {
             match read_stat(record.pgid) {
@@ -589,18 +594,25 @@ impl LocalPlatform {
             });
         }
         if groups.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
 
-        let signals: &[(i32, Duration)] = if force {
-            &[(libc::SIGKILL, KILL_WAIT)]
-        } else {
-            &[(libc::SIGTERM, TERM_GRACE), (libc::SIGKILL, KILL_WAIT)]
+        let signals: &[(i32, Duration)] = match stop {
+            Stop::Term => {
+                let live = live_groups(&groups).await?;
+                for group in &live {
+                    debug!(engine = %id, pgid = group.pgid, "sending SIGTERM to the engine's process group");
+                    signal_group(group.pgid, libc::SIGTERM);
+                }
+                return Ok(live);
+            }
+            Stop::Kill => &[(libc::SIGKILL, KILL_WAIT)],
+            Stop::TermThenKill => &[(libc::SIGTERM, TERM_GRACE), (libc::SIGKILL, KILL_WAIT)],
         };
         for &(signal, wait) in signals {
             let live = live_groups(&groups).await?;
             if live.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             for group in &live {
                 debug!(engine = %id, pgid = group.pgid, signal, "signalling the engine's process group");
@@ -610,7 +622,7 @@ impl LocalPlatform {
             while Instant::now() < deadline {
                 tokio::time::sleep(POLL).await;
                 if live_groups(&groups).await?.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
             }
             if signal == libc::SIGTERM {
@@ -619,7 +631,7 @@ impl LocalPlatform {
         }
         let live = live_groups(&groups).await?;
         if live.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let pgids: Vec<String> = live.iter().map(|g| g.pgid.to_string()).collect();
         Err(PlatformError::Delete(format!(
@@ -628,16 +640,18 @@ impl LocalPlatform {
         )))
     }
 
-    /// Stops the engine's processes of generation `up_to` or earlier and removes their state;
-    /// the caller holds the engine's lock when the engine directory exists. A later
-    /// generation's process and state are left alone.
+    /// Stops the engine's processes of generation `up_to` or earlier and, once they are gone,
+    /// removes their state; the caller holds the engine's lock when the engine directory
+    /// exists. A later generation's process and state are left alone. Returns the process
+    /// groups still alive (after [`Stop::Term`]): then the state stays, and `state` still sees
+    /// the engine.
     async fn delete_locked(
         &self,
         id: &EngineId,
         dir: &Path,
         up_to: u64,
-        force: bool,
-    ) -> Result<(), PlatformError> {
+        stop: Stop,
+    ) -> Result<Vec<Group>, PlatformError> {
         let record = match read_record(dir) {
             Ok(record) => record,
             Err(e) => {
@@ -645,11 +659,16 @@ impl LocalPlatform {
                 None
             }
         };
-        self.stop_processes(id, record.as_ref(), up_to, force)
+        let live = self
+            .stop_processes(id, record.as_ref(), up_to, stop)
             .await?;
+        if !live.is_empty() {
+            debug!(engine = %id, "the engine's processes are stopping; its state stays until they are gone");
+            return Ok(live);
+        }
         if let Some(record) = record.as_ref().filter(|r| r.generation > up_to) {
             debug!(engine = %id, generation = record.generation, up_to, "leaving a later start of the engine alone");
-            return Ok(());
+            return Ok(live);
         }
 
         // Let our reaper record the end of our child before its state goes.
@@ -675,7 +694,7 @@ impl LocalPlatform {
         removed.map_err(PlatformError::io(format!(
             "removing the scratch directory of engine {id}"
         )))?;
-        Ok(())
+        Ok(live)
     }
 
     /// Adopts a process of this start of the engine (`generation`) that has no record yet
@@ -757,7 +776,7 @@ impl Platform for LocalPlatform {
             return Ok(());
         }
         // Whatever is left of an earlier run goes before a new one starts.
-        self.stop_processes(id, record.as_ref(), generation, false)
+        self.stop_processes(id, record.as_ref(), generation, Stop::TermThenKill)
             .await?;
         for file in [STATE_FILE, EXIT_FILE] {
             remove_file_if_exists(&dir.join(file)).map_err(PlatformError::io(format!(
@@ -773,14 +792,29 @@ impl Platform for LocalPlatform {
         generation: u64,
         force: bool,
     ) -> Result<(), PlatformError> {
+        // Without `force`, SIGTERM, and the deletion is under way: the caller (the monitor)
+        // escalates to `force` past its own deadline.
+        let stop = if force { Stop::Kill } else { Stop::Term };
         let dir = self.engine_dir(id);
         if !dir.is_dir() {
             // Nothing on disk; a process of the engine may still exist if its directory was
             // removed by hand.
-            return self.stop_processes(id, None, generation, force).await;
+            let live = self.stop_processes(id, None, generation, stop).await?;
+            wait_gone(&live, TERM_WAIT).await?;
+            return Ok(());
         }
-        let _lock = lock_engine(&dir, id).await?;
-        self.delete_locked(id, &dir, generation, force).await
+        let live = {
+            let _lock = lock_engine(&dir, id).await?;
+            self.delete_locked(id, &dir, generation, stop).await?
+        };
+        // A Spark that stops promptly is gone in a moment, and then its state goes too. Waited
+        // for without the engine's lock: a Rucat process frozen while it waits (a long pause)
+        // must hold up no other one's work on the engine.
+        if !live.is_empty() && wait_gone(&live, TERM_WAIT).await? {
+            let _lock = lock_engine(&dir, id).await?;
+            self.delete_locked(id, &dir, generation, stop).await?;
+        }
+        Ok(())
     }
 
     async fn state(&self, engine: &Engine) -> Result<ResourceState, PlatformError> {
@@ -889,10 +923,13 @@ impl Platform for LocalPlatform {
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
         let dir = self.engine_dir(id);
         if !dir.is_dir() {
-            return self.stop_processes(id, None, u64::MAX, true).await;
+            return self
+                .stop_processes(id, None, u64::MAX, Stop::Kill)
+                .await
+                .map(drop);
         }
         let _lock = lock_engine(&dir, id).await?;
-        self.delete_locked(id, &dir, u64::MAX, true).await?;
+        self.delete_locked(id, &dir, u64::MAX, Stop::Kill).await?;
         let target = dir.clone();
         blocking("removing the engine directory", move || {
             remove_dir_if_exists(&target)
@@ -1298,6 +1335,31 @@ impl Group {
     fn is_ours(&self) -> bool {
         read_stat(self.pgid).map(|s| s.start_time) == self.leader_start
             || read_stat(self.pgid).is_none()
+    }
+}
+
+/// How the processes of an engine are stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM, without waiting: the caller decides when to insist.
+    Term,
+    /// SIGKILL, and wait until they are gone.
+    Kill,
+    /// SIGTERM, SIGKILL after [`TERM_GRACE`], and wait until they are gone.
+    TermThenKill,
+}
+
+/// Waits up to `within` until none of `groups` has a live member; whether none has.
+async fn wait_gone(groups: &[Group], within: Duration) -> Result<bool, PlatformError> {
+    let deadline = Instant::now() + within;
+    loop {
+        if live_groups(groups).await?.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -2211,6 +2273,47 @@ mod tests {
         assert_eq!(group_members(record.pgid).len(), 1);
         fx.platform
             .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
+        assert!(group_members(record.pgid).is_empty());
+        assert_eq!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_that_ignores_sigterm_stays_until_a_forced_delete() {
+        let fx = Fixture::new();
+        let engine = engine(&[]);
+        fx.platform.create(&engine).await.unwrap();
+        wait_for_state(&fx.platform, &engine, Duration::from_secs(20), is_running).await;
+        let record = fx.record(&engine.id);
+        // Stopped, the process keeps SIGTERM pending: a hung Spark that ignores it.
+        // SAFETY: the test's own child.
+        unsafe { libc::kill(record.pid, libc::SIGSTOP) };
+        let asked = Instant::now();
+        fx.platform
+            .delete(&engine.id, engine.generation, false)
+            .await
+            .unwrap();
+        assert!(
+            asked.elapsed() < TERM_WAIT + Duration::from_secs(5),
+            "a plain delete returns once under way: {:?}",
+            asked.elapsed()
+        );
+        // Under way, not done: the process and its state stay.
+        assert_eq!(
+            liveness(record.pid, record.proc_start_time),
+            Liveness::Alive
+        );
+        assert_eq!(fx.record(&engine.id), record);
+        assert_ne!(
+            fx.platform.state(&engine).await.unwrap(),
+            ResourceState::Gone
+        );
+        fx.platform
+            .delete(&engine.id, engine.generation, true)
             .await
             .unwrap();
         assert!(group_members(record.pgid).is_empty());
