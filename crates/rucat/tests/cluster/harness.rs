@@ -54,6 +54,18 @@ impl Process {
         self.signal(libc::SIGCONT);
     }
 
+    /// SIGSTOP, then waits until every thread of the process is stopped (see [`freeze`]).
+    pub fn freeze(&self) {
+        if let Some(pid) = self.pid() {
+            freeze(pid as i32);
+        }
+    }
+
+    /// Whether the process holds an flock on `file` (see [`holds_flock`]).
+    pub fn holds_flock(&self, file: &Path) -> bool {
+        self.pid().is_some_and(|pid| holds_flock(pid, file))
+    }
+
     /// SIGTERM (to a paused process too), then SIGKILL after 10 s; the exit status of a
     /// graceful stop.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
@@ -221,6 +233,38 @@ impl Cluster {
         self.monitors.len() - 1
     }
 
+    /// Starts a `rucat monitor` that the caller keeps, not one of [`Cluster::monitors`]: for a
+    /// test that pauses, kills and replaces monitors while the cluster is shared. `name` must
+    /// be new (it names the configuration and log files); its log is in [`Cluster::logs`]
+    /// and [`Cluster::history`] all the same, even after it is killed.
+    pub fn spawn_monitor(&self, name: &str, extra_config: &str) -> Process {
+        assert!(
+            !self.dir.path().join(format!("{name}.log")).exists(),
+            "a process named {name} ran already"
+        );
+        self.spawn("monitor", name, extra_config, None)
+    }
+
+    /// Every process's log file, by process name: the servers, monitors and proxies this
+    /// cluster started, whoever holds them now, and those that were killed.
+    fn log_files(&self) -> Vec<(String, PathBuf)> {
+        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(self.dir.path())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+                    .filter_map(|path| {
+                        let name = path.file_stem()?.to_string_lossy().into_owned();
+                        Some((name, path))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
     pub fn url(&self, server: usize, path: &str) -> String {
         let addr = self.servers[server].addr.expect("a server has an address");
         format!("http://{addr}{path}")
@@ -229,8 +273,8 @@ impl Cluster {
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut all = String::new();
-        for process in self.servers.iter().chain(&self.monitors) {
-            let log = process.log();
+        for (name, path) in self.log_files() {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
             let tail: String = log
                 .lines()
                 .rev()
@@ -240,10 +284,7 @@ impl Cluster {
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            all.push_str(&format!(
-                "\n===== {} (last 40 lines) =====\n{tail}\n",
-                process.name
-            ));
+            all.push_str(&format!("\n===== {name} (last 40 lines) =====\n{tail}\n"));
         }
         all
     }
@@ -336,20 +377,41 @@ impl Cluster {
             Err(error) => format!("(no events: {error})"),
         };
         let mut text = format!("\n===== engine {id}: events =====\n{events}\n");
-        for process in self.servers.iter().chain(&self.monitors) {
-            let lines: Vec<String> = process
-                .log()
-                .lines()
-                .filter(|line| line.contains(id))
-                .map(str::to_owned)
-                .collect();
+        for (name, path) in self.log_files() {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|line| line.contains(id)).collect();
             text.push_str(&format!(
-                "===== engine {id} in {} =====\n{}\n",
-                process.name,
+                "===== engine {id} in {name} =====\n{}\n",
                 lines.join("\n")
             ));
         }
         text
+    }
+
+    /// Every process's log lines that name `what` (an engine id), for failure messages.
+    pub fn log_lines(&self, what: &str) -> String {
+        let mut text = String::new();
+        for (name, path) in self.log_files() {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            for line in log.lines().filter(|line| line.contains(what)) {
+                text.push_str(&format!("{name}: {line}\n"));
+            }
+        }
+        text
+    }
+
+    /// The engine's events (oldest first), as JSON.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let body: Value = self
+            .http
+            .get(self.url(0, &format!("/engines/{id}/events")))
+            .send()
+            .await
+            .expect("GET /engines/{id}/events")
+            .json()
+            .await
+            .expect("JSON body");
+        body["events"].as_array().expect("events").clone()
     }
 
     /// Waits until every engine is in the state `expected` gives it (`None`: deleted).
@@ -564,4 +626,54 @@ impl Drop for PrivatePostgres {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// SIGSTOP to `pid`, then waits until every one of its threads is stopped: a frozen process (as
+/// by a long GC pause or a suspended VM), not one still finishing what it was doing.
+pub fn freeze(pid: i32) {
+    // SAFETY: signalling a process of the test's own by pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let threads: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|task| {
+                        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                        stat.rsplit_once(')')?.1.trim_start().chars().next()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if threads.iter().all(|&state| state == 'T' || state == 't') {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop: {threads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether process `pid` holds an flock on `file` (from `/proc/locks`).
+pub fn holds_flock(pid: u32, file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(file).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:56789 0 EOF"; waiters have "->" after the
+        // number, and so do not match.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+            && fields
+                .get(5)
+                .and_then(|device_inode| device_inode.rsplit(':').next())
+                .and_then(|i| i.parse::<u64>().ok())
+                == Some(inode)
+    })
 }

@@ -17,7 +17,7 @@ use rucat::store::Store;
 use serde_json::Value;
 
 use crate::e2e::{processes_matching, query, spark_home, spark_processes, with_parameter};
-use crate::harness::{Cluster, Process};
+use crate::harness::{freeze, holds_flock, Cluster, Process};
 use crate::VERSION;
 
 /// How long a real Spark engine may take to be Running on a loaded 2-core machine.
@@ -116,54 +116,6 @@ fn the_jvm(id: &str) -> i32 {
 fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// SIGSTOP, and waits until every thread of the process is stopped.
-fn freeze(pid: i32) {
-    // SAFETY: signalling a process of the test's own by pid.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let threads: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|task| {
-                        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-                        stat.rsplit_once(')')?.1.trim_start().chars().next()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if threads.iter().all(|&state| state == 'T' || state == 't') {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} did not stop: {threads:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Whether process `pid` holds an `flock` on `file` (from `/proc/locks`).
-fn holds_flock(pid: u32, file: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(inode) = std::fs::metadata(file).map(|m| m.ino()) else {
-        return false;
-    };
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    locks.lines().any(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:56789 0 EOF"; waiters have "->" after the id.
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&"FLOCK")
-            && fields.get(4).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
-            && fields
-                .get(5)
-                .and_then(|device_inode| device_inode.rsplit(':').next())
-                .and_then(|i| i.parse::<u64>().ok())
-                == Some(inode)
-    })
 }
 
 async fn post(cluster: &Cluster, id: &str, op: &str) {
