@@ -17,7 +17,7 @@
 //! not remove it, the engine takes its error path naming the stuck resource while the orphan scan
 //! keeps at it. A Running engine that stops answering Spark Connect for `health_timeout` fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -125,7 +125,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     in_flight: Mutex<HashSet<EngineId>>,
     finished: Mutex<Finished>,
-    next_wake: Mutex<Option<DateTime<Utc>>>,
+    /// When steps asked to be looked at again, sooner than the next poll: each is a wake-up.
+    next_wake: Mutex<BTreeSet<DateTime<Utc>>>,
 }
 
 /// When each engine's last drive ended, counted in drives ended: a due engine read before its
@@ -164,7 +165,7 @@ impl Monitor {
                 permits,
                 in_flight: Mutex::new(HashSet::new()),
                 finished: Mutex::new(Finished::default()),
-                next_wake: Mutex::new(None),
+                next_wake: Mutex::new(BTreeSet::new()),
             }),
         }
     }
@@ -252,8 +253,8 @@ impl Monitor {
 
     fn until_next_wake(&self) -> Duration {
         let poll = self.inner.config.poll_interval;
-        match *lock(&self.inner.next_wake) {
-            Some(at) => (at - Utc::now())
+        match lock(&self.inner.next_wake).first() {
+            Some(at) => (*at - Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .min(poll),
@@ -262,14 +263,14 @@ impl Monitor {
     }
 
     async fn dispatch(&self, tasks: &mut JoinSet<()>) -> Result<(), MonitorError> {
-        // A hint already due is acted on by this pass; a later one (set by a step that just
-        // finished) must survive, or the loop would sleep the whole poll interval.
+        // Hints already due are acted on by this pass; later ones (set by steps that just
+        // finished, each engine its own) must all survive, or the loop would sleep the whole
+        // poll interval after the first.
         let now = Utc::now();
         {
             let mut wake = lock(&self.inner.next_wake);
-            if wake.is_some_and(|at| at <= now) {
-                *wake = None;
-            }
+            let later = wake.split_off(&(now + chrono::Duration::milliseconds(1)));
+            *wake = later;
         }
         let read_from = {
             // Drives that ended before this read cannot make what it returns stale.
@@ -317,8 +318,15 @@ impl Monitor {
     }
 
     fn wake_at(&self, at: DateTime<Utc>) {
-        let mut wake = lock(&self.inner.next_wake);
-        *wake = Some(wake.map_or(at, |current| current.min(at)));
+        // One past the next poll is of no use: that poll finds the engine anyway.
+        let poll = chrono::Duration::from_std(self.inner.config.poll_interval)
+            .unwrap_or(chrono::Duration::MAX);
+        if Utc::now()
+            .checked_add_signed(poll)
+            .is_none_or(|next_poll| at < next_poll)
+        {
+            lock(&self.inner.next_wake).insert(at);
+        }
     }
 
     /// Steps one engine for as long as there is something to do right away.

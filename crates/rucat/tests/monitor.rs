@@ -306,6 +306,38 @@ async fn a_new_request_and_its_start_checks_are_acted_on_at_once_not_at_the_next
         .expect("join");
 }
 
+/// Every engine's own re-check is a wake-up. Before, the monitor kept only the earliest one: a
+/// later engine's re-check, asked for meanwhile, was lost, and the last engines to start waited
+/// for the next poll (here an hour).
+#[tokio::test]
+async fn every_engines_start_checks_wake_the_monitor_not_just_the_earliest() {
+    let config = MonitorConfig {
+        poll_interval: Duration::from_secs(3600),
+        start_check_interval: Duration::from_millis(100),
+        ..fast_config()
+    };
+    let (app, platform, monitor) = setup(config).await;
+    platform.set_polls_until_ready(3);
+    let (trigger, shutdown) = rucat::shutdown::channel();
+    let running = tokio::spawn(monitor.run(shutdown));
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(create(&app, &format!("staggered-{n}")).await);
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    for id in &ids {
+        app.client
+            .wait(id, EngineState::Running, Duration::from_secs(20), |_| {})
+            .await
+            .expect("running long before the hour-long poll interval");
+    }
+    trigger.fire();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("monitor stops on shutdown")
+        .expect("join");
+}
+
 #[tokio::test]
 async fn orphans_are_cleaned() {
     let (app, platform, monitor) = setup(fast_config()).await;
