@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_connect::FakeSparkConnect;
-use common::{spawn_api, TestApp, VERSION};
+use common::{
+    assert_delete_escalated, deadline_at, engine_events, entered, run, spawn_api, stop_monitor,
+    until, TestApp, VERSION,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_double::{Fault, KubeDouble};
 use rucat::engine::{Engine, EngineId, EngineState};
@@ -1316,61 +1319,6 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
 // ---------------------------------------------------------------------------------------------
 // Convergence on Kubernetes: stuck deletes, fencing against a late DELETE, hung drivers.
 
-/// Polls `check` every 10 ms until it holds; panics with `what` after `deadline`.
-async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "{what}: not within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The monitor running as `rucat monitor` runs it, until the trigger fires.
-fn run(monitor: Monitor) -> (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>) {
-    let (trigger, shutdown) = rucat::shutdown::channel();
-    (trigger, tokio::spawn(monitor.run(shutdown)))
-}
-
-async fn stop_monitor(running: (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>)) {
-    running.0.fire();
-    tokio::time::timeout(Duration::from_secs(30), running.1)
-        .await
-        .expect("the monitor stops on shutdown")
-        .expect("join");
-}
-
-async fn engine_events(app: &TestApp, id: &str) -> Vec<rucat::engine::EngineEvent> {
-    app.store
-        .events(&EngineId::parse(id).expect("id"))
-        .await
-        .expect("events")
-        .expect("engine")
-}
-
-/// The time of the first event into `to`.
-fn entered(
-    events: &[rucat::engine::EngineEvent],
-    to: EngineState,
-) -> chrono::DateTime<chrono::Utc> {
-    events
-        .iter()
-        .find(|e| e.to == to && e.from != Some(to))
-        .unwrap_or_else(|| panic!("no event into {to}: {events:?}"))
-        .time
-}
-
-/// `after` past `from`, less the millisecond the store may round off.
-fn past(from: chrono::DateTime<chrono::Utc>, after: Duration) -> chrono::DateTime<chrono::Utc> {
-    from + chrono::Duration::from_std(after).expect("duration") - chrono::Duration::milliseconds(1)
-}
-
 /// Runs the monitor until the engine is Running on its (ready) pod.
 async fn running_engine(app: &TestApp, double: &KubeDouble) -> (String, String) {
     let id = create(app).await;
@@ -1440,27 +1388,7 @@ async fn a_pod_that_will_not_go_is_forced_then_its_engine_fails_naming_it() {
     );
 
     let events = engine_events(&app, &id).await;
-    let deleting = entered(&events, EngineState::TerminateInProgress);
-    let killing = events
-        .iter()
-        .find(|e| {
-            e.message
-                .as_deref()
-                .is_some_and(|m| m.contains("killing it"))
-        })
-        .unwrap_or_else(|| panic!("no event saying the pod is killed: {events:?}"));
-    assert!(killing.time >= past(deleting, delete_timeout), "{events:?}");
-    let failed = entered(&events, EngineState::ErrorClean);
-    assert!(failed >= past(deleting, delete_timeout + kill_timeout));
-    // By then, give or take a check (and a generous margin for a busy machine).
-    assert!(
-        failed
-            <= past(
-                deleting,
-                delete_timeout + kill_timeout + check + Duration::from_secs(2)
-            ),
-        "{events:?}"
-    );
+    assert_delete_escalated(&events, delete_timeout, kill_timeout, check);
     let error = app
         .client
         .get(&id)
@@ -1702,9 +1630,9 @@ async fn a_driver_that_stops_answering_fails_after_the_health_timeout_and_is_del
         .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
         .time;
     let failed = entered(&events, EngineState::ErrorWaitToClean);
-    assert!(failed >= past(first_failure, timeout), "{events:?}");
+    assert!(failed >= deadline_at(first_failure, timeout), "{events:?}");
     assert!(
-        failed <= past(first_failure, timeout + interval + Duration::from_secs(2)),
+        failed <= deadline_at(first_failure, timeout + interval + Duration::from_secs(2)),
         "{events:?}"
     );
     stop_monitor(running).await;

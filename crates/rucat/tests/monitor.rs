@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{spawn_api, TestApp, VERSION};
+use common::{
+    assert_delete_escalated, deadline_at, engine_events, entered, run, spawn_api, stop_monitor,
+    until, TestApp, VERSION,
+};
 use rucat::engine::{EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
 use rucat::platform::memory::MemoryPlatform;
@@ -360,62 +363,8 @@ async fn orphans_are_cleaned() {
 // ---------------------------------------------------------------------------------------------
 // Convergence: back-off, delete deadlines, health, and the items fixed with fencing.
 
-/// Polls `check` every 10 ms until it holds; panics with `what` after `deadline`.
-async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < deadline,
-            "{what}: not within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The monitor running as `rucat monitor` runs it; stopped through the trigger.
-fn run(monitor: Monitor) -> (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>) {
-    let (trigger, shutdown) = rucat::shutdown::channel();
-    (trigger, tokio::spawn(monitor.run(shutdown)))
-}
-
-async fn stop_monitor(running: (rucat::shutdown::Trigger, tokio::task::JoinHandle<()>)) {
-    running.0.fire();
-    tokio::time::timeout(Duration::from_secs(30), running.1)
-        .await
-        .expect("the monitor stops on shutdown")
-        .expect("join");
-}
-
 async fn stored(app: &TestApp, id: &str) -> rucat::engine::Engine {
     app.store.get(&eid(id)).await.expect("get").expect("engine")
-}
-
-async fn events(app: &TestApp, id: &str) -> Vec<rucat::engine::EngineEvent> {
-    app.store
-        .events(&eid(id))
-        .await
-        .expect("events")
-        .expect("engine")
-}
-
-/// The time of the first event into `to`.
-fn entered(
-    events: &[rucat::engine::EngineEvent],
-    to: EngineState,
-) -> chrono::DateTime<chrono::Utc> {
-    events
-        .iter()
-        .find(|e| e.to == to && e.from != Some(to))
-        .unwrap_or_else(|| panic!("no event into {to}: {events:?}"))
-        .time
-}
-
-fn millis(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).expect("a duration")
 }
 
 /// The most attempts a step failing for `window` can make when the wait after the n-th
@@ -551,7 +500,7 @@ async fn failing_engines_back_off_without_starving_healthy_ones_and_each_failure
         (&refused, REFUSED, EngineState::TriggerStart),
     ] {
         for id in ids {
-            let events = events(&app, id).await;
+            let events = engine_events(&app, id).await;
             let failures: Vec<_> = events
                 .iter()
                 .filter(|e| e.message.as_deref().is_some_and(|m| m.contains(message)))
@@ -610,31 +559,8 @@ async fn a_delete_that_never_finishes_is_forced_then_fails_naming_the_resource()
         "the delete was forced"
     );
 
-    let events = events(&app, &id).await;
-    let deleting = entered(&events, EngineState::TerminateInProgress);
-    let killing = events
-        .iter()
-        .find(|e| {
-            e.message
-                .as_deref()
-                .is_some_and(|m| m.contains("killing it"))
-        })
-        .unwrap_or_else(|| panic!("no event saying the resource is killed: {events:?}"));
-    assert!(
-        killing.time >= deadline_at(deleting, delete_timeout),
-        "forced before the delete timeout: {events:?}"
-    );
-    let failed = entered(&events, EngineState::ErrorClean);
-    // Not before both deadlines; and by then, give or take a check and a generous margin.
-    assert!(failed >= deadline_at(deleting, delete_timeout + kill_timeout));
-    assert!(
-        failed
-            <= deadline_at(
-                deleting,
-                delete_timeout + kill_timeout + check + Duration::from_secs(2)
-            ),
-        "{events:?}"
-    );
+    let events = engine_events(&app, &id).await;
+    assert_delete_escalated(&events, delete_timeout, kill_timeout, check);
     let error = app
         .client
         .get(&id)
@@ -671,14 +597,6 @@ async fn a_delete_that_never_finishes_is_forced_then_fails_naming_the_resource()
     .await;
     assert_eq!(state(&app, &id).await, EngineState::ErrorClean);
     stop_monitor(running).await;
-}
-
-fn deadline_at(
-    from: chrono::DateTime<chrono::Utc>,
-    after: Duration,
-) -> chrono::DateTime<chrono::Utc> {
-    // The store keeps milliseconds.
-    from + millis(after) - chrono::Duration::milliseconds(1)
 }
 
 /// Item 4. A Running engine whose Spark Connect stops answering (its resource alive) fails
@@ -728,7 +646,7 @@ async fn a_hung_engine_fails_after_the_health_timeout_and_is_cleaned() {
     );
     assert!(!platform.exists(&eid(&id)), "its resource is gone");
 
-    let events = events(&app, &id).await;
+    let events = engine_events(&app, &id).await;
     let first_failure = events
         .iter()
         .find(|e| {
@@ -962,7 +880,7 @@ async fn a_driver_log_that_cannot_be_kept_holds_the_delete_until_it_can() {
     let mut seen = 0;
     for _ in 0..500 {
         monitor.pass().await.expect("pass");
-        seen = failures(&events(&app, &id).await);
+        seen = failures(&engine_events(&app, &id).await);
         if seen >= 3 {
             break;
         }
@@ -982,7 +900,7 @@ async fn a_driver_log_that_cannot_be_kept_holds_the_delete_until_it_can() {
         ),
         "{engine:?}"
     );
-    let failure = events(&app, &id)
+    let failure = engine_events(&app, &id)
         .await
         .into_iter()
         .find(|e| failures(std::slice::from_ref(e)) == 1)

@@ -200,3 +200,97 @@ pub async fn scratch_postgres(prefix: &str) -> rucat::store::postgres::ScratchDa
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"))
 }
+
+/// Polls `check` every 10 ms until it holds; panics with `what` after `deadline`.
+pub async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A monitor running as `rucat monitor` runs it, until [`stop_monitor`].
+pub struct RunningMonitor(Trigger, tokio::task::JoinHandle<()>);
+
+/// Runs `monitor` in the background, as `rucat monitor` does.
+pub fn run(monitor: rucat::monitor::Monitor) -> RunningMonitor {
+    let (trigger, shutdown) = shutdown::channel();
+    RunningMonitor(trigger, tokio::spawn(monitor.run(shutdown)))
+}
+
+/// Stops a monitor started by [`run`], and waits until it has.
+pub async fn stop_monitor(running: RunningMonitor) {
+    running.0.fire();
+    tokio::time::timeout(Duration::from_secs(30), running.1)
+        .await
+        .expect("the monitor stops on shutdown")
+        .expect("join");
+}
+
+/// The events of engine `id`, from the store.
+pub async fn engine_events(app: &TestApp, id: &str) -> Vec<rucat::engine::EngineEvent> {
+    app.store
+        .events(&EngineId::parse(id).expect("id"))
+        .await
+        .expect("events")
+        .expect("engine")
+}
+
+/// The time of the first event into `to`.
+pub fn entered(events: &[rucat::engine::EngineEvent], to: EngineState) -> chrono::DateTime<Utc> {
+    events
+        .iter()
+        .find(|e| e.to == to && e.from != Some(to))
+        .unwrap_or_else(|| panic!("no event into {to}: {events:?}"))
+        .time
+}
+
+/// `after` past `from`, as the store (which keeps milliseconds) can tell.
+pub fn deadline_at(from: chrono::DateTime<Utc>, after: Duration) -> chrono::DateTime<Utc> {
+    from + chrono::Duration::from_std(after).expect("duration") - chrono::Duration::milliseconds(1)
+}
+
+/// From an engine's history: its delete was forced ("killing it") no earlier than
+/// `delete_timeout` after it entered `TerminateInProgress`, and it entered `ErrorClean` after
+/// `delete_timeout + kill_timeout`, give or take a `check` (and a margin for a busy machine).
+pub fn assert_delete_escalated(
+    events: &[rucat::engine::EngineEvent],
+    delete_timeout: Duration,
+    kill_timeout: Duration,
+    check: Duration,
+) {
+    let deleting = entered(events, EngineState::TerminateInProgress);
+    let killing = events
+        .iter()
+        .find(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("killing it"))
+        })
+        .unwrap_or_else(|| panic!("no event saying the resource is killed: {events:?}"));
+    assert!(
+        killing.time >= deadline_at(deleting, delete_timeout),
+        "forced before the delete timeout: {events:?}"
+    );
+    let failed = entered(events, EngineState::ErrorClean);
+    assert!(
+        failed >= deadline_at(deleting, delete_timeout + kill_timeout),
+        "{events:?}"
+    );
+    assert!(
+        failed
+            <= deadline_at(
+                deleting,
+                delete_timeout + kill_timeout + check + Duration::from_secs(2)
+            ),
+        "{events:?}"
+    );
+}
