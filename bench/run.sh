@@ -2,11 +2,14 @@
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
 # Usage: bench/run.sh [claim_latency|get_throughput|engine_start|cas_throughput|
 #                      claim_across_processes|list_due_scaling|kube_requests_per_pass|
-#                      auth_overhead]...
+#                      auth_overhead|proxy_overhead|monitor_throughput]...
 #                      (default: all)
-# engine_start needs Spark: SPARK_HOME is taken from the environment, else from scripts/setup.sh
-# (which installs what is missing). cas_throughput, claim_across_processes and list_due_scaling
-# need PostgreSQL: RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
+# engine_start and proxy_overhead need Spark: SPARK_HOME is taken from the environment, else from
+# scripts/setup.sh (which installs what is missing; proxy_overhead also uses its PySpark).
+# cas_throughput, claim_across_processes, list_due_scaling and monitor_throughput need PostgreSQL:
+# RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
+# monitor_throughput also measures an earlier rucat binary side by side if RUCAT_BEFORE names one
+# (see bench/README.md for how to build the one before fencing).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,7 +20,7 @@ cargo build --release -p rucat-bench
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
   benches=(claim_latency get_throughput engine_start cas_throughput claim_across_processes
-    list_due_scaling kube_requests_per_pass auth_overhead)
+    list_due_scaling kube_requests_per_pass auth_overhead proxy_overhead monitor_throughput)
 fi
 
 for bench in "${benches[@]}"; do
@@ -26,15 +29,22 @@ for bench in "${benches[@]}"; do
       list_due_scaling | kube_requests_per_pass | auth_overhead)
       target/release/"$bench"
       ;;
-    engine_start)
+    monitor_throughput)
+      if [ -n "${RUCAT_BEFORE:-}" ]; then
+        target/release/monitor_throughput --rucat-before "$RUCAT_BEFORE"
+      else
+        target/release/monitor_throughput
+      fi
+      ;;
+    engine_start | proxy_overhead)
       if [ -z "${SPARK_HOME:-}" ]; then
         SPARK_HOME="$(bash scripts/setup.sh)"
         export SPARK_HOME
       fi
-      target/release/engine_start
+      target/release/"$bench"
       ;;
     *)
-      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes, list_due_scaling, kube_requests_per_pass or auth_overhead)" >&2
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes, list_due_scaling, kube_requests_per_pass, auth_overhead, proxy_overhead or monitor_throughput)" >&2
       exit 2
       ;;
   esac
