@@ -55,6 +55,7 @@ macro_rules! store_conformance_tests {
             list_filters_by_state,
             list_filters_by_owner,
             list_rejects_invalid_cursor,
+            list_never_skips_an_engine_created_while_paging,
             all_states_lists_every_engine,
             event_history_is_bounded,
             logs_are_saved_bounded,
@@ -630,6 +631,110 @@ pub async fn list_pages_in_creation_order(store: Arc<dyn Store>) {
         assert_eq!(ids(&page.engines), ids(&created), "limit {limit}");
         assert_eq!(page.next_cursor, None, "limit {limit}");
     }
+}
+
+/// A listing that pages while engines are being created never skips one it has already paged
+/// past: every engine listed before the furthest one a listing reached is in that listing. (On
+/// PostgreSQL, creates that commit out of the order of their sequence numbers would let a page
+/// move past an engine that is committed a moment later.)
+pub async fn list_never_skips_an_engine_created_while_paging(store: Arc<dyn Store>) {
+    const CREATORS: usize = 8;
+    const EACH: usize = 60;
+    const PAGERS: usize = 3;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for creator in 0..CREATORS {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        creators.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                // An owner per creator: no quota lock serializes them.
+                let engine = Engine {
+                    owner: format!("owner-{creator}"),
+                    ..sample_engine(&format!("engine-{creator}-{i}"))
+                };
+                store.insert(&engine).await.expect("insert");
+            }
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+    let query = ListQuery {
+        limit: 4,
+        ..ListQuery::default()
+    };
+    // Listings made while creates were under way, each as the ids of its pages in order.
+    let mut pagers = Vec::new();
+    for _ in 0..PAGERS {
+        let (store, done, query) = (Arc::clone(&store), Arc::clone(&done), query.clone());
+        pagers.push(tokio::spawn(async move {
+            let mut listings: Vec<Vec<EngineId>> = Vec::new();
+            while done.load(std::sync::atomic::Ordering::SeqCst) < CREATORS {
+                let mut listing = Vec::new();
+                let mut query = query.clone();
+                loop {
+                    let page = store.list(&query).await.expect("list");
+                    listing.extend(ids(&page.engines));
+                    match page.next_cursor {
+                        Some(cursor) => query.cursor = Some(cursor),
+                        None => break,
+                    }
+                }
+                listings.push(listing);
+            }
+            listings
+        }));
+    }
+    for creator in creators {
+        creator.await.expect("creator");
+    }
+    let mut listings = Vec::new();
+    for pager in pagers {
+        listings.extend(pager.await.expect("pager"));
+    }
+    assert!(!listings.is_empty(), "no listing ran during the creates");
+    let all = ids(&collect_pages(
+        &*store,
+        ListQuery {
+            limit: MAX_PAGE,
+            ..ListQuery::default()
+        },
+    )
+    .await
+    .concat());
+    assert_eq!(
+        all.len(),
+        CREATORS * EACH,
+        "every engine listed once at the end"
+    );
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>().len(),
+        all.len(),
+        "no engine listed twice"
+    );
+    let position: std::collections::HashMap<&EngineId, usize> =
+        all.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let mut skipped = Vec::new();
+    for (n, listing) in listings.iter().enumerate() {
+        let seen: HashSet<&EngineId> = listing.iter().collect();
+        assert_eq!(seen.len(), listing.len(), "listing {n} has an engine twice");
+        let order: Vec<usize> = listing.iter().map(|id| position[id]).collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "listing {n} is out of creation order"
+        );
+        let reached = order.last().copied().unwrap_or(0);
+        skipped.extend(
+            all[..reached]
+                .iter()
+                .filter(|id| !seen.contains(id))
+                .map(|id| (n, id.clone())),
+        );
+    }
+    assert!(
+        skipped.is_empty(),
+        "{} of {} listings made during the creates skipped engines they paged past: {skipped:?}",
+        skipped.iter().map(|(n, _)| n).collect::<HashSet<_>>().len(),
+        listings.len()
+    );
 }
 
 pub async fn list_filters_by_state(store: Arc<dyn Store>) {

@@ -144,6 +144,8 @@ async fn listen(pool: PgPool, wake_ups: Arc<Notify>) {
 /// The advisory lock class of quota checks (the second key is the owner's hash): every change
 /// checked against one owner's limits takes it, so their counts cannot interleave.
 const QUOTA_LOCK_CLASS: i32 = 0x7275_6361; // "ruca"
+/// The advisory lock class of engine inserts (one lock, second key 0).
+const INSERT_LOCK_CLASS: i32 = 0x7275_6369; // "ruci"
 
 impl PostgresStore {
     /// A transaction (READ COMMITTED: a conditional write waits for a racing one and re-checks).
@@ -170,6 +172,17 @@ impl PostgresStore {
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(QUOTA_LOCK_CLASS)
             .bind(owner)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the lock of engine inserts until the transaction ends, so that inserts commit in
+    /// the order of their `seq`. Without it, a create that took a lower `seq` could commit after
+    /// a listing had paged past it (`seq > cursor`), and that listing would skip it.
+    async fn lock_inserts(conn: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(INSERT_LOCK_CLASS)
             .execute(&mut *conn)
             .await?;
         Ok(())

@@ -11,6 +11,8 @@
 //!   (PostgreSQL's NOTIFY; nothing on SQLite);
 //! - `async fn lock_owner(conn, owner)`: serialize quota checks of one owner (an advisory lock
 //!   on PostgreSQL; SQLite's write lock already does);
+//! - `async fn lock_inserts(conn)`: make engine inserts commit in the order of their `seq`, which
+//!   listings page by (an advisory lock on PostgreSQL; SQLite's write lock already does);
 //! - `fn text(&str) -> String`: free text as the database can keep it (PostgreSQL drops NUL);
 //! - `fn wake_if_due(&self, next)`: wake this process's monitors.
 
@@ -154,6 +156,7 @@ macro_rules! sql_store {
                 let activates = !engine.state.is_settled();
                 Self::check_limits(&mut tx, &engine.owner, &engine.id, limits, true, activates)
                     .await?;
+                Self::lock_inserts(&mut tx).await?;
                 let inserted = sqlx::query_scalar::<_, i64>(
                     "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, \
                      error, endpoint, create_time, update_time, next_update_time, \
