@@ -104,7 +104,12 @@ async fn engine_runs_stops_restarts_and_is_deleted() {
     app.client.stop(&id).await.expect("stop");
     drive_until(&app, &monitor, &id, EngineState::Terminated).await;
     app.client.delete(&id).await.expect("delete");
-    assert!(app.client.get(&id).await.is_err());
+    match app.client.get(&id).await {
+        Err(rucat::client::ClientError::Api { status, code, .. }) => {
+            assert_eq!((status.as_u16(), code.as_str()), (404, "not_found"));
+        }
+        other => panic!("a deleted engine was answered {other:?}"),
+    }
 
     let path: Vec<EngineState> = {
         // The history of a deleted engine is gone with it; check a fresh engine's instead.

@@ -476,6 +476,38 @@ struct Seen {
     /// Each engine answered 201, its last accepted operation, and whether a stop was answered
     /// 5xx: then it is unknown whether the stop committed before the connection died.
     created: Vec<(String, Op, bool)>,
+    /// The 5xx answers: the operation, the status and the body.
+    server_errors: Vec<(String, u16, String)>,
+}
+
+impl Seen {
+    /// Records an answer; a 5xx one's body is kept for its error code.
+    async fn answer(
+        seen: &std::sync::Mutex<Seen>,
+        sent: std::time::Instant,
+        op: &str,
+        response: reqwest::Response,
+    ) -> (u16, Option<reqwest::Response>) {
+        let status = response.status().as_u16();
+        let mut response = Some(response);
+        if status >= 500 {
+            let body = response
+                .take()
+                .expect("response")
+                .text()
+                .await
+                .unwrap_or_default();
+            seen.lock()
+                .expect("lock")
+                .server_errors
+                .push((op.to_owned(), status, body));
+        }
+        seen.lock()
+            .expect("lock")
+            .answers
+            .push((sent, op.to_owned(), status));
+        (status, response)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -505,12 +537,11 @@ async fn postgres_restarted_under_load_loses_nothing_and_answers_no_5xx_once_bac
                 let body = serde_json::json!({"name": format!("w{worker}-{n}"), "engine_type": "Spark", "version": VERSION});
                 let created = cluster.http.post(cluster.url(0, "/engines")).json(&body).send().await;
                 let response = created.expect("the server answers (it must not crash)");
-                let status = response.status().as_u16();
-                seen.lock().expect("lock").answers.push((sent, "create".into(), status));
-                if status != 201 {
+                let (status, response) = Seen::answer(&seen, sent, "create", response).await;
+                let Some(response) = response.filter(|_| status == 201) else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
-                }
+                };
                 let id = response.json::<serde_json::Value>().await.expect("JSON")["id"]
                     .as_str()
                     .expect("id")
@@ -526,12 +557,11 @@ async fn postgres_restarted_under_load_loses_nothing_and_answers_no_5xx_once_bac
                         .send()
                         .await
                         .expect("the server answers (it must not crash)");
-                    let status = stop.status().as_u16();
-                    seen.lock().expect("lock").answers.push((sent, "stop".into(), status));
-                    if stop.status().is_success() {
+                    let (status, _) = Seen::answer(&seen, sent, "stop", stop).await;
+                    if (200..300).contains(&status) {
                         last = Op::Stop;
                     }
-                    unknown = stop.status().is_server_error();
+                    unknown = status >= 500;
                 }
                 seen.lock().expect("lock").created.push((id, last, unknown));
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -599,6 +629,17 @@ async fn postgres_restarted_under_load_loses_nothing_and_answers_no_5xx_once_bac
         failed_after.is_empty(),
         "answered 5xx after PostgreSQL was back: {failed_after:?}"
     );
+    // While the store was down, every 5xx was the README's 503 with the `unavailable` code.
+    assert_eq!(seen.server_errors.len(), failed_during);
+    for (op, status, body) in &seen.server_errors {
+        let code = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        assert!(
+            *status == 503 && code.as_deref() == Some("unavailable"),
+            "a {op} during the outage was answered {status} {body}"
+        );
+    }
     let mut cluster = Arc::into_inner(cluster).expect("the load is over");
     for process in cluster
         .servers

@@ -149,7 +149,12 @@ async fn cli_lifecycle() {
     assert!(stopped.status.success(), "{stopped:?}");
     assert!(spark_processes(&id).is_empty());
     let logs = rucat.cli(&["engine", "logs", &id]);
-    assert!(logs.status.success() && !logs.stdout.is_empty());
+    assert!(logs.status.success(), "{logs:?}");
+    let log = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        log.contains("SparkConnectServer") || log.contains("Spark Connect"),
+        "the kept log is the engine's driver log: {log}"
+    );
 
     let deleted = rucat.cli(&["engine", "delete", &id]);
     assert!(deleted.status.success(), "{deleted:?}");
@@ -237,6 +242,27 @@ async fn killed_rucat_adopts_or_cleans_its_engines() {
         .expect("the dead engine is cleaned and marked");
     assert!(engine.error.is_some(), "{engine:?}");
     assert!(spark_processes(&victim).is_empty());
+
+    // Once the victim has settled, the survivor is still the adopted engine, untouched: Running,
+    // serving, one process, and not one failure or error in its history.
+    let engine = client.get(&survivor).await.expect("get");
+    assert_eq!(engine.state, EngineState::Running);
+    assert_eq!(engine.error, None);
+    query(&engine.endpoint.expect("endpoint")).await;
+    assert_eq!(
+        spark_processes(&survivor).len(),
+        1,
+        "adopted, not started twice"
+    );
+    let events = client.events(&survivor).await.expect("events");
+    let troubled: Vec<_> = events
+        .iter()
+        .filter(|e| e.to.as_str().starts_with("Error") || e.from == Some(e.to))
+        .collect();
+    assert!(
+        troubled.is_empty(),
+        "the survivor had trouble: {troubled:?}"
+    );
 
     client.stop(&survivor).await.expect("stop");
     client
