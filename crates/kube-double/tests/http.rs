@@ -740,29 +740,27 @@ async fn kubeconfig_and_shutdown() {
 
     let copy = api.double.clone();
     copy.shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(api.url("/version"))
-        .send()
-        .await;
-    assert!(refused.is_err(), "no longer serving");
+    until_refused(&api.double.url(), "no longer serving").await;
 
     // Dropping the last handle stops it too.
     let double = KubeDouble::start().await;
-    let url = format!("{}/version", double.url());
+    let url = double.url();
     drop(double);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .get(url)
-        .send()
-        .await;
-    assert!(refused.is_err(), "stopped with its last handle");
+    until_refused(&url, "stopped with its last handle").await;
+}
+
+/// Waits until nothing accepts connections at the double's address `url` (a stopped server
+/// closes its listener; how soon is not what these tests check).
+async fn until_refused(url: &str, what: &str) {
+    let address = url.trim_start_matches("http://").to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&address).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still serving"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// On its own thread the double answers while the caller's thread blocks, with no runtime.
@@ -783,11 +781,14 @@ fn on_its_own_thread_it_answers_a_blocked_caller() {
     assert!(answer.contains("\"kind\":\"PodList\""), "{answer}");
     assert_eq!(double.requests().len(), 1);
     drop(double);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        std::net::TcpStream::connect(&address).is_err(),
-        "stopped with its last handle"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still serving after its last handle"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn path(plural: &str) -> String {

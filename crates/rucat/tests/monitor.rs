@@ -217,8 +217,15 @@ async fn a_monitor_that_dies_after_claiming_is_taken_over_after_the_trigger_time
     assert_eq!(state(&app, &id).await, EngineState::TriggerStart);
     assert!(platform.creates().is_empty());
 
-    // ...then takes the work over and completes it, creating the resource once.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // ...then, once the claim is older than the trigger timeout, takes the work over and
+    // completes it, creating the resource once.
+    let claimed = app.client.get(&id).await.expect("get").update_time;
+    until(
+        Duration::from_secs(10),
+        "the claim times out",
+        || async move { chrono::Utc::now() - claimed > chrono::Duration::milliseconds(300) },
+    )
+    .await;
     drive_until(&app, &other, &id, EngineState::Running).await;
     assert_eq!(platform.creates(), vec![eid(&id)]);
     let events = app.client.events(&id).await.expect("events");
@@ -292,12 +299,21 @@ async fn a_new_request_and_its_start_checks_are_acted_on_at_once_not_at_the_next
         start_check_interval: Duration::from_millis(100),
         ..fast_config()
     };
-    let (app, platform, monitor) = setup(config).await;
+    let (app, platform, _) = setup(config.clone()).await;
+    let store = Arc::new(HookedStore::new(app.store.clone()));
+    let monitor = Monitor::new(store.clone(), Arc::new(platform.clone()), config);
     // Starting checks are rescheduled at the start-check interval, not the poll interval.
     platform.set_polls_until_ready(3);
     let (trigger, shutdown) = rucat::shutdown::channel();
+    let mut due_reads = store.due_reads.subscribe();
     let running = tokio::spawn(monitor.run(shutdown));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The monitor's first pass has read its (empty) due list: it is idle now, until a wake-up
+    // or the hour-long poll. Only a wake-up can make it see the engine.
+    due_reads
+        .wait_for(|n| *n >= 1)
+        .await
+        .expect("the monitor reads the due engines");
+    assert!(platform.creates().is_empty());
 
     let id = create(&app, "pushed").await;
     let engine = app
@@ -740,15 +756,28 @@ async fn a_hung_orphan_scan_does_not_hold_up_engines() {
     stop_monitor(running).await;
 }
 
-/// A store whose `save_logs` fails while `refuse_logs` is set (an outage of the store while
-/// the monitor keeps a driver log); everything else goes to the real store.
-struct LogRefusingStore {
+/// The real store, seen by a test: `save_logs` fails while `refuse_logs` is set (an outage of
+/// the store while the monitor keeps a driver log), and every `list_due` that returned is
+/// counted in `due_reads` (a monitor's pass has read its due list). Everything else goes to
+/// the real store.
+struct HookedStore {
     inner: Arc<dyn rucat::store::Store>,
     refuse_logs: std::sync::atomic::AtomicBool,
+    due_reads: tokio::sync::watch::Sender<usize>,
+}
+
+impl HookedStore {
+    fn new(inner: Arc<dyn rucat::store::Store>) -> Self {
+        HookedStore {
+            inner,
+            refuse_logs: std::sync::atomic::AtomicBool::new(false),
+            due_reads: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl rucat::store::Store for LogRefusingStore {
+impl rucat::store::Store for HookedStore {
     async fn insert_within(
         &self,
         engine: &rucat::engine::Engine,
@@ -798,7 +827,9 @@ impl rucat::store::Store for LogRefusingStore {
         now: chrono::DateTime<chrono::Utc>,
         limit: u32,
     ) -> Result<Vec<rucat::engine::Engine>, StoreError> {
-        self.inner.list_due(now, limit).await
+        let due = self.inner.list_due(now, limit).await;
+        self.due_reads.send_modify(|n| *n += 1);
+        due
     }
     async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError> {
         self.inner.all_states().await
@@ -860,10 +891,7 @@ async fn a_driver_log_that_cannot_be_kept_holds_the_delete_until_it_can() {
         ..fast_config()
     };
     let (app, platform, _) = setup(config.clone()).await;
-    let store = Arc::new(LogRefusingStore {
-        inner: app.store.clone(),
-        refuse_logs: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(HookedStore::new(app.store.clone()));
     let monitor = Monitor::new(store.clone(), Arc::new(platform.clone()), config);
     let id = create(&app, "chatty").await;
     drive_until(&app, &monitor, &id, EngineState::Running).await;

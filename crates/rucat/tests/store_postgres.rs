@@ -84,6 +84,33 @@ fn due(name: &str) -> Engine {
     }
 }
 
+/// Waits until `listeners` sessions of the database `db` listen for wake-ups (their last
+/// statement was the `LISTEN`), instead of guessing how long subscribing takes.
+async fn until_listening(db: &ScratchDatabase, listeners: i64) {
+    let pool = sqlx::PgPool::connect(&common::postgres_admin_url())
+        .await
+        .expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN %'",
+        )
+        .bind(db.name())
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_activity");
+        if listening >= listeners {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{listening} of {listeners} stores listening after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
+}
+
 /// Waits up to `within` for `store`'s wake-ups while `write` runs.
 async fn wakes(store: &dyn Store, within: Duration, write: impl std::future::Future) -> bool {
     let wake_ups = store.wake_ups();
@@ -108,8 +135,7 @@ async fn a_write_in_one_process_wakes_the_monitors_of_another() {
     )
     .await
     .expect("open store");
-    // Give the listeners time to subscribe.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_listening(&db, 1).await;
 
     let engine = due("due");
     assert!(
@@ -127,16 +153,58 @@ async fn a_write_in_one_process_wakes_the_monitors_of_another() {
         .await,
         "no wake-up after another store made an engine due"
     );
-    // Without LISTEN, only this process's own writes wake it.
+    // Without LISTEN, only this process's own writes wake it: the same write that reached the
+    // listening store (so it was delivered) does not wake the deaf one.
+    let deaf_wake_ups = deaf.wake_ups();
+    let deaf_notified = deaf_wake_ups.notified();
+    tokio::pin!(deaf_notified);
+    deaf_notified.as_mut().enable();
     let other = due("unheard");
-    assert!(!wakes(&deaf, Duration::from_millis(700), writer.insert(&other)).await);
+    assert!(wakes(&listener, Duration::from_secs(10), writer.insert(&other)).await);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), deaf_notified)
+            .await
+            .is_err(),
+        "a store without LISTEN was woken by another's write"
+    );
 
-    // Writes that make nothing due now announce nothing.
+    // Writes that make nothing due now announce nothing: a marker notified after such a write
+    // is the first notification on the channel (notifications arrive in commit order).
+    let mut channel = sqlx::postgres::PgListener::connect(db.url())
+        .await
+        .expect("listener");
+    channel
+        .listen(rucat::store::postgres::CHANNEL)
+        .await
+        .expect("listen");
     let later = Engine {
         next_update_time: Some(now_ms() + chrono::TimeDelta::hours(1)),
         ..sample_engine("later")
     };
-    assert!(!wakes(&listener, Duration::from_millis(700), writer.insert(&later)).await);
+    writer.insert(&later).await.expect("insert");
+    let t = Transition::new(EngineState::WaitToStart, EngineState::TriggerStart)
+        .due_at(now_ms() + chrono::TimeDelta::hours(1));
+    assert_eq!(
+        writer.update_state(&later.id, &t).await.expect("cas"),
+        Cas::Done
+    );
+    sql(
+        db.url(),
+        &format!(
+            "SELECT pg_notify('{}', 'marker')",
+            rucat::store::postgres::CHANNEL
+        ),
+    )
+    .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), channel.recv())
+        .await
+        .expect("the marker arrives")
+        .expect("notification");
+    assert_eq!(
+        first.payload(),
+        "marker",
+        "a write that made nothing due announced it"
+    );
     for store in [writer, listener, deaf] {
         store.close().await;
     }
@@ -147,7 +215,7 @@ async fn the_listener_comes_back_after_its_connection_is_killed() {
     let db = common::scratch_postgres("relisten").await;
     let writer = open(db.url()).await;
     let listener = open(db.url()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_listening(&db, 1).await;
 
     // Kill every connection to the database, as a server restart would.
     let killed = sql(

@@ -388,7 +388,12 @@ mod tests {
             ResourceState::Starting
         );
         other.create(&engine).await.expect("create again");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Starting until its start delay has passed, then Running.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while other.state(&engine).await.expect("state") == ResourceState::Starting {
+            assert!(std::time::Instant::now() < deadline, "never Running");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(
             other.state(&engine).await.expect("state"),
             ResourceState::Running {
