@@ -1571,8 +1571,6 @@ mod tests {
 
     const FAKE_SUBMIT: &str = include_str!("../../tests/fixtures/local_platform/spark-submit");
     const FAKE_SERVER: &str = include_str!("../../tests/fixtures/local_platform/fake_connect.py");
-    const DEFAULT_SPARK_HOME: &str =
-        "/root/.cache/rucat/spark-4.3.0/lib/python3.11/site-packages/pyspark";
 
     fn engine(configs: &[(&str, &str)]) -> Engine {
         let now = Utc::now();
@@ -2446,12 +2444,13 @@ mod tests {
     async fn a_real_spark_connect_server_starts_serves_and_stops() {
         let spark_home = std::env::var_os("SPARK_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPARK_HOME));
+            .or_else(crate::config::installed_spark_home)
+            .expect(
+                "this test needs a Spark distribution: run scripts/setup.sh, or set SPARK_HOME",
+            );
         assert!(
             spark_home.join("bin").join("spark-submit").is_file(),
-            "this test needs a Spark distribution: set SPARK_HOME, or install Spark at {} \
-             (scripts/ setup); {} has no bin/spark-submit",
-            DEFAULT_SPARK_HOME,
+            "this test needs a Spark distribution: {} has no bin/spark-submit",
             spark_home.display()
         );
         let data = tempfile::tempdir().unwrap();
