@@ -171,7 +171,19 @@ impl Application {
             (None, Vec::new())
         };
         info!(store = %settings.database_url, versions = ?versions, roles = ?roles, "store and platform ready");
+        Self::assemble(settings, roles, store, platform, versions).await
+    }
 
+    /// The roles of [`build`](Self::build) around a store and a platform already opened (tests
+    /// bring their own: a store they also read, a platform double): authentication, the
+    /// listen checks, the policy, quotas and proxy settings all come from `settings`.
+    pub async fn assemble(
+        settings: &Settings,
+        roles: Roles,
+        store: Arc<dyn Store>,
+        platform: Option<Arc<dyn Platform>>,
+        versions: Vec<String>,
+    ) -> Result<Self, AppError> {
         let auth = if roles.server || roles.proxy {
             Some(Arc::new(Authenticator::new(&settings.auth).await?))
         } else {

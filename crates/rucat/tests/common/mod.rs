@@ -15,7 +15,6 @@ use rucat::client::Client;
 use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::platform::Platform;
-use rucat::server::{self, ApiContext};
 use rucat::shutdown::{self, Trigger};
 use rucat::store::sqlite::SqliteStore;
 use rucat::store::Store;
@@ -109,21 +108,35 @@ pub async fn spawn_api(live_logs: Option<Arc<dyn Platform>>) -> TestApp {
     spawn_api_on(dir, store, live_logs).await
 }
 
+/// The server role as `rucat server` builds it with default settings ([`Application::assemble`]:
+/// no authentication, loopback, the default policy), over `store`, with `live_logs` as its
+/// platform and [`VERSION`] as the one version.
 pub async fn spawn_api_on(
     dir: TempDir,
     store: Arc<dyn Store>,
     live_logs: Option<Arc<dyn Platform>>,
 ) -> TestApp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let context = ApiContext {
+    let settings = Settings::resolve(
+        Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(dir.path().join("data")),
+            ..Overrides::default()
+        },
+        FileConfig::default(),
+    )
+    .expect("default settings");
+    let app = Application::assemble(
+        &settings,
+        Roles::SERVER,
+        store.clone(),
         live_logs,
-        ..ApiContext::new(store.clone(), vec![VERSION.to_owned()])
-    };
+        vec![VERSION.to_owned()],
+    )
+    .await
+    .expect("the server starts");
+    let addr = app.local_addr().expect("listening");
     let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(server::serve(listener, context, shutdown));
+    tokio::spawn(app.run(shutdown));
     TestApp {
         addr,
         client: Client::new(&format!("http://{addr}"), None),
