@@ -93,8 +93,26 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// A process still running at the end of a test is stopped as an operator would, and must
+    /// stop cleanly: exit 0 within 10 s of SIGTERM (unless the test is failing already).
     fn drop(&mut self) {
-        self.terminate();
+        let running = self.child.is_some();
+        let status = self.terminate();
+        if running && !std::thread::panicking() {
+            match status {
+                Some(status) if status.success() => {}
+                Some(status) => panic!(
+                    "{} exited with {status} on SIGTERM: {}",
+                    self.name,
+                    self.log()
+                ),
+                None => panic!(
+                    "{} did not stop within 10 s of SIGTERM: {}",
+                    self.name,
+                    self.log()
+                ),
+            }
+        }
     }
 }
 

@@ -1380,4 +1380,7 @@ latency_ms = [100, 500]
     }
     no_error_path(&cluster, &audit).await;
     assert!(cluster.ids_in_state("ErrorClean").await.is_empty());
+    // The monitors stop (each must exit cleanly on SIGTERM) before the cluster and its
+    // directory go.
+    drop(chaos);
 }

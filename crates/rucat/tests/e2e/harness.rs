@@ -207,22 +207,34 @@ impl Rucat {
 
 impl Drop for Rucat {
     fn drop(&mut self) {
+        let mut failed = None;
         if let Some(mut child) = self.child.take() {
-            // SIGTERM first: a graceful stop is part of what is tested.
+            // SIGTERM first: a graceful stop (exit 0 within 10 s) is part of what is tested.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let mut status = None;
             for _ in 0..100 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
+                if let Ok(Some(exited)) = child.try_wait() {
+                    status = Some(exited);
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = child.kill();
             let _ = child.wait();
+            if !std::thread::panicking() && !status.is_some_and(|s| s.success()) {
+                failed = Some(match status {
+                    Some(status) => format!("rucat serve exited with {status} on SIGTERM"),
+                    None => "rucat serve did not stop within 10 s of SIGTERM".to_owned(),
+                });
+            }
         }
         // Whatever a failed test left running under this data dir goes too.
         let marker = self.dir.path().to_string_lossy().into_owned();
         for pid in processes_matching(&marker) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(why) = failed {
+            panic!("{why}: {}", self.server_log());
         }
     }
 }

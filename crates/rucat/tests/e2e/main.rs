@@ -2,6 +2,7 @@
 //! real Spark Connect client (spark-connect-rs) running queries on them.
 
 mod harness;
+mod kept;
 mod proxy;
 
 use std::time::Duration;
