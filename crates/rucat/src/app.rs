@@ -189,19 +189,32 @@ impl Application {
         } else {
             None
         };
+        let loopback = settings.listen.ip().is_loopback();
+        if let (true, Some(auth)) = (roles.server, &auth) {
+            if !loopback && !auth.is_enabled() && !settings.allow_unauthenticated {
+                return Err(AppError::NotLoopback(settings.listen));
+            }
+        }
+        let proxy = match (roles.proxy, &auth) {
+            (true, Some(auth)) => {
+                Some(Proxy::bind(settings.proxy.clone(), store.clone(), Arc::clone(auth)).await?)
+            }
+            _ => None,
+        };
         let (listener, context) = if let (true, Some(auth)) = (roles.server, &auth) {
             let auth = Arc::clone(auth);
-            let public_url = settings
-                .proxy
+            // Where users reach the proxy: when this process runs it, its bound address (the
+            // real port when 0 was asked for).
+            let mut proxy_settings = settings.proxy.clone();
+            if let Some(addr) = proxy.as_ref().and_then(Proxy::local_addr) {
+                proxy_settings.listen = addr;
+            }
+            let public_url = proxy_settings
                 .public_url()
                 .map_err(|message| AppError::Setting {
                     name: "proxy.public_url",
                     message,
                 })?;
-            let loopback = settings.listen.ip().is_loopback();
-            if !loopback && !auth.is_enabled() && !settings.allow_unauthenticated {
-                return Err(AppError::NotLoopback(settings.listen));
-            }
             let listener =
                 TcpListener::bind(settings.listen)
                     .await
@@ -231,12 +244,6 @@ impl Application {
             (Some(listener), Some(context))
         } else {
             (None, None)
-        };
-        let proxy = match (roles.proxy, &auth) {
-            (true, Some(auth)) => {
-                Some(Proxy::bind(settings.proxy.clone(), store.clone(), Arc::clone(auth)).await?)
-            }
-            _ => None,
         };
         let monitor = match (roles.monitor, platform) {
             (true, Some(platform)) => Some(Monitor::new(store, platform, settings.monitor.clone())),

@@ -202,13 +202,21 @@ impl Cluster {
     /// Starts one more `rucat server` and waits until it is ready. Returns its index.
     pub async fn add_server(&mut self) -> usize {
         let name = format!("server-{}", self.servers.len());
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut process = self.spawn("server", &name, "", Some(addr));
+        // Port 0: the server binds a free port and says which in its log.
+        let mut process = self.spawn(
+            "server",
+            &name,
+            "",
+            Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = self.http.get(format!("http://{addr}/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
+            if let Some(addr) = crate::e2e::listening(&process.log(), "REST API") {
+                process.addr = Some(addr);
+                let ready = self.http.get(format!("http://{addr}/readyz")).send().await;
+                if ready.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
             }
             if let Some(status) = process.exited() {
                 panic!("{name} exited with {status}: {}", process.log());

@@ -34,7 +34,18 @@ pub struct Options {
     pub token: Option<String>,
 }
 
-/// A free TCP port on 127.0.0.1.
+/// The address a `rucat` process's log says its `what` ("REST API", "Spark Connect proxy")
+/// listens on: `… {what} listening addr=HOST:PORT …`.
+pub fn listening(log: &str, what: &str) -> Option<SocketAddr> {
+    let marker = format!("{what} listening addr=");
+    log.lines().find_map(|line| {
+        let (_, rest) = line.split_once(&marker)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A free TCP port on 127.0.0.1, for a program that cannot bind port 0 and report it (Spark,
+/// PostgreSQL): another process may take it before that program binds it.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
@@ -56,8 +67,9 @@ impl Rucat {
     pub async fn start_with(options: Options) -> Self {
         let mut rucat = Rucat {
             dir: tempfile::tempdir().expect("temp dir"),
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            proxy: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            // Port 0: `rucat serve` binds free ports and reports them (a restart reuses them).
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             starts: 0,
             options,
@@ -94,11 +106,26 @@ impl Rucat {
             .spawn()
             .expect("start rucat serve");
         self.child = Some(child);
-        let ready = format!("http://{}/readyz", self.addr);
         let http = reqwest::Client::new();
         for _ in 0..300 {
-            let answered = http.get(&ready).send().await;
-            if answered.is_ok_and(|r| r.status().is_success()) {
+            if self.addr.port() == 0 || self.proxy.port() == 0 {
+                let log = self.server_log();
+                if let (Some(addr), Some(proxy)) = (
+                    listening(&log, "REST API"),
+                    listening(&log, "Spark Connect proxy"),
+                ) {
+                    (self.addr, self.proxy) = (addr, proxy);
+                }
+            }
+            let answered = match self.addr.port() {
+                0 => None,
+                _ => Some(
+                    http.get(format!("http://{}/readyz", self.addr))
+                        .send()
+                        .await,
+                ),
+            };
+            if answered.is_some_and(|a| a.is_ok_and(|r| r.status().is_success())) {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
