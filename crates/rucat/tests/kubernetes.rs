@@ -941,16 +941,15 @@ impl Binary {
             ),
         )
         .expect("config");
-        let port = e2e::free_port();
-        let proxy = e2e::free_port();
         let log = std::fs::File::create(dir.path().join("rucat.log")).expect("log");
+        // Port 0: rucat binds free ports and names them in its log.
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
             .args([
                 "serve",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
                 "--proxy-listen",
-                &format!("127.0.0.1:{proxy}"),
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
@@ -963,16 +962,24 @@ impl Binary {
             .stderr(log)
             .spawn()
             .expect("start rucat serve");
-        let binary = Binary {
+        let mut binary = Binary {
             dir,
             child,
-            server: format!("http://127.0.0.1:{port}"),
-            proxy,
+            server: String::new(),
+            proxy: 0,
         };
-        let client = rucat::client::Client::new(&binary.server, None);
         for _ in 0..300 {
-            if client.list(None, Some(1), None).await.is_ok() {
-                return binary;
+            let log = binary.log();
+            if let (Some(server), Some(proxy)) = (
+                e2e::listening(&log, "REST API"),
+                e2e::listening(&log, "Spark Connect proxy"),
+            ) {
+                binary.server = format!("http://{server}");
+                binary.proxy = proxy.port();
+                let client = rucat::client::Client::new(&binary.server, None);
+                if client.list(None, Some(1), None).await.is_ok() {
+                    return binary;
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -368,10 +368,12 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
     let (id, _) = running(&rucat, "steady").await;
     let before = rucat.stored(&id).await;
 
-    // A proxy of its own, on the same store (rucat serve's SQLite file).
-    let port = super::harness::free_port();
+    // A proxy of its own, on the same store (rucat serve's SQLite file): first on a port it
+    // picks and names in its log, then again on that port.
     let config = rucat.dir.path().join("rucat.toml");
-    let start_proxy = || {
+    let log = rucat.dir.path().join("proxy.log");
+    let start_proxy = |port: u16| {
+        let file = std::fs::File::create(&log).expect("proxy log");
         std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
             .args(["proxy", "--proxy-listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
@@ -380,22 +382,25 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
             .arg(&config)
             .env("RUCAT_LOG", "info")
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("proxy log"))
+            .stderr(file)
             .spawn()
             .expect("start rucat proxy")
     };
     let wait_open = || {
         for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) = super::harness::listening(&text, "Spark Connect proxy") {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return addr.port();
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("rucat proxy did not listen");
     };
-    let mut proxy = start_proxy();
-    wait_open();
+    let mut proxy = start_proxy(0);
+    let port = wait_open();
     let url = format!(
         "sc://localhost:{port}/;x-rucat-engine={id};token={};user_id=steady",
         users.alice
@@ -419,8 +424,8 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
         "{message}"
     );
 
-    let mut proxy = start_proxy();
-    wait_open();
+    let mut proxy = start_proxy(port);
+    assert_eq!(wait_open(), port, "the proxy is back on its port");
     let mut answered = None;
     for _ in 0..50 {
         match count(&spark).await {
