@@ -232,12 +232,28 @@ impl Cluster {
         self.servers.len() - 1
     }
 
-    /// Starts a `rucat proxy` listening on `addr` (which the configuration's `[proxy]
-    /// public_url` should name) and waits until it accepts connections.
-    pub fn start_proxy(&self, addr: SocketAddr) -> Process {
-        let mut process = self.spawn("proxy", "proxy", "", Some(addr));
+    /// Starts a `rucat proxy` on a port it picks (named in its log), waits until it accepts
+    /// connections, and makes every process started afterwards give it as the engines'
+    /// endpoint (`[proxy] public_url`; the configuration must have no `[proxy]` table).
+    pub fn start_proxy(&mut self) -> Process {
+        let mut process = self.spawn(
+            "proxy",
+            "proxy",
+            "",
+            Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(addr).is_err() {
+        loop {
+            if let Some(addr) = crate::e2e::listening(&process.log(), "Spark Connect proxy") {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    process.addr = Some(addr);
+                    self.config.push_str(&format!(
+                        "\n[proxy]\npublic_url = \"sc://localhost:{}\"\n",
+                        addr.port()
+                    ));
+                    return process;
+                }
+            }
             if let Some(status) = process.exited() {
                 panic!("the proxy exited with {status}: {}", process.log());
             }
@@ -248,7 +264,6 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        process
     }
 
     /// Starts one more `rucat monitor` with `extra_config` appended to its configuration.

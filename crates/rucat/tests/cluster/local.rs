@@ -33,8 +33,8 @@ const DELETE_TIMEOUT_MS: u64 = 3000;
 const TERM_WAIT: Duration = Duration::from_secs(2);
 
 /// A configuration for a cluster of real `rucat` processes on the local platform.
-fn config(health_timeout_ms: u64, trigger_timeout_ms: u64, proxy_port: Option<u16>) -> String {
-    let mut config = format!(
+fn config(health_timeout_ms: u64, trigger_timeout_ms: u64) -> String {
+    format!(
         r#"
 [monitor]
 poll_interval_ms = 500
@@ -47,13 +47,7 @@ orphan_scan_interval_ms = 2000
 [local]
 master = "local[1]"
 "#
-    );
-    if let Some(port) = proxy_port {
-        config.push_str(&format!(
-            "[proxy]\npublic_url = \"sc://localhost:{port}\"\n"
-        ));
-    }
-    config
+    )
 }
 
 /// The engine's events, oldest first.
@@ -164,7 +158,7 @@ fn since(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_real_spark_engine_fails_its_health_checks_and_is_killed_and_cleaned() {
     let db = crate::common::scratch_postgres("hung").await;
-    let config = config(HEALTH_TIMEOUT_MS, 20000, None);
+    let config = config(HEALTH_TIMEOUT_MS, 20000);
     let mut cluster = Cluster::new(db.url(), "local", &config).with_spark(spark_home());
     cluster.add_server().await;
     cluster.add_monitor("");
@@ -260,7 +254,7 @@ async fn a_hung_real_spark_engine_fails_its_health_checks_and_is_killed_and_clea
 async fn stopping_a_hung_real_spark_engine_kills_it_past_the_delete_timeout() {
     let db = crate::common::scratch_postgres("stuckstop").await;
     // Health checks must not fail the engine first: a long health timeout.
-    let config = config(120_000, 20000, None);
+    let config = config(120_000, 20000);
     let mut cluster = Cluster::new(db.url(), "local", &config).with_spark(spark_home());
     cluster.add_server().await;
     cluster.add_monitor("");
@@ -475,12 +469,12 @@ async fn a_frozen_monitor_thawed_after_a_restart_leaves_the_new_real_spark_engin
     )
     .await
     .expect("open the store");
-    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], crate::e2e::free_port()));
     // A long health timeout: the hung engine must not be failed while A holds its stop.
-    let config = config(120_000, TRIGGER_TIMEOUT_MS, Some(proxy.port()));
+    let config = config(120_000, TRIGGER_TIMEOUT_MS);
     let mut cluster = Cluster::new(db.url(), "local", &config).with_spark(spark_home());
+    let proxy_process = cluster.start_proxy();
+    let proxy = proxy_process.addr.expect("the proxy's address");
     cluster.add_server().await;
-    let _proxy = cluster.start_proxy(proxy);
     // Only A runs until it is frozen, so that A is the one that holds the stop.
     let a = cluster.add_monitor("");
     let id = cluster.create(0, "fenced", VERSION).await;

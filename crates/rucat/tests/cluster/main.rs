@@ -369,26 +369,22 @@ async fn a_monitor_killed_while_holding_claims_is_taken_over_without_duplicates(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_monitors_start_three_real_spark_engines_once_each() {
     let db = common::scratch_postgres("spark").await;
-    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::free_port()));
-    let config = format!(
-        r#"
+    let config = r#"
 [monitor]
 poll_interval_ms = 500
 orphan_scan_interval_ms = 2000
 [local]
 master = "local[1]"
-[proxy]
-public_url = "sc://localhost:{}"
-"#,
-        proxy.port()
-    );
-    let mut cluster = Cluster::new(db.url(), "local", &config).with_spark(spark_home());
+"#;
+    let mut cluster = Cluster::new(db.url(), "local", config).with_spark(spark_home());
+    // The proxy in a process of its own, on the same PostgreSQL store; the server gives it as
+    // the engines' endpoint.
+    let proxy_process = cluster.start_proxy();
+    let proxy = proxy_process.addr.expect("the proxy's address");
     cluster.add_server().await;
     for _ in 0..3 {
         cluster.add_monitor("");
     }
-    // The proxy in a process of its own, on the same PostgreSQL store.
-    let _proxy = cluster.start_proxy(proxy);
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(cluster.create(0, &format!("spark-{n}"), VERSION).await);
