@@ -4,6 +4,7 @@
 //! timings: they print what they measured.
 
 pub mod http_load;
+pub mod process;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::str::FromStr;

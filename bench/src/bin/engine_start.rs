@@ -17,18 +17,17 @@
 //! `--rucat PATH` (default: `rucat` next to this binary), `--rucat-config FILE` (a configuration
 //! file for `rucat serve`; default none), `--settle-secs S` (2).
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rucat::engine::{Engine, EngineEvent, EngineState};
 use rucat::platform::local::grpc_serves;
+use rucat_bench::process::Group;
 use rucat_bench::{
     flag, flag_str, free_port, machine_line, median, post_engine, print_table, rucat_binary, Posted,
 };
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -40,83 +39,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `rucat serve` may take to answer its health check.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A child leading its own process group; the whole group is killed when this is dropped.
-struct Group {
-    child: Child,
-    pgid: i32,
-    log: PathBuf,
-}
-
-impl Group {
-    fn spawn(mut command: Command, log: &Path) -> Result<Group, Error> {
-        let out = File::create(log)?;
-        let err = out.try_clone()?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .process_group(0);
-        let child = command.spawn()?;
-        let pgid = child
-            .id()
-            .and_then(|pid| i32::try_from(pid).ok())
-            .ok_or("spawned child has no pid")?;
-        Ok(Group {
-            child,
-            pgid,
-            log: log.to_owned(),
-        })
-    }
-
-    fn signal(&self, signal: i32) {
-        if self.pgid > 1 {
-            // SAFETY: kill(2) with a negative pid signals the process group we created.
-            unsafe {
-                libc::kill(-self.pgid, signal);
-            }
-        }
-    }
-
-    fn alive(&self) -> bool {
-        // SAFETY: signal 0 only checks that the group exists.
-        self.pgid > 1 && unsafe { libc::kill(-self.pgid, 0) } == 0
-    }
-
-    /// The end of the log, for error messages.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    }
-
-    /// SIGTERM to the group, SIGKILL after `grace`; waits (bounded) for the leader and the group.
-    async fn stop(&mut self, grace: Duration) {
-        self.signal(libc::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            self.signal(libc::SIGKILL);
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        }
-        let gone_by = Instant::now() + Duration::from_secs(10);
-        while self.alive() && Instant::now() < gone_by {
-            tokio::time::sleep(POLL).await;
-        }
-        if self.alive() {
-            self.signal(libc::SIGKILL);
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal(libc::SIGKILL);
-        }
-    }
-}
 
 /// Starts Spark Connect by hand; returns the time from spawn until it serves gRPC.
 async fn raw_start(spark_home: &Path, scratch: &Path, round: &str) -> Result<Duration, Error> {

@@ -41,12 +41,13 @@ use std::time::{Duration, Instant};
 
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::store::Store;
+use rucat_bench::process::Group;
 use rucat_bench::{
     flag, flag_str, free_port, machine_line, median, percentile, post_engine, print_table,
     rucat_binary,
 };
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,99 +62,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const COLUMNS: [&str; 3] = ["id", "id * 2 AS double", "CAST(id AS STRING) AS text"];
-
-/// A child leading its own process group; the whole group is killed when this is dropped.
-struct Group {
-    child: Child,
-    pgid: i32,
-    log: PathBuf,
-}
-
-impl Group {
-    fn spawn(mut command: Command, log: &Path) -> Result<Group, Error> {
-        let out = File::create(log)?;
-        let err = out.try_clone()?;
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .process_group(0);
-        let child = command.spawn()?;
-        let pgid = child
-            .id()
-            .and_then(|pid| i32::try_from(pid).ok())
-            .ok_or("spawned child has no pid")?;
-        Ok(Group {
-            child,
-            pgid,
-            log: log.to_owned(),
-        })
-    }
-
-    fn signal(&self, signal: i32) {
-        if self.pgid > 1 {
-            // SAFETY: kill(2) with a negative pid signals the process group we created.
-            unsafe {
-                libc::kill(-self.pgid, signal);
-            }
-        }
-    }
-
-    fn alive(&self) -> bool {
-        // SAFETY: signal 0 only checks that the group exists.
-        self.pgid > 1 && unsafe { libc::kill(-self.pgid, 0) } == 0
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    }
-
-    /// SIGTERM to the group, SIGKILL after `grace`; waits (bounded) for the leader and the group.
-    async fn stop(&mut self, grace: Duration) {
-        self.signal(libc::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            self.signal(libc::SIGKILL);
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        }
-        let gone_by = Instant::now() + Duration::from_secs(10);
-        while self.alive() && Instant::now() < gone_by {
-            tokio::time::sleep(POLL).await;
-        }
-        if self.alive() {
-            self.signal(libc::SIGKILL);
-        }
-    }
-
-    /// Waits until `addr` accepts TCP connections (the process has bound its port).
-    async fn wait_listening(&mut self, addr: SocketAddr, what: &str) -> Result<(), Error> {
-        let started = Instant::now();
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!("{what} ended ({status}):\n{}", self.log_tail()).into());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                return Err(format!("{what} not listening within {READY_TIMEOUT:?}").into());
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if self.alive() {
-            self.signal(libc::SIGKILL);
-        }
-    }
-}
 
 /// The live (non-zombie) processes, other than this one, whose command line contains `needle`.
 fn processes_matching(needle: &str) -> Vec<i32> {
@@ -1094,6 +1002,7 @@ async fn main() -> Result<(), Error> {
             .wait_listening(
                 SocketAddr::from((Ipv4Addr::LOCALHOST, api_port)),
                 "rucat serve",
+                READY_TIMEOUT,
             )
             .await?;
         let posted = post_engine(&api.http, &api.base, "4.3.0").await?;
@@ -1119,6 +1028,7 @@ async fn main() -> Result<(), Error> {
         tls.wait_listening(
             SocketAddr::from((Ipv4Addr::LOCALHOST, tls_port)),
             "rucat proxy (TLS)",
+            READY_TIMEOUT,
         )
         .await?;
 
