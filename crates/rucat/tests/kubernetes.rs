@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::fake_connect::FakeSparkConnect;
 use common::{
-    assert_delete_escalated, deadline_at, engine_events, entered, run, spawn_api, stop_monitor,
-    until, TestApp, VERSION,
+    assert_delete_escalated, assert_failed_after_health_timeout, engine_events, run, spawn_api,
+    stop_monitor, until, TestApp, VERSION,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_double::{Fault, KubeDouble};
@@ -1606,14 +1606,10 @@ async fn a_driver_that_stops_answering_fails_after_the_health_timeout_and_is_del
     let (id, pod) = running_engine(&app, &double).await;
 
     connect.set_healthy(false);
-    let hung = std::time::Instant::now();
     until(Duration::from_secs(10), "the engine fails", || async {
         app.client.get(&id).await.expect("get").state != EngineState::Running
     })
     .await;
-    // Its first failed check within an interval, then the timeout and at most an interval
-    // more (a generous margin for a busy machine).
-    assert!(hung.elapsed() <= timeout + interval * 2 + Duration::from_secs(2));
     let engine = app
         .client
         .wait(
@@ -1629,20 +1625,6 @@ async fn a_driver_that_stops_answering_fails_after_the_health_timeout_and_is_del
     assert!(double.pod(NS, &pod).is_none(), "the pod is deleted");
 
     let events = engine_events(&app, &id).await;
-    let first_failure = events
-        .iter()
-        .find(|e| {
-            e.message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("health check failed"))
-        })
-        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
-        .time;
-    let failed = entered(&events, EngineState::ErrorWaitToClean);
-    assert!(failed >= deadline_at(first_failure, timeout), "{events:?}");
-    assert!(
-        failed <= deadline_at(first_failure, timeout + interval + Duration::from_secs(2)),
-        "{events:?}"
-    );
+    assert_failed_after_health_timeout(&events, timeout, interval);
     stop_monitor(running).await;
 }

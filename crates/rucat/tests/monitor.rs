@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    assert_delete_escalated, deadline_at, engine_events, entered, run, spawn_api, stop_monitor,
-    until, TestApp, VERSION,
+    assert_delete_escalated, assert_failed_after_health_timeout, engine_events, run, spawn_api,
+    stop_monitor, until, TestApp, VERSION,
 };
 use rucat::engine::{EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
@@ -642,14 +642,10 @@ async fn a_hung_engine_fails_after_the_health_timeout_and_is_cleaned() {
         .expect("running");
 
     platform.set_unhealthy(&eid(&id), true);
-    let hung = std::time::Instant::now();
     until(Duration::from_secs(10), "the engine fails", || async {
         state(&app, &id).await != EngineState::Running
     })
     .await;
-    // Its first failed check comes within an interval, and it fails within the timeout and
-    // one more interval of that (a generous margin for a busy machine).
-    assert!(hung.elapsed() <= timeout + interval * 2 + Duration::from_secs(2));
     let engine = app
         .client
         .wait(
@@ -668,21 +664,7 @@ async fn a_hung_engine_fails_after_the_health_timeout_and_is_cleaned() {
     assert!(!platform.exists(&eid(&id)), "its resource is gone");
 
     let events = engine_events(&app, &id).await;
-    let first_failure = events
-        .iter()
-        .find(|e| {
-            e.message
-                .as_deref()
-                .is_some_and(|m| m.starts_with("health check failed"))
-        })
-        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
-        .time;
-    let failed = entered(&events, EngineState::ErrorWaitToClean);
-    assert!(failed >= deadline_at(first_failure, timeout), "{events:?}");
-    assert!(
-        failed <= deadline_at(first_failure, timeout + interval + Duration::from_secs(2)),
-        "{events:?}"
-    );
+    assert_failed_after_health_timeout(&events, timeout, interval);
     stop_monitor(running).await;
 }
 

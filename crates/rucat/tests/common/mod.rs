@@ -271,6 +271,31 @@ pub fn deadline_at(from: chrono::DateTime<Utc>, after: Duration) -> chrono::Date
     from + chrono::Duration::from_std(after).expect("duration") - chrono::Duration::milliseconds(1)
 }
 
+/// From an engine's history: it failed (entered `ErrorWaitToClean`) no earlier than `timeout`
+/// after its first failed health check, and no later than an `interval` more (with a margin
+/// for a busy machine).
+pub fn assert_failed_after_health_timeout(
+    events: &[rucat::engine::EngineEvent],
+    timeout: Duration,
+    interval: Duration,
+) {
+    let first_failure = events
+        .iter()
+        .find(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("health check failed"))
+        })
+        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
+        .time;
+    let failed = entered(events, EngineState::ErrorWaitToClean);
+    assert!(failed >= deadline_at(first_failure, timeout), "{events:?}");
+    assert!(
+        failed <= deadline_at(first_failure, timeout + interval + Duration::from_secs(2)),
+        "{events:?}"
+    );
+}
+
 /// From an engine's history: its delete was forced ("killing it") no earlier than
 /// `delete_timeout` after it entered `TerminateInProgress`, and it entered `ErrorClean` after
 /// `delete_timeout + kill_timeout`, give or take a `check` (and a margin for a busy machine).
