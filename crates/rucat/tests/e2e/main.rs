@@ -3,6 +3,7 @@
 
 mod harness;
 mod kept;
+mod promises;
 mod proxy;
 
 use std::time::Duration;
