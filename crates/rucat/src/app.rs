@@ -91,12 +91,24 @@ impl Roles {
 pub const STORE_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens the store, waiting up to [`STORE_WAIT`] (with back-off) while it is unreachable. Any
-/// other error (a bad URL, a failed migration) ends the wait at once.
-async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, AppError> {
+/// other error (a bad URL, a failed migration) ends the wait at once. Only a process that runs
+/// a monitor listens for wake-ups (on PostgreSQL, one connection of its pool).
+async fn open_store(settings: &Settings, roles: Roles) -> Result<Arc<dyn Store>, AppError> {
+    let options = store::StoreOptions {
+        push_wake_ups: settings.store.push_wake_ups && roles.monitor,
+        ..settings.store.clone()
+    };
+    let postgres = settings.database_url.expose().starts_with("postgres");
+    if postgres && options.push_wake_ups && options.max_connections.is_some_and(|n| n < 2) {
+        return Err(AppError::Setting {
+            name: "database.max_connections",
+            message: "a monitor on PostgreSQL needs at least 2 connections: one of them listens for wake-ups (or set database.push_wake_ups = false)".into(),
+        });
+    }
     let deadline = tokio::time::Instant::now() + STORE_WAIT;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
-        match store::open(settings.database_url.expose(), &settings.store).await {
+        match store::open(settings.database_url.expose(), &options).await {
             Ok(store) => return Ok(store),
             Err(error @ StoreError::Unreachable { .. })
                 if tokio::time::Instant::now() < deadline =>
@@ -162,7 +174,7 @@ fn create_data_dir(path: &std::path::Path) -> Result<(), AppError> {
 impl Application {
     pub async fn build(settings: &Settings, roles: Roles) -> Result<Self, AppError> {
         create_data_dir(&settings.data_dir)?;
-        let store = open_store(settings).await?;
+        let store = open_store(settings, roles).await?;
         // The proxy needs no platform: it reaches engines at the address the store records.
         let (platform, versions) = if roles.server || roles.monitor {
             let (platform, versions) = open_platform(settings).await?;

@@ -1313,3 +1313,75 @@ async fn a_request_that_waits_too_long_for_a_connection_is_answered_503() {
     assert_eq!(ready.status().as_u16(), 200);
     assert!(server.terminate().await.success(), "{}", server.log());
 }
+
+/// Only a process that runs a monitor listens for wake-ups: `rucat server` with a single
+/// PostgreSQL connection serves requests on it (the listener would hold it for ever), and a
+/// monitor that would be left with none beside its listener is refused at start, naming the
+/// setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_serves_a_server_and_is_refused_to_a_monitor() {
+    let db = scratch_database("one_connection").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let one = ["--database-max-connections".to_owned(), "1".to_owned()];
+    let (mut server, rest) = server_on(dir.path(), "server", db.url(), &one, &[], "").await;
+    let client = http(Duration::from_secs(30));
+    let created = client
+        .post(format!("http://{rest}/engines"))
+        .json(&serde_json::json!({"name": "one", "engine_type": "Spark", "version": SPARK_VERSION}))
+        .send()
+        .await
+        .expect("POST /engines");
+    assert_eq!(created.status().as_u16(), 201, "{}", server.log());
+    let listed = client
+        .get(format!("http://{rest}/engines"))
+        .send()
+        .await
+        .expect("GET /engines");
+    assert_eq!(listed.status().as_u16(), 200, "{}", server.log());
+    assert!(server.terminate().await.success(), "{}", server.log());
+
+    let mut args: Vec<String> = vec![
+        "monitor".into(),
+        "--platform".into(),
+        "simulated".into(),
+        "--data-dir".into(),
+        dir.path().join("monitor").display().to_string(),
+        "--database-url".into(),
+        db.url().to_owned(),
+    ];
+    args.extend(one.iter().cloned());
+    args.extend(config_file(dir.path(), "monitor", &simulated()));
+    let mut monitor = Process::start(dir.path(), "monitor", &args, &[]);
+    let status = monitor.exit(PATIENCE).await;
+    let log = monitor.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("database.max_connections") && log.contains("at least 2"),
+        "{log}"
+    );
+
+    // With wake-ups off, a monitor may have one connection.
+    let mut args: Vec<String> = vec![
+        "monitor".into(),
+        "--platform".into(),
+        "simulated".into(),
+        "--data-dir".into(),
+        dir.path().join("polling").display().to_string(),
+        "--database-url".into(),
+        db.url().to_owned(),
+    ];
+    args.extend(one.iter().cloned());
+    args.extend(config_file(
+        dir.path(),
+        "polling",
+        &format!("[database]\npush_wake_ups = false\n{}", simulated()),
+    ));
+    let mut polling = Process::start(dir.path(), "polling", &args, &[]);
+    eventually("the polling monitor starts", PATIENCE, || {
+        let log = polling.log();
+        async move { log.contains("monitor started") }
+    })
+    .await;
+    assert!(polling.exited().is_none(), "{}", polling.log());
+    assert!(polling.terminate().await.success(), "{}", polling.log());
+}
