@@ -58,9 +58,7 @@ impl Group {
 
     /// The end of the log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        log_tail(&self.log, 10)
     }
 
     /// SIGTERM to the group, SIGKILL after `grace`; waits (bounded) for the leader and the group.
@@ -110,5 +108,105 @@ impl Drop for Group {
         if self.alive() {
             self.signal(libc::SIGKILL);
         }
+    }
+}
+
+/// The last `lines` lines of the log file at `path` (empty if it cannot be read), for error
+/// messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A `rucat` child of a benchmark, configured by its flags and configuration file only (none
+/// of the shell's `RUCAT_*` variables), its output in a log file; killed when dropped.
+pub struct RucatProcess {
+    pub name: String,
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl RucatProcess {
+    pub fn spawn(
+        binary: &Path,
+        name: impl Into<String>,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<RucatProcess, Error> {
+        let out = File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("duplicating {}: {e}", log.display()))?;
+        let mut command = Command::new(binary);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RUCAT_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(args)
+            .env("RUCAT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        Ok(RucatProcess {
+            name: name.into(),
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, 15)
+    }
+
+    /// An error naming how the process ended, if it has.
+    pub fn check_alive(&mut self) -> Result<(), Error> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => {
+                Err(format!("rucat {} ended ({status}):\n{}", self.name, self.log_tail()).into())
+            }
+        }
+    }
+
+    /// SIGTERM (see [`RucatProcess::reap`]).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Waits for the process to end after [`RucatProcess::terminate`]; SIGKILL after 15 s.
+    pub async fn reap(&mut self) {
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "rucat {} still running 15 s after SIGTERM; killing it",
+                self.name
+            );
+            let _ = self.child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 15 s.
+    pub async fn stop(&mut self) {
+        self.terminate();
+        self.reap().await;
     }
 }

@@ -38,17 +38,16 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rucat::engine::{EngineEvent, EngineState};
-use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
+use rucat::platform::simulated::{JournalEntry, JournalEvent, SimulatedPlatform};
 use rucat::store::postgres::ScratchDatabase;
+use rucat_bench::process::RucatProcess as Process;
 use rucat_bench::{
     flag, free_port, machine_line, percentile, post_engine, postgres_admin_url, print_table,
     rucat_binary, Posted, Rng,
 };
-use tokio::process::{Child, Command};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,81 +56,6 @@ const VERSION: &str = "4.3.0";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the clean-up of one engine may take (beyond one poll interval).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child `rucat` process, killed when dropped.
-struct Process {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(
-        binary: &Path,
-        name: &'static str,
-        args: &[&str],
-        log: &Path,
-    ) -> Result<Process, Error> {
-        let out = File::create(log)?;
-        let err = out.try_clone()?;
-        let mut command = Command::new(binary);
-        // Only the flags and the configuration file configure it, not this shell.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("RUCAT_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .args(args)
-            .env("RUCAT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true);
-        Ok(Process {
-            name,
-            child: command.spawn()?,
-            log: log.to_owned(),
-        })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    /// An error naming how the process ended, if it has.
-    fn check_alive(&mut self) -> Result<(), Error> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => {
-                Err(format!("rucat {} ended ({status}):\n{}", self.name, self.log_tail()).into())
-            }
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after 15 s.
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        }
-    }
-}
 
 /// Reads the journal's new lines, remembering when each engine was created.
 struct JournalTail {
@@ -164,12 +88,10 @@ impl JournalTail {
         self.partial.push_str(&chunk);
         while let Some(end) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=end).collect();
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if let [time, _pid, "create", engine] = fields[..] {
-                let time: i64 = time
-                    .parse()
-                    .map_err(|_| format!("malformed journal line {line:?}"))?;
-                self.created.insert(engine.to_owned(), time);
+            let entry = JournalEntry::parse(&line)
+                .ok_or_else(|| format!("malformed journal line {line:?}"))?;
+            if entry.event == JournalEvent::Create {
+                self.created.insert(entry.engine, entry.time_ms);
             }
         }
         Ok(())

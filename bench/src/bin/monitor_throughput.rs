@@ -51,19 +51,17 @@
 //! `--rucat-before PATH` (optional; without it only `--rucat` is measured), `--postgres-url URL`
 //! (default `$RUCAT_TEST_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/test`).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
 use rucat::store::postgres::ScratchDatabase;
+use rucat_bench::process::RucatProcess as Process;
 use rucat_bench::{
     flag, flag_str, free_port, machine_line, median, post_engine, postgres_admin_url, print_table,
     rucat_binary,
 };
 use sqlx::{Connection, PgConnection};
-use tokio::process::{Child, Command};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,88 +70,6 @@ const VERSION: &str = "4.3.0";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many `POST /engines` are in flight at once while the engines are created.
 const CREATE_TASKS: usize = 4;
-
-/// A child `rucat` process, killed when dropped.
-struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(binary: &Path, name: String, args: &[&str], log: &Path) -> Result<Process, Error> {
-        let out = File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("duplicating {}: {e}", log.display()))?;
-        let mut command = Command::new(binary);
-        // Only the flags and the configuration file configure it, not this shell.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("RUCAT_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .args(args)
-            .env("RUCAT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .kill_on_drop(true);
-        let child = command
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-        Ok(Process {
-            name,
-            child,
-            log: log.to_owned(),
-        })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    /// An error naming how the process ended, if it has.
-    fn check_alive(&mut self) -> Result<(), Error> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => {
-                Err(format!("rucat {} ended ({status}):\n{}", self.name, self.log_tail()).into())
-            }
-        }
-    }
-
-    fn terminate(&self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-    }
-
-    /// Waits for the process to end after [`Process::terminate`]; SIGKILL after 15 s.
-    async fn reap(&mut self) {
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "rucat {} still running 15 s after SIGTERM; killing it",
-                self.name
-            );
-            let _ = self.child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        }
-    }
-}
 
 /// Stops all of `processes` at once: SIGTERM to each, then waits for each.
 async fn stop_all(processes: &mut [Process]) {

@@ -97,6 +97,31 @@ pub struct JournalEntry {
     pub generation: u64,
 }
 
+impl JournalEntry {
+    /// One journal line, `TIME_MS PID EVENT ENGINE [GENERATION]` (without a generation: 0, as
+    /// written before generations were); `None` when it is malformed.
+    pub fn parse(line: &str) -> Option<JournalEntry> {
+        let mut fields = line.trim_end().split(' ');
+        let time_ms = fields.next()?.parse().ok()?;
+        let pid = fields.next()?.parse().ok()?;
+        let event = match fields.next()? {
+            "create" => JournalEvent::Create,
+            "adopt" => JournalEvent::Adopt,
+            "delete" => JournalEvent::Delete,
+            _ => return None,
+        };
+        let engine = fields.next()?.to_owned();
+        let generation = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        Some(JournalEntry {
+            time_ms,
+            pid,
+            event,
+            engine,
+            generation,
+        })
+    }
+}
+
 pub struct SimulatedPlatform {
     dir: PathBuf,
     config: SimulatedConfig,
@@ -197,24 +222,8 @@ impl SimulatedPlatform {
         };
         text.lines()
             .map(|line| {
-                let bad = || PlatformError::Inspect(format!("malformed journal line {line:?}"));
-                let mut fields = line.split(' ');
-                let time_ms = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-                let pid = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-                let event = match fields.next() {
-                    Some("create") => JournalEvent::Create,
-                    Some("adopt") => JournalEvent::Adopt,
-                    Some("delete") => JournalEvent::Delete,
-                    _ => return Err(bad()),
-                };
-                let engine = fields.next().ok_or_else(bad)?.to_owned();
-                let generation = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
-                Ok(JournalEntry {
-                    time_ms,
-                    pid,
-                    event,
-                    engine,
-                    generation,
+                JournalEntry::parse(line).ok_or_else(|| {
+                    PlatformError::Inspect(format!("malformed journal line {line:?}"))
                 })
             })
             .collect()
