@@ -139,6 +139,21 @@ impl Rucat {
         );
     }
 
+    /// The driver log the local platform writes for engine `id` (Spark's stdout and stderr).
+    pub fn driver_log_path(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("data")
+            .join("engines")
+            .join(id)
+            .join("driver.log")
+    }
+
+    /// What the driver log of engine `id` holds so far (empty if there is none).
+    pub fn driver_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.driver_log_path(id)).unwrap_or_default()
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("rucat-{}.log", self.starts)))
             .unwrap_or_default()

@@ -1,7 +1,6 @@
 //! What a restarted engine keeps, logs served bounded, and an operator's policy, checked on the real binary.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rucat::client::ClientError;
@@ -31,21 +30,6 @@ fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
-}
-
-/// The driver log the local platform writes for an engine (stdout and stderr of Spark).
-fn driver_log_path(rucat: &Rucat, id: &str) -> PathBuf {
-    rucat
-        .dir
-        .path()
-        .join("data")
-        .join("engines")
-        .join(id)
-        .join("driver.log")
-}
-
-fn read_driver_log(rucat: &Rucat, id: &str) -> String {
-    std::fs::read_to_string(driver_log_path(rucat, id)).unwrap_or_default()
 }
 
 /// A unique word to find in a driver log.
@@ -212,13 +196,14 @@ async fn logs_are_served_as_a_bounded_tail_live_and_kept() {
     // the driver's stderr (local mode: the tasks run in the driver's JVM).
     let grow = "SELECT reflect('java.lang.Thread', 'dumpStack') AS s FROM range(0, 200, 1, 4)";
     for _ in 0..10 {
-        if read_driver_log(&rucat, &id).len() > 2 * MAX_KEPT_LOG {
+        if rucat.driver_log(&id).len() > 2 * MAX_KEPT_LOG {
             break;
         }
         let (ok, answer) = pyspark(&["sql", &endpoint, "--query", grow]);
         assert!(ok, "{answer}");
     }
-    let first_line = read_driver_log(&rucat, &id)
+    let first_line = rucat
+        .driver_log(&id)
         .lines()
         .next()
         .expect("a first line")
@@ -228,7 +213,7 @@ async fn logs_are_served_as_a_bounded_tail_live_and_kept() {
         "{first_line}"
     );
     assert!(
-        read_driver_log(&rucat, &id).len() > 2 * MAX_KEPT_LOG,
+        rucat.driver_log(&id).len() > 2 * MAX_KEPT_LOG,
         "the driver log did not grow past twice the bound"
     );
 
@@ -236,12 +221,12 @@ async fn logs_are_served_as_a_bounded_tail_live_and_kept() {
     let live = marker("live");
     leave_a_mark(&endpoint, &live);
     eventually("the driver log names the live marker", || {
-        read_driver_log(&rucat, &id).contains(&live)
+        rucat.driver_log(&id).contains(&live)
     })
     .await;
-    let written = read_driver_log(&rucat, &id).len();
+    let written = rucat.driver_log(&id).len();
     let logs = client.logs(&id).await.expect("logs");
-    let file = read_driver_log(&rucat, &id);
+    let file = rucat.driver_log(&id);
     assert_eq!(logs.source, "live");
     assert_tail("live log", &logs.log, &file, written);
     assert!(logs.log.contains(&live), "the newest lines are served");
@@ -250,19 +235,19 @@ async fn logs_are_served_as_a_bounded_tail_live_and_kept() {
     let last = marker("last");
     leave_a_mark(&endpoint, &last);
     eventually("the driver log names the last marker", || {
-        read_driver_log(&rucat, &id).contains(&last)
+        rucat.driver_log(&id).contains(&last)
     })
     .await;
-    let written = read_driver_log(&rucat, &id).len();
+    let written = rucat.driver_log(&id).len();
     client.stop(&id).await.expect("stop");
     client
         .wait(&id, EngineState::Terminated, START, |_| {})
         .await
         .expect("stopped");
-    let file = read_driver_log(&rucat, &id);
+    let file = rucat.driver_log(&id);
     // The file stays on disk; moved away, it cannot be what is served.
-    let moved = driver_log_path(&rucat, &id).with_extension("moved");
-    std::fs::rename(driver_log_path(&rucat, &id), &moved).expect("move the driver log");
+    let moved = rucat.driver_log_path(&id).with_extension("moved");
+    std::fs::rename(rucat.driver_log_path(&id), &moved).expect("move the driver log");
     let logs = client.logs(&id).await.expect("logs");
     assert_eq!(logs.source, "kept");
     assert_tail("kept log", &logs.log, &file, written);

@@ -45,19 +45,6 @@ async fn running(rucat: &Rucat, name: &str) -> (String, String) {
     (id, engine.endpoint.expect("an endpoint"))
 }
 
-fn driver_log(rucat: &Rucat, id: &str) -> String {
-    std::fs::read_to_string(
-        rucat
-            .dir
-            .path()
-            .join("data")
-            .join("engines")
-            .join(id)
-            .join("driver.log"),
-    )
-    .unwrap_or_default()
-}
-
 /// A PySpark call that must be refused with `status`, and that the engine must never see (its
 /// log names every session's user id; this call's is unique).
 fn refused(rucat: &Rucat, id: &str, connection: &str, probe: &str, status: &str) {
@@ -66,7 +53,7 @@ fn refused(rucat: &Rucat, id: &str, connection: &str, probe: &str, status: &str)
     assert!(!ok, "{probe}: {answer}");
     assert_eq!(grpc_status(&answer), status, "{probe}: {answer}");
     assert!(
-        !driver_log(rucat, id).contains(probe),
+        !rucat.driver_log(id).contains(probe),
         "{probe}: the engine saw the refused call"
     );
 }
@@ -92,7 +79,7 @@ async fn the_proxy_lets_the_owner_in_and_refuses_everyone_else() {
     assert!(ok, "{answer}");
     assert_eq!(answer["value"], 1);
     assert!(
-        driver_log(&rucat, &id).contains("alice-probe"),
+        rucat.driver_log(&id).contains("alice-probe"),
         "the engine's log names the sessions it serves (else the refusal checks prove nothing)"
     );
     query(&alice).await;
