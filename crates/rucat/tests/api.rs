@@ -370,3 +370,246 @@ async fn health_and_readiness() {
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 }
+
+#[tokio::test]
+async fn versions_are_what_a_create_accepts() {
+    let app = spawn_api(None).await;
+    let response = app
+        .http
+        .get(app.url("/versions"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body, json!({"versions": [VERSION]}));
+    // Each listed version is accepted by a create; another is refused naming the listed ones.
+    for version in body["versions"].as_array().expect("versions") {
+        let mut request = spark("listed");
+        request["version"] = version.clone();
+        let (status, body) = post_json(&app, "/engines", &request).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let mut request = spark("unlisted");
+    request["version"] = json!("0.0.1");
+    let (status, body) = post_json(&app, "/engines", &request).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(error_message(&body).contains(VERSION), "{body}");
+}
+
+/// The web console's files: public (they hold no data), with their content types, a strict
+/// Content-Security-Policy, `nosniff` and cache validators; unknown files are the JSON 404.
+#[tokio::test]
+async fn the_web_console_is_served_with_strict_headers() {
+    let app = spawn_api(None).await;
+    let page = app.http.get(app.url("/ui")).send().await.expect("get");
+    assert_eq!(page.status(), StatusCode::OK);
+    let headers = page.headers().clone();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    let csp = header("content-security-policy");
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert_eq!(header("cache-control"), "no-cache");
+    let etag = header("etag");
+    assert!(etag.starts_with('"') && etag.len() > 2, "{etag}");
+    let html = page.text().await.expect("text");
+    assert!(html.contains("<title>Rucat</title>"), "{html}");
+    assert!(!html.contains("<script>"), "no inline script");
+
+    // The same page at /ui/, and a 304 for a client that has it.
+    let again = app.http.get(app.url("/ui/")).send().await.expect("get");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.text().await.expect("text"), html);
+    let cached = app
+        .http
+        .get(app.url("/ui"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+
+    // The assets the page names, by digest: cached for good; without the digest, revalidated.
+    for (name, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ] {
+        let start = html
+            .find(&format!("/ui/{name}?v="))
+            .unwrap_or_else(|| panic!("the page names {name}: {html}"));
+        let url = &html[start..];
+        let url = &url[..url.find('"').expect("a quoted URL")];
+        let response = app.http.get(app.url(url)).send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], content_type, "{url}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{url}");
+        assert!(headers.contains_key("content-security-policy"), "{url}");
+        assert_eq!(
+            headers["cache-control"], "public, max-age=31536000, immutable",
+            "{url}"
+        );
+        assert!(!response.bytes().await.expect("body").is_empty());
+        let plain = app
+            .http
+            .get(app.url(&format!("/ui/{name}")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(plain.headers()["cache-control"], "no-cache", "{name}");
+        let stale = app
+            .http
+            .get(app.url(&format!("/ui/{name}?v=0123")))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(stale.headers()["cache-control"], "no-cache", "{name}");
+    }
+
+    let (status, body) = {
+        let response = app
+            .http
+            .get(app.url("/ui/secrets.txt"))
+            .send()
+            .await
+            .expect("get");
+        let status = response.status();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_message(&body);
+}
+
+/// GET and the JSON answer.
+async fn get_json(app: &TestApp, path: &str) -> (StatusCode, Value) {
+    let response = app.http.get(app.url(path)).send().await.expect("request");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn events_name_their_cause_and_are_filtered_and_paginated() {
+    let app = spawn_api(None).await;
+    let (status, body) = post_json(&app, "/engines", &spark("events")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    // Created, then stopped and restarted twice: five events, all the owner's doing.
+    for op in ["stop", "restart", "stop", "restart"] {
+        let (status, body) = post_json(&app, &format!("/engines/{id}/{op}"), &json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{op}: {body}");
+    }
+    let path = format!("/engines/{id}/events");
+    let (status, all) = get_json(&app, &path).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let events = all["events"].as_array().expect("events").clone();
+    assert_eq!(events.len(), 5, "{all}");
+    assert!(all.get("next_cursor").is_none(), "one page: {all}");
+    let causes: Vec<&Value> = events.iter().map(|e| &e["cause"]).collect();
+    let operations = ["create", "stop", "restart", "stop", "restart"];
+    for (cause, operation) in causes.iter().zip(operations) {
+        assert_eq!(**cause, json!({"kind": "user", "operation": operation}));
+    }
+    for event in &events {
+        assert_eq!(event["actor"], json!({"kind": "user", "name": "anonymous"}));
+    }
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "created",
+            "state_change",
+            "state_change",
+            "state_change",
+            "state_change"
+        ]
+    );
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| e["id"].as_u64().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+
+    // Filtered by type, and by cause.
+    let (_, created) = get_json(&app, &format!("{path}?type=created")).await;
+    assert_eq!(
+        created["events"].as_array().map(Vec::len),
+        Some(1),
+        "{created}"
+    );
+    assert_eq!(created["events"][0]["to"], "WaitToStart");
+    let (_, changes) = get_json(&app, &format!("{path}?type=state_change,attempt_failed")).await;
+    assert_eq!(
+        changes["events"].as_array().map(Vec::len),
+        Some(4),
+        "{changes}"
+    );
+    let (_, by_users) = get_json(&app, &format!("{path}?cause=user")).await;
+    assert_eq!(by_users["events"].as_array().map(Vec::len), Some(5));
+    let (_, by_monitors) = get_json(&app, &format!("{path}?cause=monitor,timeout")).await;
+    assert_eq!(by_monitors["events"], json!([]), "{by_monitors}");
+
+    // Pages of 2: [2, 2, 1], in order, each event once.
+    let mut pages = Vec::new();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("{path}?limit=2&cursor={cursor}"),
+            None => format!("{path}?limit=2"),
+        };
+        let (status, page) = get_json(&app, &query).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let events = page["events"].as_array().expect("events");
+        pages.push(events.len());
+        seen.extend(events.iter().map(|e| e["id"].as_u64().expect("id")));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages.len() < 10, "paging does not end: {pages:?}");
+    }
+    assert_eq!(pages, [2, 2, 1]);
+    assert_eq!(seen, ids);
+
+    // Bad queries: 400 naming the problem.
+    for (query, names) in [
+        ("type=started", "started"),
+        ("type=", "type"),
+        ("cause=robot", "robot"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=x", "limit"),
+        ("cursor=abc", "cursor"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, body) = get_json(&app, &format!("{path}?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}: {body}");
+        assert!(error_message(&body).contains(names), "{query}: {body}");
+    }
+}

@@ -27,7 +27,9 @@ use super::{
     MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE,
 };
 use crate::engine::quota::{Limits, QuotaExceeded};
-use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
+use crate::engine::{
+    Actor, Cause, Engine, EngineEvent, EngineId, EngineSecret, EngineState, EventType,
+};
 
 use EngineState::*;
 
@@ -57,6 +59,7 @@ macro_rules! store_conformance_tests {
             list_rejects_invalid_cursor,
             list_never_skips_an_engine_created_while_paging,
             all_states_lists_every_engine,
+            engines_are_counted_by_state,
             event_history_is_bounded,
             logs_are_saved_bounded,
             concurrent_transitions_have_one_winner,
@@ -252,7 +255,8 @@ pub async fn update_state_records_event(store: Arc<dyn Store>) {
     let before = now_ms();
     let t = Transition::new(WaitToStart, TriggerStart)
         .due_at(due)
-        .with_message("claimed by monitor m1");
+        .with_message("claimed by monitor m1")
+        .because(Cause::monitor("claim"));
     assert_eq!(
         store.update_state(&engine.id, &t).await.expect("update"),
         Cas::Done
@@ -275,10 +279,16 @@ pub async fn update_state_records_event(store: Arc<dyn Store>) {
     assert_eq!(history.len(), 2, "{history:?}");
     assert_eq!(history[0].from, None);
     assert_eq!(history[0].to, WaitToStart);
+    // The first event is the owner's create.
+    assert_eq!(history[0].event_type, EventType::Created);
+    assert_eq!(history[0].cause, Some(Cause::user("create")));
     let event = &history[1];
     assert_eq!(event.from, Some(WaitToStart));
     assert_eq!(event.to, TriggerStart);
     assert_eq!(event.message.as_deref(), Some("claimed by monitor m1"));
+    assert_eq!(event.event_type, EventType::StateChange);
+    assert_eq!(event.cause, Some(Cause::monitor("claim")));
+    assert!(event.id > history[0].id, "event ids increase: {history:?}");
     assert_between(event.time, before, after, "event time");
 
     // A transition without a due time clears it.
@@ -294,6 +304,11 @@ pub async fn update_state_records_event(store: Arc<dyn Store>) {
     let history = events(store, &engine.id).await;
     assert_eq!(history.len(), 3);
     assert_eq!(history[2].message, None);
+    assert_eq!(history[2].cause, None);
+    assert!(
+        history[2].id > history[1].id,
+        "event ids increase: {history:?}"
+    );
 }
 
 pub async fn update_state_conflict_changes_nothing(store: Arc<dyn Store>) {
@@ -888,6 +903,39 @@ pub async fn all_states_lists_every_engine(store: Arc<dyn Store>) {
     assert_eq!(all, expected);
 }
 
+pub async fn engines_are_counted_by_state(store: Arc<dyn Store>) {
+    let store = &*store;
+    assert!(store.count_by_state().await.expect("count").is_empty());
+    let states = [Running, WaitToStart, Running, Terminated, Running];
+    let mut ids = Vec::new();
+    for (i, state) in states.into_iter().enumerate() {
+        let engine = insert(
+            store,
+            Engine {
+                state,
+                ..sample_engine(&format!("counted-{i}"))
+            },
+        )
+        .await;
+        ids.push(engine.id);
+    }
+    let mut counts = store.count_by_state().await.expect("count");
+    counts.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(
+        counts,
+        vec![(Running, 3), (Terminated, 1), (WaitToStart, 1)]
+    );
+    // A transition moves an engine from one count to the other; a removal takes it out.
+    transition(store, &ids[1], Transition::new(WaitToStart, TriggerStart)).await;
+    assert_eq!(
+        store.remove(&ids[3], Terminated).await.expect("remove"),
+        Cas::Done
+    );
+    let mut counts = store.count_by_state().await.expect("count");
+    counts.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(counts, vec![(Running, 3), (TriggerStart, 1)]);
+}
+
 pub async fn event_history_is_bounded(store: Arc<dyn Store>) {
     let store = &*store;
     let engine = insert(store, sample_engine("flapping")).await;
@@ -1475,6 +1523,7 @@ pub async fn claims_raise_the_generation_and_fenced_writes_need_it(store: Arc<dy
                     message: "late".to_owned(),
                     retry_at: later,
                     actor: None,
+                    cause: None,
                 },
             )
             .await
@@ -1550,6 +1599,7 @@ pub async fn failures_are_counted_recorded_and_reset(store: Arc<dyn Store>) {
             message: format!("the API refused ({n})"),
             retry_at,
             actor: Some(monitor.clone()),
+            cause: Some(Cause::monitor("test")),
         };
         assert_eq!(
             store
@@ -1574,14 +1624,16 @@ pub async fn failures_are_counted_recorded_and_reset(store: Arc<dyn Store>) {
         .await
         .into_iter()
         .filter(|e| e.from == Some(TriggerStart) && e.to == TriggerStart)
-        .map(|e| (e.message, e.actor))
+        .map(|e| (e.event_type, e.message, e.actor, e.cause))
         .collect();
     assert_eq!(
         recorded,
         (1..=2)
             .map(|n| (
+                EventType::AttemptFailed,
                 Some(format!("the API refused ({n})")),
-                Some(monitor.clone())
+                Some(monitor.clone()),
+                Some(Cause::monitor("test"))
             ))
             .collect::<Vec<_>>()
     );
@@ -1592,6 +1644,7 @@ pub async fn failures_are_counted_recorded_and_reset(store: Arc<dyn Store>) {
         message: "wrong".to_owned(),
         retry_at: now_ms(),
         actor: None,
+        cause: None,
     };
     assert_eq!(
         store
@@ -1639,6 +1692,7 @@ pub async fn failures_are_counted_recorded_and_reset(store: Arc<dyn Store>) {
         message: "once more".to_owned(),
         retry_at: now_ms(),
         actor: None,
+        cause: None,
     };
     store
         .record_failure(&engine.id, &again)

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::engine::quota::{Limits, QuotaExceeded};
-use crate::engine::{Actor, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
+use crate::engine::{Actor, Cause, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
 
 /// How many events an engine's history keeps; older ones are dropped.
 pub const MAX_EVENTS: usize = 100;
@@ -77,6 +77,8 @@ pub struct Transition {
     pub due_by: Option<DateTime<Utc>>,
     /// Who makes the change, for the event history.
     pub actor: Option<Actor>,
+    /// Why, for the event history.
+    pub cause: Option<Cause>,
     /// When set, the change happens only if it keeps the engine's owner within these limits
     /// (checked atomically with the change; a refusal is [`StoreError::OverQuota`]).
     pub limits: Option<Limits>,
@@ -104,6 +106,7 @@ impl Transition {
             message: None,
             due_by: None,
             actor: None,
+            cause: None,
             limits: None,
             secret: None,
             fence: None,
@@ -138,6 +141,12 @@ impl Transition {
 
     pub fn by(mut self, actor: Actor) -> Self {
         self.actor = Some(actor);
+        self
+    }
+
+    /// Records why the change happens (see [`Transition::cause`]).
+    pub fn because(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
         self
     }
 
@@ -216,6 +225,7 @@ pub struct Failure {
     pub message: String,
     pub retry_at: DateTime<Utc>,
     pub actor: Option<Actor>,
+    pub cause: Option<Cause>,
 }
 
 /// What one proxy reports of an engine: its Spark Connect calls under way through that proxy,
@@ -289,6 +299,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ids, states and generations of all engines (for orphan clean-up).
     async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError>;
+
+    /// How many engines are in each state (states without engines are left out): one
+    /// `GROUP BY` query, for metrics.
+    async fn count_by_state(&self) -> Result<Vec<(EngineState, u64)>, StoreError>;
 
     /// The engine's state history, oldest first; `None` if there is no such engine.
     async fn events(&self, id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError>;

@@ -172,12 +172,25 @@ where
     let time: i64 = column(row, id, "time")?;
     let from: Option<String> = column(row, id, "from_state")?;
     let actor: Option<String> = column(row, id, "actor")?;
+    let cause: Option<String> = column(row, id, "cause")?;
+    let seq: i64 = column(row, id, "event_seq")?;
+    let from = from
+        .map(|from| state_from(id, "event from_state", &from))
+        .transpose()?;
+    let to = state_from(id, "event to_state", &to)?;
     Ok(Some(crate::engine::EngineEvent {
+        id: u64::try_from(seq)
+            .map_err(|_| corrupt(id, format_args!("event seq {seq} is negative")))?,
+        event_type: crate::engine::EventType::of(from, to),
         time: time_from(id, "event time", time)?,
-        from: from
-            .map(|from| state_from(id, "event from_state", &from))
+        from,
+        to,
+        cause: cause
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|_| corrupt(id, format_args!("event cause {text:?}")))
+            })
             .transpose()?,
-        to: state_from(id, "event to_state", &to)?,
         message: column(row, id, "message")?,
         actor: actor
             .map(|text| {

@@ -58,6 +58,12 @@ where
     select
 }
 
+/// An event's cause as the stores keep it: its JSON.
+pub(super) fn cause_text(cause: &crate::engine::Cause) -> String {
+    // A plain enum of strings and numbers: serializing it cannot fail.
+    serde_json::to_string(cause).unwrap_or_default()
+}
+
 /// A time as the stores keep it.
 pub(super) fn millis(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
@@ -79,11 +85,12 @@ macro_rules! sql_store {
                 to: EngineState,
                 message: Option<&str>,
                 actor: Option<&Actor>,
+                cause: Option<&Cause>,
             ) -> Result<(), StoreError> {
                 sqlx::query(
                     "INSERT INTO engine_events \
-                     (engine_seq, time, from_state, to_state, message, actor) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                     (engine_seq, time, from_state, to_state, message, actor, cause) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(engine_seq)
                 .bind(sql::millis(time))
@@ -91,6 +98,7 @@ macro_rules! sql_store {
                 .bind(to.as_str())
                 .bind(message.map(Self::text))
                 .bind(actor.map(|a| Self::text(&a.to_text())))
+                .bind(cause.map(|c| Self::text(&sql::cause_text(c))))
                 .execute(&mut *conn)
                 .await?;
                 sqlx::query(
@@ -197,6 +205,7 @@ macro_rules! sql_store {
                     engine.state,
                     None,
                     Some(&actor),
+                    Some(&Cause::user("create")),
                 )
                 .await?;
                 Self::announce(&mut tx, engine.next_update_time).await?;
@@ -282,6 +291,7 @@ macro_rules! sql_store {
                     t.to,
                     t.message.as_deref(),
                     t.actor.as_ref(),
+                    t.cause.as_ref(),
                 )
                 .await?;
                 Self::announce(&mut tx, t.next_update_time).await?;
@@ -357,6 +367,7 @@ macro_rules! sql_store {
                     f.state,
                     Some(&f.message),
                     f.actor.as_ref(),
+                    f.cause.as_ref(),
                 )
                 .await?;
                 tx.commit().await?;
@@ -407,11 +418,25 @@ macro_rules! sql_store {
                 rows.iter().map(id_state_generation).collect()
             }
 
+            async fn count_by_state(&self) -> Result<Vec<(EngineState, u64)>, StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT state, count(*) FROM engines GROUP BY state")
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.iter()
+                    .map(|(state, n)| {
+                        let n = u64::try_from(*n).unwrap_or(0);
+                        Ok((state_from("(count by state)", "state", state)?, n))
+                    })
+                    .collect()
+            }
+
             async fn events(&self, id: &EngineId) -> Result<Option<Vec<EngineEvent>>, StoreError> {
                 // One statement, so that the engine and its events are read from one snapshot.
                 // An engine without events yields one row of NULLs.
                 let rows = sqlx::query(
-                    "SELECT ev.time, ev.from_state, ev.to_state, ev.message, ev.actor \
+                    "SELECT ev.seq AS event_seq, ev.time, ev.from_state, ev.to_state, ev.message, \
+                     ev.actor, ev.cause \
                      FROM engines e LEFT JOIN engine_events ev ON ev.engine_seq = e.seq \
                      WHERE e.id = $1 ORDER BY ev.seq",
                 )

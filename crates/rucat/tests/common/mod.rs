@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rucat::app::{Application, Roles};
-use rucat::client::Client;
 use rucat::config::{FileConfig, Overrides, Settings};
 use rucat::engine::{Engine, EngineId, EngineState};
 use rucat::platform::Platform;
 use rucat::shutdown::{self, Trigger};
 use rucat::store::sqlite::SqliteStore;
 use rucat::store::Store;
+use rucat_client::Client;
 use tempfile::TempDir;
 
 pub const VERSION: &str = "4.3.0";
@@ -286,9 +286,30 @@ pub fn assert_failed_after_health_timeout(
                 .as_deref()
                 .is_some_and(|m| m.starts_with("health check failed"))
         })
-        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"))
-        .time;
+        .unwrap_or_else(|| panic!("no failed check recorded: {events:?}"));
+    // Each failed check is an attempt that failed, caused by the check; the failure by the
+    // health timeout.
+    assert_eq!(
+        first_failure.event_type,
+        rucat::engine::EventType::AttemptFailed,
+        "{first_failure:?}"
+    );
+    assert_eq!(
+        first_failure.cause.as_ref().map(|c| c.kind()),
+        Some("health_check"),
+        "{first_failure:?}"
+    );
+    let first_failure = first_failure.time;
     let failed = entered(events, EngineState::ErrorWaitToClean);
+    let failing = events
+        .iter()
+        .find(|e| e.to == EngineState::ErrorWaitToClean)
+        .and_then(|e| e.cause.clone());
+    assert_eq!(
+        failing,
+        Some(rucat::engine::Cause::timeout("health")),
+        "{events:?}"
+    );
     assert!(failed >= deadline_at(first_failure, timeout), "{events:?}");
     assert!(
         failed <= deadline_at(first_failure, timeout + interval + Duration::from_secs(2)),
@@ -314,6 +335,20 @@ pub fn assert_delete_escalated(
                 .is_some_and(|m| m.contains("killing it"))
         })
         .unwrap_or_else(|| panic!("no event saying the resource is killed: {events:?}"));
+    assert_eq!(
+        killing.cause,
+        Some(rucat::engine::Cause::timeout("delete")),
+        "{killing:?}"
+    );
+    let stuck = events
+        .iter()
+        .find(|e| e.to == EngineState::ErrorClean)
+        .and_then(|e| e.cause.clone());
+    assert_eq!(
+        stuck,
+        Some(rucat::engine::Cause::timeout("kill")),
+        "{events:?}"
+    );
     assert!(
         killing.time >= deadline_at(deleting, delete_timeout),
         "forced before the delete timeout: {events:?}"
