@@ -8,10 +8,14 @@
 # the usage: the embedded `rucat serve` needs a local Spark, which this image does not ship.
 
 FROM rust:1-bookworm AS build
+# protoc: `rucat engine sql` queries engines with spark-connect-rs (the `spark` feature, on by
+# default), which compiles Spark Connect's protobufs.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest to load it (.dockerignore keeps
-# target/ and .git/ out). Only the rucat binary is built; it needs no protoc (only the test
-# dependencies compile protobufs) and links nothing but glibc.
+# target/ and .git/ out). Only the rucat binary is built; it links nothing but glibc.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

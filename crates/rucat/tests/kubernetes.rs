@@ -976,7 +976,7 @@ impl Binary {
             ) {
                 binary.server = format!("http://{server}");
                 binary.proxy = proxy.port();
-                let client = rucat::client::Client::new(&binary.server, None);
+                let client = rucat_client::Client::new(&binary.server, None);
                 if client.list(None, Some(1), None).await.is_ok() {
                     return binary;
                 }

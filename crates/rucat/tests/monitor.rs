@@ -105,7 +105,7 @@ async fn engine_runs_stops_restarts_and_is_deleted() {
     drive_until(&app, &monitor, &id, EngineState::Terminated).await;
     app.client.delete(&id).await.expect("delete");
     match app.client.get(&id).await {
-        Err(rucat::client::ClientError::Api { status, code, .. }) => {
+        Err(rucat_client::ClientError::Api { status, code, .. }) => {
             assert_eq!((status.as_u16(), code.as_str()), (404, "not_found"));
         }
         other => panic!("a deleted engine was answered {other:?}"),
@@ -815,6 +815,9 @@ impl rucat::store::Store for HookedStore {
     }
     async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError> {
         self.inner.all_states().await
+    }
+    async fn count_by_state(&self) -> Result<Vec<(EngineState, u64)>, StoreError> {
+        self.inner.count_by_state().await
     }
     async fn events(
         &self,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use rucat::client::Client;
+use rucat_client::Client;
 use spark_connect_rs::SparkSessionBuilder;
 use tempfile::TempDir;
 

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rucat::client::ClientError;
 use rucat::engine::EngineState;
 use rucat::store::MAX_KEPT_LOG;
+use rucat_client::ClientError;
 
 use super::harness::{port_open, pyspark, with_parameter, Options, Rucat, SPARK_VERSION};
 use super::START;

@@ -11,9 +11,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use rucat::engine::{Actor, EngineState};
+use rucat::engine::EngineState;
 use rucat::platform::simulated::{JournalEvent, SimulatedPlatform};
 use rucat::store::postgres::ScratchDatabase;
+use rucat_client::Actor;
 use serde_json::Value;
 use sqlx::Connection;
 
