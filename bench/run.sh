@@ -2,11 +2,12 @@
 # Builds Rucat and its benchmarks in release mode and runs every benchmark, printing markdown.
 # Usage: bench/run.sh [claim_latency|get_throughput|engine_start|cas_throughput|
 #                      claim_across_processes|list_due_scaling|kube_requests_per_pass|
-#                      auth_overhead|proxy_overhead|monitor_throughput]...
+#                      auth_overhead|proxy_overhead|monitor_throughput|metrics_overhead]...
 #                      (default: all)
 # engine_start and proxy_overhead need Spark: SPARK_HOME is taken from the environment, else from
 # scripts/setup.sh (which installs what is missing; proxy_overhead also uses its PySpark).
-# cas_throughput, claim_across_processes, list_due_scaling and monitor_throughput need PostgreSQL:
+# cas_throughput, claim_across_processes, list_due_scaling, monitor_throughput and metrics_overhead
+# need PostgreSQL:
 # RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
 # monitor_throughput also measures an earlier rucat binary side by side if RUCAT_BEFORE names one
 # (see bench/README.md for how to build the one before fencing).
@@ -20,13 +21,14 @@ cargo build --release -p rucat-bench
 benches=("$@")
 if [ "${#benches[@]}" = 0 ]; then
   benches=(claim_latency get_throughput engine_start cas_throughput claim_across_processes
-    list_due_scaling kube_requests_per_pass auth_overhead proxy_overhead monitor_throughput)
+    list_due_scaling kube_requests_per_pass auth_overhead proxy_overhead monitor_throughput
+    metrics_overhead)
 fi
 
 for bench in "${benches[@]}"; do
   case "$bench" in
     claim_latency | get_throughput | cas_throughput | claim_across_processes | \
-      list_due_scaling | kube_requests_per_pass | auth_overhead)
+      list_due_scaling | kube_requests_per_pass | auth_overhead | metrics_overhead)
       target/release/"$bench"
       ;;
     monitor_throughput)
@@ -44,7 +46,7 @@ for bench in "${benches[@]}"; do
       target/release/"$bench"
       ;;
     *)
-      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes, list_due_scaling, kube_requests_per_pass, auth_overhead, proxy_overhead or monitor_throughput)" >&2
+      echo "unknown benchmark: $bench (expected claim_latency, get_throughput, engine_start, cas_throughput, claim_across_processes, list_due_scaling, kube_requests_per_pass, auth_overhead, proxy_overhead, monitor_throughput or metrics_overhead)" >&2
       exit 2
       ;;
   esac

@@ -10,12 +10,13 @@ use tracing::{error, info, warn};
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{PlatformKind, Settings};
+use crate::metrics::{InstrumentedPlatform, Metrics};
 use crate::monitor::Monitor;
 use crate::platform::kubernetes::KubernetesPlatform;
 use crate::platform::local::LocalPlatform;
 use crate::platform::simulated::SimulatedPlatform;
 use crate::platform::{Platform, PlatformError};
-use crate::proxy::{Proxy, ProxyError};
+use crate::proxy::{Proxy, ProxyConfig, ProxyError};
 use crate::retry::Backoff;
 use crate::server::{self, ApiContext};
 use crate::shutdown::Shutdown;
@@ -155,6 +156,9 @@ pub struct Application {
     monitor: Option<Monitor>,
     proxy: Option<Proxy>,
     auth: Option<Arc<Authenticator>>,
+    metrics: Option<Arc<Metrics>>,
+    /// The metrics listener of its own (`[metrics] listen`), when one is set.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Creates the data directory, readable by Rucat's user only (it holds the SQLite store and the
@@ -196,6 +200,18 @@ impl Application {
         platform: Option<Arc<dyn Platform>>,
         versions: Vec<String>,
     ) -> Result<Self, AppError> {
+        // The engines by state are read by processes that manage engines (not a proxy alone).
+        let metrics = settings.metrics.enabled.then(|| {
+            Arc::new(Metrics::new(
+                (roles.server || roles.monitor).then(|| store.clone()),
+            ))
+        });
+        let platform = match (platform, &metrics) {
+            (Some(platform), Some(metrics)) => {
+                Some(InstrumentedPlatform::wrap(platform, Arc::clone(metrics)))
+            }
+            (platform, _) => platform,
+        };
         let auth = if roles.server || roles.proxy {
             Some(Arc::new(Authenticator::new(&settings.auth).await?))
         } else {
@@ -209,10 +225,17 @@ impl Application {
         }
         let proxy = match (roles.proxy, &auth) {
             (true, Some(auth)) => {
-                Some(Proxy::bind(settings.proxy.clone(), store.clone(), Arc::clone(auth)).await?)
+                let config = ProxyConfig {
+                    metrics_page: settings.metrics.enabled,
+                    ..settings.proxy.clone()
+                };
+                Some(Proxy::bind(config, store.clone(), Arc::clone(auth)).await?)
             }
             _ => None,
         };
+        if let (Some(metrics), Some(proxy)) = (&metrics, &proxy) {
+            metrics.attach_proxy(proxy.activity());
+        }
         let (listener, context) = if let (true, Some(auth)) = (roles.server, &auth) {
             let auth = Arc::clone(auth);
             // Where users reach the proxy: when this process runs it, its bound address (the
@@ -252,13 +275,27 @@ impl Application {
                 idle: settings.idle,
                 versions: Arc::new(versions),
                 live_logs: platform.clone(),
+                metrics: metrics.clone(),
             };
             (Some(listener), Some(context))
         } else {
             (None, None)
         };
         let monitor = match (roles.monitor, platform) {
-            (true, Some(platform)) => Some(Monitor::new(store, platform, settings.monitor.clone())),
+            (true, Some(platform)) => Some(Monitor::with_metrics(
+                store,
+                platform,
+                settings.monitor.clone(),
+                metrics.clone(),
+            )),
+            _ => None,
+        };
+        let metrics_listener = match (&metrics, settings.metrics.listen) {
+            (Some(_), Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Listen { addr, source })?,
+            ),
             _ => None,
         };
         Ok(Application {
@@ -267,12 +304,21 @@ impl Application {
             monitor,
             proxy,
             auth,
+            metrics,
+            metrics_listener,
         })
     }
 
     /// The address the Spark Connect proxy listens on (with the real port when 0 was asked for).
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy.as_ref().and_then(Proxy::local_addr)
+    }
+
+    /// The address the metrics listener of its own listens on, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address the REST server listens on (with the real port when 0 was asked for).
@@ -292,6 +338,19 @@ impl Application {
         let proxy = self
             .proxy
             .map(|proxy| tokio::spawn(proxy.run(shutdown.clone())));
+        let metrics = match (self.metrics_listener, self.metrics) {
+            (Some(listener), Some(metrics)) => {
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "metrics listening");
+                }
+                Some(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    metrics,
+                    shutdown.clone(),
+                )))
+            }
+            _ => None,
+        };
         let served = match (self.listener, self.context) {
             (Some(listener), Some(context)) => {
                 if let Ok(addr) = listener.local_addr() {
@@ -314,6 +373,13 @@ impl Application {
         if let Some(proxy) = proxy {
             if let Err(error) = proxy.await {
                 warn!(%error, "proxy task ended abnormally");
+            }
+        }
+        if let Some(metrics) = metrics {
+            match metrics.await {
+                Ok(Err(error)) => warn!(%error, "the metrics listener failed"),
+                Err(error) => warn!(%error, "metrics task ended abnormally"),
+                Ok(Ok(())) => {}
             }
         }
         served

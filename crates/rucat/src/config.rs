@@ -57,6 +57,8 @@ pub struct Overrides {
     pub server: Option<String>,
     pub token: Option<SecretString>,
     pub allow_unauthenticated: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub metrics_enabled: Option<bool>,
 }
 
 /// The configuration file (TOML). Every key is optional.
@@ -81,6 +83,27 @@ pub struct FileConfig {
     pub quota: Quotas,
     pub proxy: ProxyFile,
     pub idle: IdleTimeouts,
+    pub metrics: MetricsFile,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Whether metrics are kept and served (default true).
+    pub enabled: Option<bool>,
+    /// A listener of their own, serving `GET /metrics` without authentication.
+    pub listen: Option<String>,
+}
+
+/// Prometheus metrics (see [`crate::metrics`]), resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Whether metrics are kept and served at all.
+    pub enabled: bool,
+    /// Where `GET /metrics` is served without authentication, besides the REST listener (where
+    /// it needs an admin once authentication is on). `None`: nowhere else.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -185,6 +208,7 @@ pub struct Settings {
     /// Whether the REST server may listen beyond loopback although nothing authenticates its
     /// users (behind a network policy, say).
     pub allow_unauthenticated: bool,
+    pub metrics: MetricsConfig,
 }
 
 impl FileConfig {
@@ -244,6 +268,11 @@ impl Settings {
             message,
         })?;
         let proxy = proxy_config(overrides.proxy_listen, &file.proxy)?;
+        let metrics = metrics_config(
+            overrides.metrics_listen,
+            overrides.metrics_enabled,
+            &file.metrics,
+        )?;
         if file.idle.max_minutes > 0 && file.idle.default_minutes > file.idle.max_minutes {
             return Err(invalid(
                 "idle.default_minutes",
@@ -287,6 +316,7 @@ impl Settings {
                 .allow_unauthenticated
                 .or(file.allow_unauthenticated)
                 .unwrap_or(false),
+            metrics,
         })
     }
 }
@@ -629,6 +659,30 @@ fn proxy_config(listen: Option<String>, file: &ProxyFile) -> Result<ProxyConfig,
     })
 }
 
+fn metrics_config(
+    listen: Option<String>,
+    enabled: Option<bool>,
+    file: &MetricsFile,
+) -> Result<MetricsConfig, ConfigError> {
+    let enabled = enabled.or(file.enabled).unwrap_or(true);
+    let listen = match listen.or_else(|| file.listen.clone()) {
+        Some(text) => Some(text.parse().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!("{text:?} is not HOST:PORT, e.g. 127.0.0.1:9464"),
+            )
+        })?),
+        None => None,
+    };
+    if listen.is_some() && !enabled {
+        return Err(invalid(
+            "metrics.listen",
+            "is set but metrics.enabled is false: set one or the other",
+        ));
+    }
+    Ok(MetricsConfig { enabled, listen })
+}
+
 fn monitor_config(file: &MonitorFile) -> Result<MonitorConfig, ConfigError> {
     let defaults = MonitorConfig::default();
     Ok(MonitorConfig {
@@ -950,6 +1004,61 @@ mod tests {
             }
         }
         assert!(toml::from_str::<FileConfig>("[kubernetes]\nnamespaces = \"x\"").is_err());
+    }
+
+    #[test]
+    fn metrics_table() {
+        let resolve = |overrides: Overrides, text: &str| {
+            let file: FileConfig = toml::from_str(text).expect("valid toml");
+            Settings::resolve(
+                Overrides {
+                    data_dir: Some("/d".into()),
+                    ..overrides
+                },
+                file,
+            )
+        };
+        let defaults = resolve(Overrides::default(), "").expect("defaults");
+        assert_eq!(
+            defaults.metrics,
+            MetricsConfig {
+                enabled: true,
+                listen: None
+            }
+        );
+        let file = "[metrics]\nlisten = \"127.0.0.1:9000\"\nenabled = true";
+        let from_file = resolve(Overrides::default(), file).expect("file");
+        assert_eq!(
+            from_file.metrics.listen,
+            Some("127.0.0.1:9000".parse().expect("addr"))
+        );
+        let flag = Overrides {
+            metrics_listen: Some("0.0.0.0:9001".into()),
+            ..Overrides::default()
+        };
+        let from_flag = resolve(flag, file).expect("flag");
+        assert_eq!(
+            from_flag.metrics.listen,
+            Some("0.0.0.0:9001".parse().expect("addr"))
+        );
+        let off = resolve(Overrides::default(), "[metrics]\nenabled = false").expect("off");
+        assert!(!off.metrics.enabled);
+        for (overrides, text) in [
+            (Overrides::default(), "[metrics]\nlisten = \"nowhere\""),
+            (
+                Overrides {
+                    metrics_enabled: Some(false),
+                    ..Overrides::default()
+                },
+                file,
+            ),
+        ] {
+            match resolve(overrides, text) {
+                Err(ConfigError::Invalid { name, .. }) => assert_eq!(name, "metrics.listen"),
+                other => panic!("{text}: expected metrics.listen to be refused, got {other:?}"),
+            }
+        }
+        assert!(toml::from_str::<FileConfig>("[metrics]\nport = 1").is_err());
     }
 
     #[test]

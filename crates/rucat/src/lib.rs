@@ -2,13 +2,14 @@
 //!
 //! The folders follow the architecture: [`engine`] (what an engine is, its state machine and
 //! configuration policy), [`store`] (engine records), [`platform`] (where engines run),
-//! [`monitor`] (the reconciler), [`server`] (the REST API), [`client`], and [`app`] (wiring).
+//! [`monitor`] (the reconciler), [`server`] (the REST API) and [`app`] (wiring). The
+//! client of the REST API is the `rucat-client` crate.
 
 pub mod app;
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod monitor;
 pub mod platform;
 pub mod proxy;

@@ -4,6 +4,7 @@
 //! idle auto-stop reads them; so do the proxy's counters of streams, bytes and refusals.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
-use super::grpc::Code;
+use super::grpc::Reason;
 use crate::engine::EngineId;
 use crate::shutdown::Shutdown;
 use crate::store::{ActivityReport, Store};
@@ -33,17 +34,26 @@ pub struct Counters {
     pub bytes_to_engines: AtomicU64,
     /// Bytes from engines to clients.
     pub bytes_to_clients: AtomicU64,
-    refusals: Mutex<HashMap<&'static str, u64>>,
+    /// Refusals, by [`Reason`] (in the order of [`Reason::ALL`]).
+    refusals: [AtomicU64; Reason::ALL.len()],
 }
 
 impl Counters {
-    pub fn refused(&self, code: Code) {
-        *lock(&self.refusals).entry(code.as_str()).or_default() += 1;
+    pub fn refused(&self, reason: Reason) {
+        self.refusals[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Refusals by gRPC status.
-    pub fn refusals(&self) -> HashMap<&'static str, u64> {
-        lock(&self.refusals).clone()
+    /// Refusals by gRPC status and reason.
+    pub fn refusals(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|reason| {
+                (
+                    *reason,
+                    self.refusals[*reason as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// The counters in Prometheus' text format (no engine ids: nothing to protect).
@@ -74,14 +84,21 @@ impl Counters {
                 ),
             ],
         );
-        let mut refusals: Vec<(&str, u64)> = self.refusals().into_iter().collect();
-        refusals.sort();
         counter(
             "rucat_proxy_refusals_total",
-            "Calls refused before anything was forwarded, by gRPC status.",
-            refusals
+            "Calls refused before anything was forwarded, by gRPC status and reason.",
+            self.refusals()
                 .into_iter()
-                .map(|(code, n)| (format!("{{code=\"{code}\"}}"), n))
+                .map(|(reason, n)| {
+                    let mut labels = String::new();
+                    let _ = write!(
+                        labels,
+                        "{{code=\"{}\",reason=\"{}\"}}",
+                        reason.code().as_str(),
+                        reason.as_str()
+                    );
+                    (labels, n)
+                })
                 .collect(),
         );
         out

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::activity::{Activity, Call};
-use super::grpc::{Code, Refusal};
+use super::grpc::{Reason, Refusal};
 use crate::auth::{AuthError, Authenticator};
 use crate::engine::{EngineId, EngineState, ENGINE_PARAMETER};
 use crate::store::Store;
@@ -217,6 +217,10 @@ pub struct Router {
     pub auth: Arc<Authenticator>,
     pub activity: Arc<Activity>,
     pub pool: Pool,
+    /// Whether `GET /metrics` (HTTP/1.1) answers the proxy's own counters on its port: only on
+    /// a loopback listener (beyond it, the port faces every client; scrape the metrics
+    /// listener instead).
+    pub metrics_page: bool,
 }
 
 impl Router {
@@ -226,13 +230,13 @@ impl Router {
         if request.version() != Version::HTTP_2 {
             return if request.uri().path() == "/healthz" {
                 Response::new(Answer::Full(Some(Bytes::from_static(b"ok\n"))))
-            } else if request.uri().path() == "/metrics" {
+            } else if request.uri().path() == "/metrics" && self.metrics_page {
                 let mut response = Response::new(Answer::Full(Some(Bytes::from(
                     self.activity.counters.prometheus(),
                 ))));
                 response.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE_TEXT),
                 );
                 response
             } else {
@@ -246,8 +250,8 @@ impl Router {
         match self.forward(request).await {
             Ok(response) => response,
             Err(refusal) => {
-                self.activity.counters.refused(refusal.code);
-                debug!(code = refusal.code.as_str(), message = %refusal.message, "call refused");
+                self.activity.counters.refused(refusal.reason);
+                debug!(code = refusal.code.as_str(), reason = refusal.reason.as_str(), message = %refusal.message, "call refused");
                 refusal.into_response()
             }
         }
@@ -263,7 +267,7 @@ impl Router {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
                 Refusal::new(
-                    Code::InvalidArgument,
+                    Reason::NoEngineNamed,
                     format!(
                         "no engine named: add ;{ENGINE_PARAMETER}=<engine id> to the connection string"
                     ),
@@ -275,10 +279,12 @@ impl Router {
             .authenticate(parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()))
             .await
             .map_err(|error| match error {
-                AuthError::Unavailable(_) => Refusal::new(Code::Unavailable, error.to_string()),
-                _ => Refusal::new(Code::Unauthenticated, error.to_string()),
+                AuthError::Unavailable(_) => {
+                    Refusal::new(Reason::AuthUnavailable, error.to_string())
+                }
+                _ => Refusal::new(Reason::Unauthenticated, error.to_string()),
             })?;
-        let not_found = || Refusal::new(Code::NotFound, format!("no engine with id {engine:?}"));
+        let not_found = || Refusal::new(Reason::NotFound, format!("no engine with id {engine:?}"));
         let id = EngineId::parse(&engine).ok_or_else(not_found)?;
         let record = self
             .store
@@ -287,7 +293,7 @@ impl Router {
             .map_err(|error| {
                 warn!(%error, "cannot read an engine for a proxied call");
                 Refusal::new(
-                    Code::Unavailable,
+                    Reason::StoreUnavailable,
                     "the store cannot serve the call; try again",
                 )
             })?
@@ -295,13 +301,13 @@ impl Router {
             .ok_or_else(not_found)?;
         if record.state != EngineState::Running {
             return Err(Refusal::new(
-                Code::Unavailable,
+                Reason::NotRunning,
                 format!("engine {id} is {}, not Running", record.state),
             ));
         }
         let (Some(endpoint), Some(secret)) = (&record.endpoint, &record.secret) else {
             return Err(Refusal::new(
-                Code::Unavailable,
+                Reason::NotReachable,
                 format!("engine {id} is not reachable yet"),
             ));
         };
@@ -316,7 +322,7 @@ impl Router {
             parts.headers.remove(header);
         }
         let mut bearer = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| Refusal::new(Code::Unavailable, "the engine's secret is malformed"))?;
+            .map_err(|_| Refusal::new(Reason::NotReachable, "the engine's secret is malformed"))?;
         bearer.set_sensitive(true);
         parts.headers.insert(AUTHORIZATION, bearer);
         parts.headers.remove(HOST);
@@ -331,13 +337,16 @@ impl Router {
             .path_and_query(path)
             .build()
             .map_err(|_| {
-                Refusal::new(Code::Unavailable, format!("engine {id} has a bad address"))
+                Refusal::new(
+                    Reason::NotReachable,
+                    format!("engine {id} has a bad address"),
+                )
             })?;
         let call = self.activity.begin(&id);
         let upload = Passed::new(body, &self.activity, |a| &a.counters.bytes_to_engines, None);
         let mut sender = self.pool.sender(&id, address).await.map_err(|why| {
             Refusal::new(
-                Code::Unavailable,
+                Reason::EngineUnreachable,
                 format!("cannot reach engine {id}: {why}"),
             )
         })?;
@@ -349,7 +358,7 @@ impl Router {
             Err(error) => {
                 self.pool.forget(&id);
                 return Err(Refusal::new(
-                    Code::Unavailable,
+                    Reason::EngineUnreachable,
                     format!("engine {id} did not answer: {error}"),
                 ));
             }

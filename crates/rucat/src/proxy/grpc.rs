@@ -28,17 +28,80 @@ impl Code {
     }
 }
 
+/// Why a call was refused, for metrics; each has its gRPC status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No `x-rucat-engine` parameter.
+    NoEngineNamed,
+    /// No credential, or one that is not accepted.
+    Unauthenticated,
+    /// The credentials cannot be checked now (an issuer's keys cannot be loaded).
+    AuthUnavailable,
+    /// No such engine, or another user's.
+    NotFound,
+    /// The store cannot be read.
+    StoreUnavailable,
+    /// The engine is not `Running`.
+    NotRunning,
+    /// The engine runs but has no address or secret yet, or a malformed one.
+    NotReachable,
+    /// The engine's Spark Connect server cannot be reached or did not answer.
+    EngineUnreachable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::NoEngineNamed,
+        Reason::Unauthenticated,
+        Reason::AuthUnavailable,
+        Reason::NotFound,
+        Reason::StoreUnavailable,
+        Reason::NotRunning,
+        Reason::NotReachable,
+        Reason::EngineUnreachable,
+    ];
+
+    pub fn code(self) -> Code {
+        match self {
+            Reason::NoEngineNamed => Code::InvalidArgument,
+            Reason::Unauthenticated => Code::Unauthenticated,
+            Reason::NotFound => Code::NotFound,
+            Reason::AuthUnavailable
+            | Reason::StoreUnavailable
+            | Reason::NotRunning
+            | Reason::NotReachable
+            | Reason::EngineUnreachable => Code::Unavailable,
+        }
+    }
+
+    /// The name metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoEngineNamed => "no_engine_named",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::AuthUnavailable => "auth_unavailable",
+            Reason::NotFound => "not_found",
+            Reason::StoreUnavailable => "store_unavailable",
+            Reason::NotRunning => "not_running",
+            Reason::NotReachable => "not_reachable",
+            Reason::EngineUnreachable => "engine_unreachable",
+        }
+    }
+}
+
 /// A call refused before anything was forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub code: Code,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Refusal {
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Refusal {
-            code,
+            code: reason.code(),
+            reason,
             message: message.into(),
         }
     }
@@ -77,7 +140,7 @@ mod tests {
     #[test]
     fn refusals_are_trailers_only_grpc_statuses() {
         let response: Response<String> =
-            Refusal::new(Code::NotFound, "no engine with id \"x\" – 100%").into_response();
+            Refusal::new(Reason::NotFound, "no engine with id \"x\" – 100%").into_response();
         assert_eq!(response.status(), StatusCode::OK);
         let headers = response.headers();
         assert_eq!(headers["content-type"], "application/grpc");

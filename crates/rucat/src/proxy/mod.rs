@@ -71,6 +71,9 @@ pub struct ProxyConfig {
     pub reload_interval: Duration,
     /// The name this proxy reports activity under (default: host name and pid).
     pub name: String,
+    /// Whether the proxy's port answers `GET /metrics` with its counters (on a loopback
+    /// listener only; metrics off: never).
+    pub metrics_page: bool,
 }
 
 impl Default for ProxyConfig {
@@ -83,6 +86,7 @@ impl Default for ProxyConfig {
             activity_interval: Duration::from_secs(5),
             reload_interval: Duration::from_secs(2),
             name: crate::monitor::default_name(),
+            metrics_page: true,
         }
     }
 }
@@ -171,6 +175,7 @@ impl Proxy {
             auth,
             activity: Arc::new(Activity::default()),
             pool: Pool::default(),
+            metrics_page: config.metrics_page && config.listen.ip().is_loopback(),
         });
         Ok(Proxy {
             listener,
