@@ -8,6 +8,11 @@
 #     scripts/spark_client.py and `$VENV/bin/pyspark --remote sc://...` work
 #   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
 #     servers of their own to restart under load
+#   - with --browser (the test suite asks for it; `rucat serve` needs none), Debian's chromium and
+#     chromium-driver: the web console's tests drive a headless Chromium through WebDriver
+#   - with --schemathesis (the test suite asks for it; `rucat serve` needs none), schemathesis,
+#     which tests the REST API against its OpenAPI document, and openapi-spec-validator, in a
+#     cached virtualenv of their own ($CACHE_DIR/schemathesis)
 #   - with --k8s-tools (the test suite asks for them; `rucat serve` needs none), the Kubernetes
 #     manifest tools, in a second cached virtualenv ($CACHE_DIR/k8s-tools):
 #     helm-sdkpy and helm-python-sdk (Helm's Go library, for `helm lint` and `helm template`
@@ -17,10 +22,14 @@
 set -euo pipefail
 
 WITH_K8S_TOOLS=0
+WITH_BROWSER=0
+WITH_SCHEMATHESIS=0
 for arg in "$@"; do
   case "$arg" in
     --k8s-tools) WITH_K8S_TOOLS=1 ;;
-    *) echo "setup: unknown argument $arg (expected --k8s-tools)" >&2; exit 2 ;;
+    --browser) WITH_BROWSER=1 ;;
+    --schemathesis) WITH_SCHEMATHESIS=1 ;;
+    *) echo "setup: unknown argument $arg (expected --k8s-tools, --browser or --schemathesis)" >&2; exit 2 ;;
   esac
 done
 
@@ -62,6 +71,12 @@ if ! command -v psql >/dev/null 2>&1; then
   apt_install postgresql-client
 fi
 
+if [ "$WITH_BROWSER" = 1 ] && { ! command -v chromium >/dev/null 2>&1 ||
+  ! command -v chromedriver >/dev/null 2>&1; }; then
+  say "installing chromium and chromium-driver (the web console's browser tests)"
+  apt_install chromium chromium-driver
+fi
+
 make_venv() {
   if ! python3 -m venv "$1" >&2 2>/dev/null; then
     apt_install python3-venv
@@ -80,16 +95,17 @@ fi
 # googleapis-common-protos >= 1.71.0, zstandard >= 0.25.0, pandas >= 2.2.0, pyarrow >= 18.0.0,
 # numpy >= 1.23.2), pinned; protobuf is pinned to the version pyspark's generated code was made
 # with (6.33.5: older 6.x runtimes refuse to load it). `requests` is for the tests (a REST client
-# as Python users write them). The list is stamped into the virtualenv,
+# as Python users write them), and so is `prometheus-client` (its text-format parser reads
+# /metrics as Prometheus does). The list is stamped into the virtualenv,
 # so changing it reinstalls; the import check is find_spec only, so a cached run stays fast.
 CONNECT_PACKAGES=("pyspark[connect]==$PYSPARK_VERSION" grpcio==1.76.0 grpcio-status==1.76.0
   googleapis-common-protos==1.71.0 protobuf==6.33.5 zstandard==0.25.0
-  pandas==2.3.3 pyarrow==22.0.0 numpy==2.3.5 requests==2.34.2)
+  pandas==2.3.3 pyarrow==22.0.0 numpy==2.3.5 requests==2.34.2 prometheus-client==0.26.0)
 if [ "$(cat "$VENV/.rucat-connect-packages" 2>/dev/null)" != "${CONNECT_PACKAGES[*]}" ] ||
   ! "$VENV/bin/python" -c '
 import sys
 from importlib.util import find_spec
-modules = "grpc grpc_status google.rpc google.protobuf pandas pyarrow zstandard requests".split()
+modules = "grpc grpc_status google.rpc google.protobuf pandas pyarrow zstandard requests prometheus_client".split()
 sys.exit(any(find_spec(m) is None for m in modules))
 ' >/dev/null 2>&1; then
   say "installing the Spark Connect client packages (${CONNECT_PACKAGES[*]}) into $VENV"
@@ -129,6 +145,20 @@ if [ "$WITH_K8S_TOOLS" = 1 ] && { [ ! -x "$K8S_TOOLS/bin/kubernetes-validate" ] 
   "$K8S_TOOLS/bin/pip" install --quiet --disable-pip-version-check --ignore-requires-python \
     $K8S_TOOLS_PACKAGES >&2
   echo "$K8S_TOOLS_PACKAGES" >"$K8S_TOOLS/.rucat-packages"
+fi
+
+# schemathesis, pinned (its command line differs between major versions), and
+# openapi-spec-validator (checks the API's document against the OpenAPI 3.1 specification);
+# stamped like the others, so changing a pin reinstalls.
+SCHEMATHESIS="$CACHE_DIR/schemathesis"
+SCHEMATHESIS_PACKAGES="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
+if [ "$WITH_SCHEMATHESIS" = 1 ] && { [ ! -x "$SCHEMATHESIS/bin/st" ] ||
+  [ "$(cat "$SCHEMATHESIS/.rucat-packages" 2>/dev/null)" != "$SCHEMATHESIS_PACKAGES" ]; }; then
+  say "installing $SCHEMATHESIS_PACKAGES into $SCHEMATHESIS"
+  make_venv "$SCHEMATHESIS"
+  # shellcheck disable=SC2086 # the list is words on purpose
+  "$SCHEMATHESIS/bin/pip" install --quiet --disable-pip-version-check $SCHEMATHESIS_PACKAGES >&2
+  echo "$SCHEMATHESIS_PACKAGES" >"$SCHEMATHESIS/.rucat-packages"
 fi
 
 SPARK_HOME="$("$VENV/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"

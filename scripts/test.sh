@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing (Java, protoc, Spark, PostgreSQL tools),
-# then every test, the end-to-end ones with the real binary and real Spark Connect engines
-# included. PostgreSQL must run at RUCAT_TEST_POSTGRES_URL (default: 127.0.0.1:5432, user
-# postgres, database test); the tests fail, never skip, without it.
+# Runs the whole test suite: installs what is missing (Java, protoc, Spark, PostgreSQL tools,
+# Chromium and its WebDriver for the web console's tests), then every test, the end-to-end ones
+# with the real binary and real Spark Connect engines included. PostgreSQL must run at
+# RUCAT_TEST_POSTGRES_URL (default: 127.0.0.1:5432, user postgres, database test); the tests fail,
+# never skip, without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SPARK_HOME="$(bash scripts/setup.sh --k8s-tools)"
+SPARK_HOME="$(bash scripts/setup.sh --k8s-tools --browser --schemathesis)"
 export SPARK_HOME
 # The Kubernetes manifest tools setup.sh installed (a virtualenv: bin/python runs
 # scripts/k8s_check.py, bin/kubernetes-validate validates what the chart renders).
 export RUCAT_K8S_TOOLS="${RUCAT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rucat}/k8s-tools"
+# schemathesis's virtualenv (bin/st): the OpenAPI test runs it against the real binary.
+export RUCAT_SCHEMATHESIS="${RUCAT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rucat}/schemathesis"
 
 # The PostgreSQL tests create a fresh database per test on this server (and drop it after).
 export RUCAT_TEST_POSTGRES_URL="${RUCAT_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"

@@ -27,7 +27,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::engine::state::monitor_transition;
-use crate::engine::{Actor, Engine, EngineId, EngineSecret, EngineState, MonitorStep};
+use crate::engine::{Actor, Cause, Engine, EngineId, EngineSecret, EngineState, MonitorStep};
+use crate::metrics::{Metrics, StepKind};
 use crate::platform::{Platform, PlatformError, ResourceState};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
@@ -110,6 +111,14 @@ pub enum MonitorError {
     Platform(#[from] PlatformError),
 }
 
+/// A failure the platform reports of an engine, as the message and cause of its event.
+fn platform_failure(message: String) -> (String, Cause) {
+    let cause = Cause::PlatformError {
+        reason: message.clone(),
+    };
+    (message, cause)
+}
+
 /// When to look at an engine again: `None` when it waits for a user.
 type Next = Option<DateTime<Utc>>;
 
@@ -127,6 +136,8 @@ struct Inner {
     finished: Mutex<Finished>,
     /// When steps asked to be looked at again, sooner than the next poll: each is a wake-up.
     next_wake: Mutex<BTreeSet<DateTime<Utc>>>,
+    /// Where passes, steps, claims and transitions are counted (none: metrics are off).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// When each engine's last drive ended, counted in drives ended: a due engine read before its
@@ -156,6 +167,19 @@ fn since(time: DateTime<Utc>) -> Duration {
 
 impl Monitor {
     pub fn new(store: Arc<dyn Store>, platform: Arc<dyn Platform>, config: MonitorConfig) -> Self {
+        Self::with_metrics(store, platform, config, None)
+    }
+
+    /// [`Monitor::new`], counting its passes, steps, claims and transitions in `metrics`.
+    pub fn with_metrics(
+        store: Arc<dyn Store>,
+        platform: Arc<dyn Platform>,
+        config: MonitorConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        if let Some(metrics) = &metrics {
+            metrics.note_monitor();
+        }
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Monitor {
             inner: Arc::new(Inner {
@@ -166,6 +190,7 @@ impl Monitor {
                 in_flight: Mutex::new(HashSet::new()),
                 finished: Mutex::new(Finished::default()),
                 next_wake: Mutex::new(BTreeSet::new()),
+                metrics,
             }),
         }
     }
@@ -193,7 +218,7 @@ impl Monitor {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let mut pause = match self.dispatch(&mut tasks).await {
+            let mut pause = match self.timed_dispatch(&mut tasks).await {
                 Ok(()) => {
                     backoff.reset();
                     self.until_next_wake()
@@ -246,9 +271,33 @@ impl Monitor {
     /// One pass: drives every due engine, and returns once all of them are handled.
     pub async fn pass(&self) -> Result<(), MonitorError> {
         let mut tasks = JoinSet::new();
-        self.dispatch(&mut tasks).await?;
+        self.timed_dispatch(&mut tasks).await?;
         while tasks.join_next().await.is_some() {}
         Ok(())
+    }
+
+    /// [`Monitor::dispatch`], counted and timed as a pass.
+    async fn timed_dispatch(&self, tasks: &mut JoinSet<()>) -> Result<(), MonitorError> {
+        let started = std::time::Instant::now();
+        let result = self.dispatch(tasks).await;
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.pass(started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    /// [`Monitor::step`], counted and timed by kind and outcome.
+    async fn timed_step(&self, engine: &Engine) -> Result<Next, MonitorError> {
+        let started = std::time::Instant::now();
+        let result = self.step(engine).await;
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.step(
+                StepKind::of(engine.state),
+                result.as_ref().err(),
+                started.elapsed(),
+            );
+        }
+        result
     }
 
     fn until_next_wake(&self) -> Duration {
@@ -332,7 +381,7 @@ impl Monitor {
     /// Steps one engine for as long as there is something to do right away.
     async fn drive(&self, mut engine: Engine) {
         for _ in 0..16 {
-            let next = match self.step(&engine).await {
+            let next = match self.timed_step(&engine).await {
                 Ok(next) => next,
                 Err(error) => {
                     self.failed(&engine, &error).await;
@@ -371,6 +420,14 @@ impl Monitor {
             ),
             retry_at: later(wait),
             actor: Some(self.actor()),
+            cause: Some(match error {
+                MonitorError::Platform(error) => Cause::PlatformError {
+                    reason: error.to_string(),
+                },
+                MonitorError::Store(error) => Cause::StoreError {
+                    reason: error.to_string(),
+                },
+            }),
         };
         match self.inner.store.record_failure(&engine.id, &failure).await {
             Ok(Cas::Done) => self.wake_at(failure.retry_at),
@@ -425,7 +482,10 @@ impl Monitor {
             .by(self.actor())
             .fenced(generation);
         transition.error = engine.error.clone();
-        let transition = shape(transition);
+        let mut transition = shape(transition);
+        if transition.cause.is_none() {
+            transition.cause = Some(Cause::monitor(step.as_str()));
+        }
         match self
             .inner
             .store
@@ -434,6 +494,14 @@ impl Monitor {
         {
             Cas::Done => {
                 debug!(engine = %engine.id, %from, %to, generation, "transition");
+                if let Some(metrics) = &self.inner.metrics {
+                    metrics.transition(from, to);
+                    if step == MonitorStep::Claim {
+                        // From when the engine became due (a request, a retry) to its claim.
+                        let due = engine.next_update_time.unwrap_or(engine.update_time);
+                        metrics.claimed(since(due));
+                    }
+                }
                 Ok(true)
             }
             Cas::Conflict(actual) => {
@@ -467,10 +535,16 @@ impl Monitor {
     /// for failed and its pause is over: give the work back, to be claimed anew.
     async fn retry_claim(&self, engine: &Engine) -> Result<Next, MonitorError> {
         let timeout = self.inner.config.trigger_timeout;
-        let why = if engine.failures > 0 {
-            "retrying the failed step".to_owned()
+        let (why, cause) = if engine.failures > 0 {
+            (
+                "retrying the failed step".to_owned(),
+                Cause::monitor("retry"),
+            )
         } else {
-            format!("claim timed out after {timeout:?}; retrying")
+            (
+                format!("claim timed out after {timeout:?}; retrying"),
+                Cause::timeout("claim"),
+            )
         };
         let advanced = self
             .advance(
@@ -485,6 +559,7 @@ impl Monitor {
                     t.only_if_due_by(Utc::now())
                         .due_at(Utc::now())
                         .with_message(why)
+                        .because(cause)
                         .keeping_failures()
                 },
             )
@@ -587,7 +662,12 @@ impl Monitor {
                     claimed.state,
                     claimed.generation,
                     MonitorStep::CreateFailed,
-                    |t| t.with_error(error.to_string()),
+                    |t| {
+                        t.with_error(error.to_string())
+                            .because(Cause::PlatformError {
+                                reason: error.to_string(),
+                            })
+                    },
                 )
                 .await?;
                 Ok(None)
@@ -621,14 +701,14 @@ impl Monitor {
                 }
             }
             ResourceState::Starting => self.still_starting(engine, "not serving yet").await,
-            ResourceState::Failed(message) => Err(message),
-            ResourceState::Gone => {
-                Err("the engine's resource disappeared while starting".to_owned())
-            }
+            ResourceState::Failed(message) => Err(platform_failure(message)),
+            ResourceState::Gone => Err(platform_failure(
+                "the engine's resource disappeared while starting".to_owned(),
+            )),
         };
         match failure {
             Ok(result) => result,
-            Err(message) => self.fail(engine, message).await,
+            Err((message, cause)) => self.fail(engine, message, cause).await,
         }
     }
 
@@ -638,16 +718,19 @@ impl Monitor {
         &self,
         engine: &Engine,
         why: &str,
-    ) -> Result<Result<Next, MonitorError>, String> {
+    ) -> Result<Result<Next, MonitorError>, (String, Cause)> {
         let config = &self.inner.config;
         if since(engine.update_time) < config.start_timeout {
             return Ok(self
                 .reschedule(engine, later(config.start_check_interval))
                 .await);
         }
-        Err(format!(
-            "the engine did not serve within the start timeout of {:?} ({why})",
-            config.start_timeout
+        Err((
+            format!(
+                "the engine did not serve within the start timeout of {:?} ({why})",
+                config.start_timeout
+            ),
+            Cause::timeout("start"),
         ))
     }
 
@@ -661,9 +744,11 @@ impl Monitor {
                     engine.generation,
                     MonitorStep::IdleStop,
                     |t| {
-                        t.due_at(Utc::now()).with_message(format!(
-                            "stopped after {minutes} idle minute(s): no Spark Connect call for {idle:?}"
-                        ))
+                        t.due_at(Utc::now())
+                            .with_message(format!(
+                                "stopped after {minutes} idle minute(s): no Spark Connect call for {idle:?}"
+                            ))
+                            .because(Cause::Idle { minutes })
                     },
                 )
                 .await?;
@@ -692,14 +777,14 @@ impl Monitor {
                 }
             }
             ResourceState::Starting => "its Spark Connect port does not answer".to_owned(),
-            ResourceState::Failed(message) => return self.fail(engine, message).await,
+            ResourceState::Failed(message) => {
+                let (message, cause) = platform_failure(message);
+                return self.fail(engine, message, cause).await;
+            }
             ResourceState::Gone => {
-                return self
-                    .fail(
-                        engine,
-                        "the engine's resource disappeared while running".to_owned(),
-                    )
-                    .await
+                let (message, cause) =
+                    platform_failure("the engine's resource disappeared while running".to_owned());
+                return self.fail(engine, message, cause).await;
             }
         };
         // Failing checks: counted (each an event) until health_timeout, then the engine fails.
@@ -712,6 +797,7 @@ impl Monitor {
                         "the engine did not answer Spark Connect for {failing:?} (health timeout {:?}): {unhealthy}",
                         config.health_timeout
                     ),
+                    Cause::timeout("health"),
                 )
                 .await;
         }
@@ -721,6 +807,7 @@ impl Monitor {
             message: format!("health check failed: {unhealthy}"),
             retry_at: later(config.health_check_interval),
             actor: Some(self.actor()),
+            cause: Some(Cause::HealthCheck { reason: unhealthy }),
         };
         match self
             .inner
@@ -756,7 +843,12 @@ impl Monitor {
         Ok((idle >= timeout).then_some(idle))
     }
 
-    async fn fail(&self, engine: &Engine, message: String) -> Result<Next, MonitorError> {
+    async fn fail(
+        &self,
+        engine: &Engine,
+        message: String,
+        cause: Cause,
+    ) -> Result<Next, MonitorError> {
         warn!(engine = %engine.id, %message, "engine failed");
         let advanced = self
             .advance(
@@ -764,7 +856,7 @@ impl Monitor {
                 engine.state,
                 engine.generation,
                 MonitorStep::Failed,
-                |t| t.due_at(Utc::now()).with_error(message),
+                |t| t.due_at(Utc::now()).with_error(message).because(cause),
             )
             .await?;
         Ok(advanced.then(Utc::now))
@@ -843,6 +935,7 @@ impl Monitor {
                     ),
                     retry_at: recheck,
                     actor: Some(self.actor()),
+                    cause: Some(Cause::timeout("delete")),
                 };
                 return match self
                     .inner
@@ -872,7 +965,7 @@ impl Monitor {
             engine.state,
             engine.generation,
             MonitorStep::DeleteStuck,
-            |t| t.with_error(message),
+            |t| t.with_error(message).because(Cause::timeout("kill")),
         )
         .await?;
         Ok(None)

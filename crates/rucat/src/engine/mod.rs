@@ -47,8 +47,11 @@ pub const MAX_CONFIG_VALUE_LEN: usize = 4096;
 
 /// An engine's id: opaque, URL-safe and unguessable: the 122 random bits of a UUID v4, written as
 /// 32 lowercase hex digits, so that it also fits in file names and DNS labels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[0-9a-f]{32}$", example = "3f9c2a7e5b1d4c8f9a0b6e2d7c4f1a35")]
 pub struct EngineId(String);
 
 impl EngineId {
@@ -110,7 +113,7 @@ impl<'de> Deserialize<'de> for EngineName {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum EngineType {
     Spark,
 }
@@ -206,13 +209,21 @@ fn truncate(s: &str) -> String {
 }
 
 /// The engine a user asks for, already parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineRequest {
+    /// 1 to 128 letters, digits, '-', '_' or '.'.
+    #[schema(value_type = String, min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$", example = "etl-nightly")]
     pub name: EngineName,
     pub engine_type: EngineType,
+    /// One of the Spark versions the server offers (others are answered 422, naming them).
+    #[schema(example = "4.3.0")]
     pub version: String,
+    /// Spark configuration: keys start with `spark.` (at most 128 entries, keys up to 256
+    /// bytes, values up to 4096 bytes without control characters), subject to the server's
+    /// policy.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"spark.executor.memory": "2g"}))]
     pub configs: SparkConf,
     /// Minutes without a Spark Connect call after which the engine is stopped; 0: never.
     /// Absent: the configured default.
@@ -327,7 +338,7 @@ impl IdleTimeouts {
 }
 
 /// An engine as the store keeps it and the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Engine {
     pub id: EngineId,
     pub name: String,
@@ -361,9 +372,15 @@ pub struct Engine {
     pub failing_since: Option<DateTime<Utc>>,
 }
 
-/// One state change in an engine's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry of an engine's history: its creation, a state change, or a failed attempt at a
+/// step (which changes no state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EngineEvent {
+    /// The event's place in the engine's history (increasing; the events' cursor).
+    #[serde(default)]
+    pub id: u64,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
     pub time: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<EngineState>,
@@ -373,10 +390,146 @@ pub struct EngineEvent {
     /// Who caused the change (absent in events recorded before Rucat kept it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
+    /// Why it happened (absent in events recorded before Rucat kept it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+/// What kind of entry an [`EngineEvent`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// The engine was created (its first event).
+    Created,
+    /// The engine moved from one state to another.
+    StateChange,
+    /// An attempt at a step failed; the engine stays where it was and the step is tried again.
+    AttemptFailed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 3] = [
+        EventType::Created,
+        EventType::StateChange,
+        EventType::AttemptFailed,
+    ];
+
+    /// The type of an event that went from `from` (none for the first) to `to`.
+    pub fn of(from: Option<EngineState>, to: EngineState) -> Self {
+        match from {
+            None => EventType::Created,
+            Some(from) if from == to => EventType::AttemptFailed,
+            Some(_) => EventType::StateChange,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "created",
+            EventType::StateChange => "state_change",
+            EventType::AttemptFailed => "attempt_failed",
+        }
+    }
+}
+
+impl FromStr for EventType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "unknown event type {text:?}; expected one of: {}",
+                    EventType::ALL.map(EventType::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// Why an event happened (who did it is its [`Actor`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// A user's request: `create`, `stop`, `restart` or `delete`.
+    User { operation: String },
+    /// A monitor's step in the engine's life (for example `claim`, `created`, `ready`,
+    /// `delete_requested`, `gone`, `retry`).
+    Monitor { step: String },
+    /// A deadline passed: `claim` (a monitor's claim was not finished in time), `start` (the
+    /// engine did not serve in time), `health` (it stopped answering for too long), `delete`
+    /// (its resource was not gone in time, so it is killed) or `kill` (not even then).
+    Timeout { timeout: String },
+    /// The engine had no Spark Connect call for its idle timeout.
+    Idle { minutes: u32 },
+    /// The platform failed or reported the engine failed, and why.
+    PlatformError { reason: String },
+    /// A health check of a running engine failed, and why.
+    HealthCheck { reason: String },
+    /// The store could not be read or written during a step.
+    StoreError { reason: String },
+}
+
+impl Cause {
+    pub fn user(operation: &str) -> Self {
+        Cause::User {
+            operation: operation.to_owned(),
+        }
+    }
+
+    pub fn monitor(step: &str) -> Self {
+        Cause::Monitor {
+            step: step.to_owned(),
+        }
+    }
+
+    pub fn timeout(timeout: &str) -> Self {
+        Cause::Timeout {
+            timeout: timeout.to_owned(),
+        }
+    }
+
+    /// The kind's name, as in JSON (`user`, `monitor`, `timeout`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cause::User { .. } => "user",
+            Cause::Monitor { .. } => "monitor",
+            Cause::Timeout { .. } => "timeout",
+            Cause::Idle { .. } => "idle",
+            Cause::PlatformError { .. } => "platform_error",
+            Cause::HealthCheck { .. } => "health_check",
+            Cause::StoreError { .. } => "store_error",
+        }
+    }
+
+    pub const KINDS: [&'static str; 7] = [
+        "user",
+        "monitor",
+        "timeout",
+        "idle",
+        "platform_error",
+        "health_check",
+        "store_error",
+    ];
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::User { operation } => write!(f, "user {operation}"),
+            Cause::Monitor { step } => write!(f, "monitor step {step}"),
+            Cause::Timeout { timeout } => write!(f, "{timeout} timeout"),
+            Cause::Idle { minutes } => write!(f, "idle for {minutes} minute(s)"),
+            Cause::PlatformError { reason } => write!(f, "platform error: {reason}"),
+            Cause::HealthCheck { reason } => write!(f, "health check failed: {reason}"),
+            Cause::StoreError { reason } => write!(f, "store error: {reason}"),
+        }
+    }
 }
 
 /// Who caused a change: a user (by name), or a monitor (by the name it runs under).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", content = "name", rename_all = "lowercase")]
 pub enum Actor {
     User(String),

@@ -3,111 +3,9 @@
 //! User operations are applied by the server as a compare-and-swap on the store; monitor steps
 //! only by a monitor. Anything not listed here is refused.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-
-/// The states an engine goes through. Their names are what the API and the store show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EngineState {
-    WaitToStart,
-    TriggerStart,
-    StartInProgress,
-    Running,
-    WaitToTerminate,
-    TriggerTermination,
-    TerminateInProgress,
-    Terminated,
-    ErrorWaitToClean,
-    ErrorTriggerClean,
-    ErrorCleanInProgress,
-    ErrorClean,
-}
-
-impl EngineState {
-    pub const ALL: [EngineState; 12] = [
-        EngineState::WaitToStart,
-        EngineState::TriggerStart,
-        EngineState::StartInProgress,
-        EngineState::Running,
-        EngineState::WaitToTerminate,
-        EngineState::TriggerTermination,
-        EngineState::TerminateInProgress,
-        EngineState::Terminated,
-        EngineState::ErrorWaitToClean,
-        EngineState::ErrorTriggerClean,
-        EngineState::ErrorCleanInProgress,
-        EngineState::ErrorClean,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineState::WaitToStart => "WaitToStart",
-            EngineState::TriggerStart => "TriggerStart",
-            EngineState::StartInProgress => "StartInProgress",
-            EngineState::Running => "Running",
-            EngineState::WaitToTerminate => "WaitToTerminate",
-            EngineState::TriggerTermination => "TriggerTermination",
-            EngineState::TerminateInProgress => "TerminateInProgress",
-            EngineState::Terminated => "Terminated",
-            EngineState::ErrorWaitToClean => "ErrorWaitToClean",
-            EngineState::ErrorTriggerClean => "ErrorTriggerClean",
-            EngineState::ErrorCleanInProgress => "ErrorCleanInProgress",
-            EngineState::ErrorClean => "ErrorClean",
-        }
-    }
-
-    /// States in which a platform resource may exist (or is being created or deleted).
-    pub fn may_have_resource(self) -> bool {
-        !matches!(
-            self,
-            EngineState::WaitToStart | EngineState::Terminated | EngineState::ErrorClean
-        )
-    }
-
-    /// States that hold until a user acts: no monitor needs to look at them.
-    pub fn is_settled(self) -> bool {
-        matches!(self, EngineState::Terminated | EngineState::ErrorClean)
-    }
-
-    /// The `Trigger*` states: a monitor has claimed the engine and is working on it.
-    pub fn is_trigger(self) -> bool {
-        self.trigger_retry().is_some()
-    }
-
-    /// For a `Trigger*` state, the `WaitTo*` state it came from (where it goes back to when the
-    /// monitor that claimed it died mid-operation).
-    pub fn trigger_retry(self) -> Option<EngineState> {
-        match self {
-            EngineState::TriggerStart => Some(EngineState::WaitToStart),
-            EngineState::TriggerTermination => Some(EngineState::WaitToTerminate),
-            EngineState::ErrorTriggerClean => Some(EngineState::ErrorWaitToClean),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for EngineState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown engine state \"{0}\"")]
-pub struct UnknownState(pub String);
-
-impl FromStr for EngineState {
-    type Err = UnknownState;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EngineState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| UnknownState(s.to_owned()))
-    }
-}
+/// The states an engine goes through. Their names are what the API and the store show; the
+/// type is the one the API's clients see (`rucat-client`), so that both read states alike.
+pub use rucat_client::{EngineState, UnknownState};
 
 /// What a user can ask of an existing engine (creation has no "from" state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +94,22 @@ impl MonitorStep {
         MonitorStep::IdleStop,
         MonitorStep::DeleteStuck,
     ];
+
+    /// Its name in events (a [`Cause::Monitor`](super::Cause::Monitor) step).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MonitorStep::Claim => "claim",
+            MonitorStep::Created => "created",
+            MonitorStep::CreateFailed => "create_failed",
+            MonitorStep::Ready => "ready",
+            MonitorStep::Failed => "failed",
+            MonitorStep::DeleteRequested => "delete_requested",
+            MonitorStep::Gone => "gone",
+            MonitorStep::TimedOut => "timed_out",
+            MonitorStep::IdleStop => "idle_stop",
+            MonitorStep::DeleteStuck => "delete_stuck",
+        }
+    }
 }
 
 /// The transition a monitor step makes from `state`, or `None` when it does not apply.

@@ -38,14 +38,23 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer's body.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(super) struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
 struct Detail<'a> {
+    /// What went wrong, for programs: `invalid_body`, `invalid_engine`, `config_not_allowed`,
+    /// `invalid_query`, `invalid_cursor`, `method_not_allowed`, `unauthenticated`, `forbidden`,
+    /// `quota_exceeded`, `not_found`, `conflict`, `payload_too_large`, `unprocessable`,
+    /// `unavailable`, …
+    #[schema(example = "not_found")]
     code: &'a str,
+    /// What went wrong, for people.
     message: String,
 }
 

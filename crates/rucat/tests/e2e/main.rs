@@ -1,10 +1,15 @@
 //! End to end: the real `rucat` binary, the local platform, real Spark Connect servers, and a
 //! real Spark Connect client (spark-connect-rs) running queries on them.
 
+mod cli;
+mod client;
 mod harness;
 mod kept;
+mod metrics;
+mod openapi;
 mod promises;
 mod proxy;
+mod ui;
 
 use std::time::Duration;
 
@@ -102,7 +107,7 @@ async fn rest_lifecycle_with_queries() {
         .expect("engine stops again");
     client.delete(&id).await.expect("delete");
     match client.get(&id).await {
-        Err(rucat::client::ClientError::Api { status, .. }) => assert_eq!(status.as_u16(), 404),
+        Err(rucat_client::ClientError::Api { status, .. }) => assert_eq!(status.as_u16(), 404),
         other => panic!("expected 404, got {other:?}"),
     }
     assert!(spark_processes(&id).is_empty());

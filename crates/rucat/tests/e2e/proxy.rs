@@ -150,10 +150,15 @@ async fn the_proxy_lets_the_owner_in_and_refuses_everyone_else() {
     };
     assert!(value("rucat_proxy_streams_total ") > 0);
     assert!(value("rucat_proxy_bytes_total{direction=\"to_client\"} ") > 0);
-    assert!(value("rucat_proxy_refusals_total{code=\"UNAUTHENTICATED\"} ") >= 2);
-    assert!(value("rucat_proxy_refusals_total{code=\"NOT_FOUND\"} ") >= 2);
-    assert!(value("rucat_proxy_refusals_total{code=\"UNAVAILABLE\"} ") >= 1);
-    assert!(value("rucat_proxy_refusals_total{code=\"INVALID_ARGUMENT\"} ") >= 1);
+    let refused = |code: &str, reason: &str| {
+        value(&format!(
+            "rucat_proxy_refusals_total{{code=\"{code}\",reason=\"{reason}\"}} "
+        ))
+    };
+    assert!(refused("UNAUTHENTICATED", "unauthenticated") >= 2);
+    assert!(refused("NOT_FOUND", "not_found") >= 2);
+    assert!(refused("UNAVAILABLE", "not_running") >= 1);
+    assert!(refused("INVALID_ARGUMENT", "no_engine_named") >= 1);
     assert!(!metrics.contains(&id), "no engine ids in the counters");
 
     let (_, answer) = pyspark(&[
@@ -283,7 +288,7 @@ async fn idle_engines_stop_and_busy_ones_do_not() {
     let rucat = Rucat::start_with(options).await;
     let client = rucat.client();
     let id = client
-        .create_with(&rucat::client::CreateRequest {
+        .create_with(&rucat_client::CreateRequest {
             name: "idle".into(),
             version: SPARK_VERSION.into(),
             idle_timeout_minutes: Some(4),
@@ -340,7 +345,12 @@ async fn idle_engines_stop_and_busy_ones_do_not() {
         idle.message.as_deref().unwrap_or_default().contains("idle"),
         "{idle:?}"
     );
-    assert!(matches!(idle.actor, Some(rucat::engine::Actor::Monitor(_))));
+    assert!(matches!(idle.actor, Some(rucat_client::Actor::Monitor(_))));
+    assert_eq!(
+        idle.cause,
+        Some(rucat_client::Cause::Idle { minutes: 4 }),
+        "{idle:?}"
+    );
 }
 
 /// A proxy killed under a connected client: the client gets UNAVAILABLE, works again through
