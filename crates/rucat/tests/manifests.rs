@@ -7,7 +7,8 @@
 //! proxy (TLS or explicitly allowed plaintext, its public URL, no API token, the only clients
 //! the engines admit besides the monitor), least-privilege RBAC, the engines' own
 //! Pod-Security-restricted namespace, their identity-less executors, the NetworkPolicies, the
-//! store URL from a Secret, the pods' security, and a rucat.toml that Rucat's own loader accepts
+//! metrics listener (off by default; on, admitting only its scrapers), the store URL from a
+//! Secret, the pods' security, and a rucat.toml that Rucat's own loader accepts
 //! and that `rucat engine render` turns into objects matching the chart.
 //!
 //! The tools come from the `k8s-tools` virtualenv that `scripts/setup.sh` installs; its path is
@@ -286,6 +287,19 @@ fn rucat_settings_with(
     configmap: &str,
     proxy_listen: Option<&str>,
 ) -> Settings {
+    rucat_settings_over(
+        rendering,
+        configmap,
+        Overrides {
+            proxy_listen: proxy_listen.map(str::to_owned),
+            ..Overrides::default()
+        },
+    )
+}
+
+/// The rendered rucat.toml through Rucat's own loader, under flags or environment variables
+/// (`overrides`; the data directory and the store URL are always given, as in the pods).
+fn rucat_settings_over(rendering: &Rendering, configmap: &str, overrides: Overrides) -> Settings {
     let toml = rendering.get("ConfigMap", configmap)["data"]["rucat.toml"]
         .as_str()
         .expect("rucat.toml");
@@ -298,8 +312,7 @@ fn rucat_settings_with(
         Overrides {
             data_dir: Some("/var/lib/rucat".into()),
             database_url: Some("postgres://rucat@db/rucat".into()),
-            proxy_listen: proxy_listen.map(str::to_owned),
-            ..Overrides::default()
+            ..overrides
         },
         file,
     )
@@ -377,8 +390,18 @@ struct Expect<'a> {
     database_secret: (&'a str, &'a str),
     /// The Secret and key of the tokens file, when there is one.
     tokens_secret: Option<(&'a str, &'a str)>,
+    /// The metrics listener, when metrics.enabled.
+    metrics: Option<MetricsExpect>,
     /// The Spark Connect proxy, when the chart runs it.
     proxy: Option<ProxyExpect<'a>>,
+}
+
+/// What the chart's metrics listener is expected to be.
+struct MetricsExpect {
+    /// metrics.port.
+    port: u16,
+    /// metrics.from: the peers each role's NetworkPolicy admits to that port.
+    from: Value,
 }
 
 /// What the chart's proxy is expected to be.
@@ -699,6 +722,8 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
     assert_eq!(service["spec"]["ports"][0]["port"], 3000);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
 
+    check_metrics(r, e, &settings);
+
     // The proxy.
     let proxy = format!("{fullname}-proxy");
     match &e.proxy {
@@ -770,6 +795,138 @@ fn check_common(r: &Rendering, e: &Expect<'_>) -> Settings {
     settings
 }
 
+/// The metrics listener. With metrics.enabled: every role's container has RUCAT_METRICS_LISTEN,
+/// which Rucat resolves over the rendered rucat.toml to a listener on the metrics port, and a
+/// port named metrics; each role's NetworkPolicy admits exactly metrics.from on that port, in a
+/// rule of its own, and the monitor's nothing else. Without: none of it, and the monitor serves
+/// no port and admits nothing.
+fn check_metrics(r: &Rendering, e: &Expect<'_>, settings: &Settings) {
+    let mut components = vec!["server", "monitor"];
+    if e.proxy.is_some() {
+        components.push("proxy");
+    }
+    for component in components {
+        let name = format!("{}-{component}", e.fullname);
+        let container = r.container(&name);
+        let listen = container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|v| v["name"] == "RUCAT_METRICS_LISTEN");
+        let ports: Vec<&Value> = container["ports"]
+            .as_array()
+            .map(|ports| ports.iter().collect())
+            .unwrap_or_default();
+        let metrics_ports: Vec<&Value> = ports
+            .iter()
+            .copied()
+            .filter(|p| p["name"] == "metrics")
+            .collect();
+        let policy = r.find("NetworkPolicy", &name);
+        assert_eq!(
+            policy.is_some(),
+            settings.kubernetes.network_policy.is_some(),
+            "a NetworkPolicy for the {component} exactly with networkPolicy.enabled"
+        );
+        let rules: Vec<&Value> = policy
+            .and_then(|p| p["spec"]["ingress"].as_array())
+            .map(|rules| rules.iter().collect())
+            .unwrap_or_default();
+        match &e.metrics {
+            None => {
+                assert!(listen.is_none(), "no metrics listener in the {component}");
+                assert!(
+                    metrics_ports.is_empty(),
+                    "no metrics port in the {component}"
+                );
+                assert!(
+                    settings.metrics.listen.is_none(),
+                    "no [metrics] listen in the file"
+                );
+                if component == "monitor" {
+                    assert!(
+                        container.get("ports").is_none(),
+                        "the monitor serves no port"
+                    );
+                    if let Some(policy) = policy {
+                        assert!(
+                            policy["spec"].get("ingress").is_none(),
+                            "no ingress to the monitor: {policy}"
+                        );
+                    }
+                } else if policy.is_some() {
+                    assert_eq!(rules.len(), 1, "the {component}'s own port only");
+                }
+            }
+            Some(metrics) => {
+                let address = format!("0.0.0.0:{}", metrics.port);
+                assert_eq!(
+                    listen.map(|v| &v["value"]),
+                    Some(&json!(address)),
+                    "the {component}'s metrics listener"
+                );
+                // As the role resolves it: the variable over the rendered rucat.toml (an
+                // environment variable beats the file).
+                let resolved = rucat_settings_over(
+                    r,
+                    &format!("{}-config", e.fullname),
+                    Overrides {
+                        metrics_listen: Some(address.clone()),
+                        ..Overrides::default()
+                    },
+                );
+                assert!(resolved.metrics.enabled, "metrics are kept");
+                assert_eq!(
+                    resolved.metrics.listen,
+                    Some(address.parse().expect("an address")),
+                    "Rucat opens the listener on the metrics port"
+                );
+                assert_eq!(
+                    metrics_ports,
+                    [&json!({"name": "metrics", "containerPort": metrics.port, "protocol": "TCP"})],
+                    "the {component}'s metrics port"
+                );
+                assert_eq!(
+                    ports
+                        .iter()
+                        .filter(|p| p["containerPort"] == metrics.port)
+                        .count(),
+                    1,
+                    "no other port of the {component} is the metrics port"
+                );
+                if policy.is_some() {
+                    let expected = json!({
+                        "ports": [{"port": metrics.port, "protocol": "TCP"}],
+                        "from": metrics.from,
+                    });
+                    let on_metrics: Vec<&Value> = rules
+                        .iter()
+                        .copied()
+                        .filter(|rule| {
+                            rule["ports"].as_array().is_none_or(|ports| {
+                                ports
+                                    .iter()
+                                    .any(|p| p["port"] == metrics.port || p["port"] == "metrics")
+                            })
+                        })
+                        .collect();
+                    assert_eq!(
+                        on_metrics,
+                        [&expected],
+                        "the {component}'s metrics port admits exactly metrics.from, alone"
+                    );
+                    let own = usize::from(component != "monitor");
+                    assert_eq!(
+                        rules.len(),
+                        own + 1,
+                        "the {component} admits its own port and the metrics port only"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The Spark Connect proxy: its pods (the engine-access label, no API token, the tokens file and
 /// TLS mounted as directories, probes on its port), its Service, NetworkPolicy and disruption
 /// budget, and its settings as Rucat resolves them, with and without its --proxy-listen flag.
@@ -803,10 +960,11 @@ fn check_proxy(r: &Rendering, e: &Expect<'_>, expected: &ProxyExpect<'_>, settin
         container["args"],
         json!(["proxy", "--proxy-listen", "0.0.0.0:15002"])
     );
-    assert_eq!(
-        container["ports"],
-        json!([{"name": "grpc", "containerPort": 15002, "protocol": "TCP"}])
-    );
+    let mut ports = vec![json!({"name": "grpc", "containerPort": 15002, "protocol": "TCP"})];
+    if let Some(metrics) = &e.metrics {
+        ports.push(json!({"name": "metrics", "containerPort": metrics.port, "protocol": "TCP"}));
+    }
+    assert_eq!(container["ports"], Value::Array(ports));
     let scheme = if expected.tls_secret.is_some() {
         "HTTPS"
     } else {
@@ -919,7 +1077,11 @@ fn check_proxy(r: &Rendering, e: &Expect<'_>, expected: &ProxyExpect<'_>, settin
         );
         assert_eq!(spec["policyTypes"], json!(["Ingress"]));
         let ingress = spec["ingress"].as_array().expect("ingress");
-        assert_eq!(ingress.len(), 1);
+        assert_eq!(
+            ingress.len(),
+            1 + usize::from(e.metrics.is_some()),
+            "the Spark Connect port (and the metrics port) only"
+        );
         assert_eq!(
             ingress[0]["ports"],
             json!([{"port": 15002, "protocol": "TCP"}]),
@@ -1001,6 +1163,7 @@ fn chart_lints_clean_in_strict_mode() {
         ],
         vec![DATABASE_URL, &tokens[0], PROXY_INGRESS, INGRESS_NGINX],
         vec![DATABASE_URL, &tokens[0], "proxy.enabled=false"],
+        vec![DATABASE_URL, &tokens[0], PROXY_TLS, "metrics.enabled=true"],
     ] {
         let output = k8s_check(&with_sets(vec!["lint", chart], &sets));
         assert!(
@@ -1031,6 +1194,7 @@ fn default_rendering_is_valid_and_least_privileged() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: None,
             proxy: PROXY_TLS_EXPECT,
         },
     );
@@ -1217,6 +1381,7 @@ fn tokens_from_values_are_quoted_for_rucats_loader() {
             engine_namespace: "ops-rucat-engines",
             database_secret: ("rucat-db", "url"),
             tokens_secret: Some(("ops-rucat-auth", "tokens.toml")),
+            metrics: None,
             proxy: PROXY_TLS_EXPECT,
         },
     );
@@ -1267,6 +1432,7 @@ fn engines_in_their_own_namespace_rendering_is_valid() {
             engine_namespace: "spark-engines",
             database_secret: ("rucat-db", "url"),
             tokens_secret: Some(("rucat-tokens", "tokens")),
+            metrics: None,
             proxy: PROXY_TLS_EXPECT,
         },
     );
@@ -1317,6 +1483,7 @@ fn existing_engine_namespace_rendering_is_valid() {
             engine_namespace: "spark",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: None,
             proxy: PROXY_TLS_EXPECT,
         },
     );
@@ -1359,6 +1526,7 @@ fn resource_quota_rendering_is_valid() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: None,
             proxy: PROXY_TLS_EXPECT,
         },
     );
@@ -1399,6 +1567,7 @@ fn jwt_only_rendering_is_valid() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: None,
+            metrics: None,
             proxy: PROXY_TLS_EXPECT,
         },
     );
@@ -1473,6 +1642,7 @@ fn proxy_behind_an_ingress_rendering_is_valid() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: None,
             proxy: Some(ProxyExpect {
                 // Clients reach the Ingress over TLS: use_ssl is added.
                 public_url: "sc://spark.example.com:443/;use_ssl=true",
@@ -1545,6 +1715,7 @@ fn proxy_load_balancer_rendering_is_valid() {
             engine_namespace: "prod-rucat-engines",
             database_secret: ("rucat-db", "url"),
             tokens_secret: None,
+            metrics: None,
             proxy: Some(ProxyExpect {
                 public_url: "sc://spark.example.com:443/;use_ssl=true",
                 tls_secret: Some("spark-example-tls"),
@@ -1621,6 +1792,7 @@ fn rendering_without_the_proxy_is_valid() {
             engine_namespace: "rucat-engines",
             database_secret: ("rucat-database", "url"),
             tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: None,
             proxy: None,
         },
     );
@@ -1635,6 +1807,189 @@ fn rendering_without_the_proxy_is_valid() {
     assert!(settings.proxy.tls.is_none() && !settings.proxy.allow_plaintext);
     assert_eq!(r.of_kind("Deployment").len(), 2);
     assert_eq!(r.of_kind("PodDisruptionBudget").len(), 2);
+}
+
+/// Metrics on: every role opens the metrics listener (an environment variable, beating a
+/// `[metrics] listen` of extraConfig), serves it on a port named metrics, carries
+/// metrics.podAnnotations (its own podAnnotations winning), and each role's NetworkPolicy admits
+/// exactly metrics.from on that port; the monitor nothing else.
+#[test]
+fn metrics_rendering_is_valid_and_admits_only_the_scrapers() {
+    let tokens = token_sets();
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let values = dir.path().join("metrics.yaml");
+    std::fs::write(
+        &values,
+        r#"metrics:
+  enabled: true
+  port: 9100
+  from:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: observability
+      podSelector:
+        matchLabels:
+          app: prometheus
+    - ipBlock:
+        cidr: 10.20.0.0/16
+  podAnnotations:
+    prometheus.io/scrape: "true"
+    prometheus.io/port: "9100"
+    prometheus.io/path: /metrics
+monitor:
+  podAnnotations:
+    prometheus.io/scrape: "false"
+extraConfig: |
+  [metrics]
+  listen = "127.0.0.1:9464"
+"#,
+    )
+    .expect("write the values");
+    let values = values.to_str().expect("a UTF-8 path");
+    let r = render_with(
+        "rucat",
+        "rucat",
+        &with_sets(
+            vec!["-f", values],
+            &[DATABASE_URL, &tokens[0], &tokens[1], PROXY_TLS],
+        ),
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    let from = json!([
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+            "podSelector": {"matchLabels": {"app": "prometheus"}},
+        },
+        {"ipBlock": {"cidr": "10.20.0.0/16"}},
+    ]);
+    let settings = check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: Some(MetricsExpect {
+                port: 9100,
+                from: from.clone(),
+            }),
+            proxy: PROXY_TLS_EXPECT,
+        },
+    );
+    // The file alone would open the listener on loopback: the variable wins.
+    assert_eq!(
+        settings.metrics.listen,
+        Some("127.0.0.1:9464".parse().expect("an address"))
+    );
+    assert_eq!(r.of_kind("NetworkPolicy").len(), 4);
+    assert_eq!(
+        r.get("NetworkPolicy", "rucat-monitor")["spec"]["ingress"],
+        json!([{"ports": [{"port": 9100, "protocol": "TCP"}], "from": from}]),
+        "the monitor admits the scrapers, on the metrics port, and nothing else"
+    );
+    for (component, scrape) in [("server", "true"), ("monitor", "false"), ("proxy", "true")] {
+        let annotations = &r.get("Deployment", &format!("rucat-{component}"))["spec"]["template"]
+            ["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], scrape, "{component}");
+        assert_eq!(annotations["prometheus.io/port"], "9100", "{component}");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics", "{component}");
+        assert!(
+            annotations["checksum/config"].is_string(),
+            "{component}: the config checksum stays"
+        );
+    }
+    let notes = r.notes();
+    for needed in [
+        "the server, monitor and proxy pods serve GET /metrics on port 9100",
+        "the metrics port 9100 of the server, monitor and proxy pods admits only the peers of",
+        "annotations (prometheus.io/path, prometheus.io/port, prometheus.io/scrape)",
+        "Only the peers of metrics.from may connect.",
+    ] {
+        assert!(notes.contains(needed), "the notes say {needed:?}:\n{notes}");
+    }
+
+    // The defaults (port 9090, a Prometheus in "monitoring"), without NetworkPolicies and
+    // without the proxy: the listener in the server and the monitor, no policy at all.
+    let r = render(
+        "rucat",
+        "rucat",
+        &[
+            DATABASE_URL,
+            &tokens[0],
+            "proxy.enabled=false",
+            "networkPolicy.enabled=false",
+            "metrics.enabled=true",
+        ],
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    check_common(
+        &r,
+        &Expect {
+            release: "rucat",
+            release_namespace: "rucat",
+            fullname: "rucat",
+            engine_namespace: "rucat-engines",
+            database_secret: ("rucat-database", "url"),
+            tokens_secret: Some(("rucat-auth", "tokens.toml")),
+            metrics: Some(MetricsExpect {
+                port: 9090,
+                from: json!([{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+                }]),
+            }),
+            proxy: None,
+        },
+    );
+    assert!(r.of_kind("NetworkPolicy").is_empty());
+    for component in ["server", "monitor"] {
+        let annotations = &r.get("Deployment", &format!("rucat-{component}"))["spec"]["template"]
+            ["metadata"]["annotations"];
+        assert_eq!(
+            annotations.as_object().map(|a| a.len()),
+            Some(1),
+            "no metrics.podAnnotations by default: {annotations}"
+        );
+    }
+    let notes = r.notes();
+    assert!(
+        notes.contains("the server and monitor pods serve GET /metrics on port 9090"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("every pod of the cluster can read the metrics"),
+        "{notes}"
+    );
+
+    // With the default peers and NetworkPolicies, the notes say who they admit.
+    let r = render(
+        "rucat",
+        "rucat",
+        &[DATABASE_URL, &tokens[0], PROXY_TLS, "metrics.enabled=true"],
+    );
+    assert!(
+        r.notes().contains("app.kubernetes.io/name=prometheus"),
+        "{}",
+        r.notes()
+    );
+    // A port a role already listens on is refused, saying why.
+    for port in ["3000", "15002"] {
+        let stderr = render_fails(&[
+            DATABASE_URL,
+            &tokens[0],
+            PROXY_TLS,
+            "metrics.enabled=true",
+            &format!("metrics.port={port}"),
+        ]);
+        assert!(
+            stderr.contains(&format!(
+                "metrics.port is {port}, a port Rucat already listens on"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
@@ -1792,9 +2147,55 @@ fn misspelled_values_are_refused() {
             "auth.existingSecret=t,idle.maxMinute=60",
             "'maxMinute' not allowed",
         ),
+        (
+            "auth.existingSecret=t,metrics.enable=true",
+            "'enable' not allowed",
+        ),
+        (
+            "auth.existingSecret=t,metrics.port=nine",
+            "at '/metrics/port': got string, want integer",
+        ),
+        (
+            "auth.existingSecret=t,metrics.port=70000",
+            "at '/metrics/port': maximum",
+        ),
+        (
+            "auth.existingSecret=t,metrics.port=0",
+            "at '/metrics/port': minimum",
+        ),
+        (
+            "auth.existingSecret=t,metrics.podAnnotations.prometheus\\.io/port=9090",
+            "at '/metrics/podAnnotations/prometheus.io~1port': got number, want string",
+        ),
     ] {
         let stderr = render_fails(&[set]);
         assert!(stderr.contains(refused), "{set}: {stderr}");
+    }
+    // Values files: an empty metrics.from (it would admit every source) and an empty peer.
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    for (from, refused) in [
+        ("[]", "at '/metrics/from': minItems"),
+        ("[{}]", "at '/metrics/from/0': minProperties"),
+    ] {
+        let values = dir.path().join("metrics.yaml");
+        std::fs::write(
+            &values,
+            format!("metrics:\n  enabled: true\n  from: {from}\n"),
+        )
+        .expect("write the values");
+        let chart = chart();
+        let output = k8s_check(&[
+            "template",
+            chart.to_str().expect("a UTF-8 path"),
+            dir.path().join("out").to_str().expect("a UTF-8 path"),
+            "--set",
+            "auth.existingSecret=t",
+            "-f",
+            values.to_str().expect("a UTF-8 path"),
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(refused), "metrics.from {from}: {stderr}");
     }
 }
 

@@ -172,6 +172,61 @@ peers of the static engine NetworkPolicy.
     secretKeyRef:
       name: {{ include "rucat.databaseSecretName" . }}
       key: {{ include "rucat.databaseSecretKey" . }}
+{{- if .Values.metrics.enabled }}
+# The metrics listener (GET /metrics only, no authentication, aggregates only). An environment
+# variable: it beats a [metrics] listen of extraConfig.
+- name: RUCAT_METRICS_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The metrics listener's port, with metrics.enabled: not one the roles listen on already (the
+REST port 3000, the Spark Connect port 15002), where the listener could not bind.
+*/}}
+{{- define "rucat.checkMetrics" -}}
+{{- if and .Values.metrics.enabled (has (int .Values.metrics.port) (list 3000 15002)) -}}
+{{- fail (printf "metrics.port is %d, a port Rucat already listens on (3000: REST, 15002: Spark Connect): choose another, e.g. 9090" (int .Values.metrics.port)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The metrics listener's container port, with metrics.enabled (argument: $). */}}
+{{- define "rucat.metricsContainerPort" -}}
+{{- if .Values.metrics.enabled -}}
+- name: metrics
+  containerPort: {{ int .Values.metrics.port }}
+  protocol: TCP
+{{- end -}}
+{{- end -}}
+
+{{/*
+A NetworkPolicy ingress rule admitting metrics.from on the metrics port, with metrics.enabled
+(argument: $).
+*/}}
+{{- define "rucat.metricsIngressRule" -}}
+{{- if .Values.metrics.enabled -}}
+# Prometheus: the metrics listener only, from metrics.from only.
+- ports:
+    - port: {{ int .Values.metrics.port }}
+      protocol: TCP
+  from:
+    {{- toYaml .Values.metrics.from | nindent 4 }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A role's pod annotations beyond the config checksum: its own podAnnotations and, with
+metrics.enabled, metrics.podAnnotations (the role's own win on the same key). Argument:
+(dict "ctx" $ "own" .Values.<role>.podAnnotations).
+*/}}
+{{- define "rucat.podAnnotations" -}}
+{{- $annotations := deepCopy (.own | default dict) -}}
+{{- if .ctx.Values.metrics.enabled -}}
+{{- $annotations = merge $annotations (deepCopy (.ctx.Values.metrics.podAnnotations | default dict)) -}}
+{{- end -}}
+{{- with $annotations -}}
+{{- toYaml . -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "rucat.volumeMounts" -}}
