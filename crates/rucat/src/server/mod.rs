@@ -35,7 +35,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct ApiContext {
     pub store: Arc<dyn Store>,
-    /// Who is asking: every route but `/healthz` and `/readyz` requires a caller.
+    /// Who is asking: every route but `/healthz`, `/readyz`, `/openapi.json` and the web
+    /// console's files (`/ui`) requires a caller.
     pub auth: Arc<Authenticator>,
     pub policy: Arc<ConfPolicy>,
     pub quotas: Arc<Quotas>,

@@ -400,8 +400,9 @@ async fn run_schemathesis(
 async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document() {
     let Server { rucat, alice, root } = server().await;
 
-    // A user: the bulk of the cases.
-    let user = run_schemathesis(&rucat, "user", Some(&format!("Bearer {alice}")), 300).await;
+    // A user: the bulk of the cases (300 examples an operation gave 2,515 to 3,231 of them;
+    // 400 leave a margin over the 2,000 asked for).
+    let user = run_schemathesis(&rucat, "user", Some(&format!("Bearer {alice}")), 400).await;
     // The stateful phase followed the links through an engine's life.
     for (operation, status) in [
         ("POST /engines", 201),
