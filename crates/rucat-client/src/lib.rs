@@ -121,8 +121,17 @@ pub enum ClientError {
     UnusableToken,
     /// spark-connect-rs could not connect, or the engine refused the session.
     #[cfg(feature = "spark")]
+    /// (Not a `source`: the message already holds it, and a report of the chain would say it
+    /// twice.)
     #[error("Spark Connect: {0}")]
-    Spark(#[from] spark_connect_rs::errors::SparkError),
+    Spark(spark_connect_rs::errors::SparkError),
+}
+
+#[cfg(feature = "spark")]
+impl From<spark_connect_rs::errors::SparkError> for ClientError {
+    fn from(error: spark_connect_rs::errors::SparkError) -> Self {
+        ClientError::Spark(error)
+    }
 }
 
 impl ClientError {

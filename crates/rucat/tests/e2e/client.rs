@@ -142,6 +142,20 @@ async fn the_client_crate_and_engine_sql_query_an_engine_for_its_owner_only() {
         "{}",
         stderr(&wrong)
     );
+    // Spark's message is said once, not again as the error's cause.
+    let spark_says = stderr(&wrong)
+        .split("Spark Connect: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(!spark_says.is_empty(), "{}", stderr(&wrong));
+    assert_eq!(
+        stderr(&wrong).matches(spark_says.as_str()).count(),
+        1,
+        "{}",
+        stderr(&wrong)
+    );
     let bob_sql = rucat.cli_as(Some(&bob), &["engine", "sql", engine.id(), "SELECT 1"]);
     assert!(!bob_sql.status.success());
     assert!(
