@@ -613,3 +613,11 @@ async fn events_name_their_cause_and_are_filtered_and_paginated() {
         assert!(error_message(&body).contains(names), "{query}: {body}");
     }
 }
+
+#[tokio::test]
+async fn without_authentication_everyone_is_the_anonymous_admin() {
+    let app = spawn_api(None).await;
+    let (status, me) = get_json(&app, "/me").await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me, json!({"user": "anonymous", "role": "admin"}));
+}

@@ -135,6 +135,7 @@ fn routes(id: &str) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, format!("/engines/{id}/logs"), None),
         (Method::GET, format!("/engines/{id}/events"), None),
         (Method::GET, "/versions".into(), None),
+        (Method::GET, "/me".into(), None),
     ]
 }
 
@@ -741,4 +742,20 @@ fn configured_hashes_are_only_hashes() {
     assert_eq!(TokenHash::of(&token), entry.hash);
     let map: BTreeMap<String, Vec<BTreeMap<String, String>>> = toml::from_str(&text).expect("toml");
     assert_eq!(map["tokens"][0]["hash"].len(), "sha256:".len() + 64);
+}
+
+#[tokio::test]
+async fn me_names_the_caller_and_their_role() {
+    let (app, users, _dir) = app_with("").await;
+    for (token, expected) in [
+        (&users.alice, json!({"user": "alice", "role": "user"})),
+        (&users.bob, json!({"user": "bob", "role": "user"})),
+        (&users.root, json!({"user": "root", "role": "admin"})),
+    ] {
+        let (status, _, body) = call(&app, Method::GET, "/me", Some(&bearer(token)), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, expected);
+    }
+    let (status, _, body) = call(&app, Method::GET, "/me", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }

@@ -31,7 +31,9 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const MAX_USER_LEN: usize = 256;
 
 /// What a user may do: their own engines (`user`), or every engine (`admin`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]

@@ -84,6 +84,7 @@ pub fn router(context: ApiContext) -> Router {
         .merge(engines::router())
         .merge(ui::router())
         .route("/versions", get(versions))
+        .route("/me", get(me))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::openapi_json_route))
@@ -185,6 +186,34 @@ struct Versions {
 async fn versions(State(context): State<ApiContext>, Caller(_): Caller) -> Json<Versions> {
     Json(Versions {
         versions: context.versions.to_vec(),
+    })
+}
+
+/// Who the caller is, as Rucat sees them.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Me {
+    /// The user name: the owner of the engines the caller creates (`anonymous` without
+    /// authentication).
+    #[schema(example = "alice")]
+    user: String,
+    /// `user`: their own engines only; `admin`: every engine.
+    #[schema(example = "user")]
+    role: crate::auth::Role,
+}
+
+/// Who the caller is: their user name and role (what the web console shows once signed in).
+#[utoipa::path(
+    get,
+    path = "/me",
+    operation_id = "whoAmI",
+    tag = "service",
+    responses((status = 200, description = "The caller's user name and role", body = Me)),
+    security(("bearer" = [])),
+)]
+async fn me(Caller(caller): Caller) -> Json<Me> {
+    Json(Me {
+        user: caller.user,
+        role: caller.role,
     })
 }
 

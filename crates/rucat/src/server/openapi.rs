@@ -39,6 +39,7 @@ const BEARER: &str = "bearer";
         engines::logs,
         engines::events,
         super::versions,
+        super::me,
         super::metrics_page,
         super::healthz,
         super::readyz,
@@ -48,7 +49,7 @@ const BEARER: &str = "bearer";
     modifiers(&Contract),
     tags(
         (name = "engines", description = "Spark Connect engines: create, read, list, stop, restart, delete, logs, events"),
-        (name = "service", description = "The server itself: health, readiness, versions, metrics, this document"),
+        (name = "service", description = "The server itself: health, readiness, versions, the caller, metrics, this document"),
     ),
 )]
 struct ApiDoc;

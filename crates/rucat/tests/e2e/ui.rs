@@ -411,6 +411,7 @@ async fn web_console_signs_in_creates_watches_stops_and_deletes() {
     browser.click("#sign-in").await;
     browser.wait_displayed("#list-view", true).await;
     browser.wait_displayed("#no-engines", true).await;
+    browser.wait_text("#who", "signed in as alice").await;
     let stored = browser
         .script("return sessionStorage.getItem('rucat.token');", json!([]))
         .await;
@@ -610,6 +611,7 @@ async fn web_console_signs_in_creates_watches_stops_and_deletes() {
     // An admin sees everyone's engines, with their owners.
     browser.type_into("#token-input", &root).await;
     browser.click("#sign-in").await;
+    browser.wait_text("#who", "signed in as root (admin)").await;
     let bobs_row = format!("#engine-rows tr[data-id='{bobs}']");
     browser
         .wait_text(&format!("{bobs_row} .owner"), "bob")

@@ -560,6 +560,10 @@
   async function enter() {
     setSignedIn();
     try {
+      const me = await api("GET", "/me");
+      if (!state.anonymous) {
+        setText($("who"), `signed in as ${me.user}${me.role === "admin" ? " (admin)" : ""}`);
+      }
       await loadVersions();
     } catch (error) {
       handle(error);
