@@ -307,14 +307,20 @@ struct Run {
     seen: BTreeSet<(String, String, u16)>,
 }
 
-/// Runs schemathesis against the server's own document: every phase (examples, coverage,
-/// fuzzing, stateful), positive and negative data, `max_examples` per operation, with
+/// Every phase.
+const ALL_PHASES: &str = "examples,coverage,fuzzing,stateful";
+
+/// Runs schemathesis against the server's own document: the `phases` (examples, coverage,
+/// fuzzing, stateful), positive and negative data, `max_examples` per operation (and, with
+/// `max_time`, fuzzing and stateful scenarios repeated for that many seconds), with
 /// `authorization` or without a credential. Fails on any failure or error it reports.
 async fn run_schemathesis(
     rucat: &Rucat,
     name: &str,
     authorization: Option<&str>,
+    phases: &str,
     max_examples: u32,
+    max_time: Option<u32>,
 ) -> Run {
     let reports = report_dir();
     let junit = reports.join(format!("{name}.junit.xml"));
@@ -324,7 +330,7 @@ async fn run_schemathesis(
         .arg("run")
         .arg(format!("http://{}/openapi.json", rucat.addr))
         .args(["--checks", CHECKS, "--mode", "all"])
-        .args(["--phases", "examples,coverage,fuzzing,stateful"])
+        .args(["--phases", phases])
         .args(["--max-examples", &max_examples.to_string()])
         // One worker: hypothesis' lambda introspection is not thread-safe on Python 3.11.
         .args(["--workers", "1", "--request-timeout", "30"])
@@ -339,6 +345,9 @@ async fn run_schemathesis(
         .kill_on_drop(true);
     if let Some(value) = authorization {
         command.args(["-H", &format!("Authorization: {value}")]);
+    }
+    if let Some(seconds) = max_time {
+        command.args(["--max-time", &seconds.to_string()]);
     }
     let output = command.output().await.expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -402,8 +411,27 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
 
     // A user: the bulk of the cases (300 examples an operation gave 2,515 to 3,231 of them;
     // 400 leave a margin over the 2,000 asked for).
-    let user = run_schemathesis(&rucat, "user", Some(&format!("Bearer {alice}")), 400).await;
-    // The stateful phase followed the links through an engine's life.
+    let user = run_schemathesis(
+        &rucat,
+        "user",
+        Some(&format!("Bearer {alice}")),
+        ALL_PHASES,
+        400,
+        None,
+    )
+    .await;
+    // The stateful phase follows the links through an engine's life. Its scenarios are drawn
+    // at random, and a run of all phases makes only a score of them (once none happened to
+    // delete an engine it could delete): a stateful run of its own repeats them for 20 s.
+    let stateful = run_schemathesis(
+        &rucat,
+        "stateful",
+        Some(&format!("Bearer {alice}")),
+        "stateful",
+        400,
+        Some(20),
+    )
+    .await;
     for (operation, status) in [
         ("POST /engines", 201),
         ("GET /engines/{id}", 200),
@@ -412,10 +440,11 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
         ("DELETE /engines/{id}", 204),
     ] {
         assert!(
-            user.seen
+            stateful
+                .seen
                 .contains(&("stateful".to_owned(), operation.to_owned(), status)),
             "the stateful phase never got {status} from {operation}: {:?}",
-            user.seen
+            stateful.seen
         );
     }
     // Negative data was sent, and refused as documented.
@@ -429,15 +458,31 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
         .any(|(_, op, status)| op == "GET /engines" && *status == 403));
 
     // An admin: /metrics and other owners answer.
-    let admin = run_schemathesis(&rucat, "admin", Some(&format!("Bearer {root}")), 25).await;
+    let admin = run_schemathesis(
+        &rucat,
+        "admin",
+        Some(&format!("Bearer {root}")),
+        ALL_PHASES,
+        25,
+        None,
+    )
+    .await;
     assert!(admin
         .seen
         .iter()
         .any(|(_, op, status)| op == "GET /metrics" && *status == 200));
 
     // No credential, then a refused one: 401 everywhere but the public routes, never a 5xx.
-    let anonymous = run_schemathesis(&rucat, "anonymous", None, 25).await;
-    let refused = run_schemathesis(&rucat, "refused", Some("Bearer rucat_not-a-token"), 25).await;
+    let anonymous = run_schemathesis(&rucat, "anonymous", None, ALL_PHASES, 25, None).await;
+    let refused = run_schemathesis(
+        &rucat,
+        "refused",
+        Some("Bearer rucat_not-a-token"),
+        ALL_PHASES,
+        25,
+        None,
+    )
+    .await;
     for run in [&anonymous, &refused] {
         assert!(run
             .seen
