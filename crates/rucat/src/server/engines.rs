@@ -248,8 +248,7 @@ async fn list(
     Caller(caller): Caller,
     params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EnginePage>, ApiError> {
-    let Query(params) = params
-        .map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let Query(params) = params.map_err(|rejection| invalid_query(rejection.body_text()))?;
     let mut query = ListQuery {
         owner: None,
         state: None,
@@ -261,33 +260,16 @@ async fn list(
             "state" => {
                 let state = value
                     .parse::<EngineState>()
-                    .map_err(|error| ApiError::bad_request("invalid_query", error.to_string()))?;
+                    .map_err(|error| invalid_query(error.to_string()))?;
                 query.state = Some(state);
             }
-            "limit" => {
-                query.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|limit| (1..=crate::store::MAX_PAGE).contains(limit))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_query",
-                            format!(
-                                "limit must be a whole number from 1 to {}, not {value:?}",
-                                crate::store::MAX_PAGE
-                            ),
-                        )
-                    })?;
-            }
+            "limit" => query.limit = parse_limit(&value, crate::store::MAX_PAGE)?,
             "cursor" => query.cursor = Some(value),
             "owner" => query.owner = Some(value),
             other => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!(
-                        "unknown query parameter {other:?}; known: state, owner, limit, cursor"
-                    ),
-                ))
+                return Err(invalid_query(format!(
+                    "unknown query parameter {other:?}; known: state, owner, limit, cursor"
+                )))
             }
         }
     }
@@ -553,6 +535,19 @@ fn invalid_query(message: String) -> ApiError {
     ApiError::bad_request("invalid_query", message)
 }
 
+/// A page size: a whole number from 1 to `most`.
+fn parse_limit(value: &str, most: u32) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=most).contains(limit))
+        .ok_or_else(|| {
+            invalid_query(format!(
+                "limit must be a whole number from 1 to {most}, not {value:?}"
+            ))
+        })
+}
+
 /// A comma-separated list of non-empty values.
 fn listed(key: &str, value: &str) -> Result<Vec<String>, ApiError> {
     let items: Vec<String> = value
@@ -597,15 +592,8 @@ impl EventQuery {
                     query.causes = Some(causes);
                 }
                 "limit" => {
-                    query.limit = value
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|limit| (1..=MAX_EVENTS).contains(limit))
-                        .ok_or_else(|| {
-                            invalid_query(format!(
-                                "limit must be a whole number from 1 to {MAX_EVENTS}, not {value:?}"
-                            ))
-                        })?;
+                    let most = u32::try_from(MAX_EVENTS).unwrap_or(u32::MAX);
+                    query.limit = parse_limit(&value, most)? as usize;
                 }
                 "cursor" => {
                     query.after = value.parse::<u64>().map_err(|_| {
