@@ -28,7 +28,7 @@ use rsa::traits::PublicKeyParts;
 use rucat::auth::jwt::{JwksSource, JwtConfig, JwtVerifier};
 use rucat::auth::token::{self, TokenEntry, TokenHash};
 use rucat::auth::{AuthConfig, Authenticator, Role};
-use rucat::engine::{Engine, EngineId, EngineState};
+use rucat::engine::{Engine, EngineId, EngineName, EngineState, EngineType};
 use rucat::server::{self, ApiContext};
 use rucat::shutdown;
 use rucat::store::sqlite::SqliteStore;
@@ -59,9 +59,10 @@ fn seed_engine(i: usize) -> Engine {
     let now = Utc::now();
     Engine {
         id: EngineId::generate(),
-        name: format!("bench-{i:05}"),
+        name: EngineName::parse(&format!("bench-{i:05}"))
+            .unwrap_or_else(|_| unreachable!("bench-NNNNN is a valid engine name")),
         owner: USER.to_owned(),
-        engine_type: "Spark".to_owned(),
+        engine_type: EngineType::Spark,
         version: "4.3.0".to_owned(),
         state: EngineState::Running,
         error: None,

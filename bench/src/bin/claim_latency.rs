@@ -47,6 +47,10 @@ struct Recording {
 
 #[async_trait]
 impl Platform for Recording {
+    fn versions(&self) -> &[String] {
+        self.inner.versions()
+    }
+
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         let _ = self.created.send((engine.id.clone(), Instant::now()));
         self.inner.create(engine).await

@@ -2,16 +2,20 @@
 //! real SQLite store holding `--engines` engines, against a bare axum handler that serializes the
 //! same engine record from memory, on the same kind of route. A third server, "store", is the
 //! bare handler reading the engine from the same store (`Store::get`) instead of memory, so that
-//! the store's share of the gap shows apart from the router's. All servers run in one process,
-//! on one server runtime; the load generator runs on its own runtime (its own threads), so that
-//! every server faces the same client. Every round runs each server once; the order rotates.
+//! the store's share of the gap shows apart from the router's. A fourth, "rucat-pg", is the real
+//! router over a PostgreSQL store (a scratch database holding the same engines, dropped at the
+//! end). All servers run in one process, on one server runtime; the load generator runs on its
+//! own runtime (its own threads), so that every server faces the same client. Every round runs
+//! each server once; the order rotates.
 //!
 //! The load generator: `--connections` keep-alive HTTP/1.1 connections (hyper), one task each,
 //! sending one request at a time for `--round-secs`; connection `c` cycles over the ids starting
 //! at `c`.
 //!
 //! Flags: `--rounds N` (default 5), `--round-secs S` (5), `--warmup-secs S` (2),
-//! `--connections N` (32), `--engines N` (1000), `--server-threads N` (1), `--client-threads N` (1).
+//! `--connections N` (32), `--engines N` (1000), `--server-threads N` (1), `--client-threads N` (1),
+//! `--postgres true|false` (true), `--postgres-url URL` (default `$RUCAT_TEST_POSTGRES_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/test`; a scratch database is created on it and dropped).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,20 +27,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use hyper::StatusCode;
-use rucat::engine::{Engine, EngineId, EngineState};
+use rucat::engine::{Engine, EngineId, EngineName, EngineState, EngineType};
 use rucat::server::{self, ApiContext};
 use rucat::shutdown;
+use rucat::store::postgres::{PostgresStore, ScratchDatabase};
 use rucat::store::sqlite::SqliteStore;
-use rucat::store::Store;
+use rucat::store::{Store, StoreOptions};
 use rucat_bench::http_load::{load, Error, Round};
-use rucat_bench::{flag, machine_line, median, print_table};
+use rucat_bench::{flag, machine_line, median, postgres_admin_url, print_table};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
-/// The servers, in the order of the table's columns.
-const TARGETS: [&str; 3] = ["bare", "store", "rucat"];
+/// The servers, in the order of the table's columns (the last only with PostgreSQL).
+const TARGETS: [&str; 4] = ["bare", "store", "rucat", "rucat-pg"];
 const BARE: usize = 0;
 const RUCAT: usize = 2;
+const RUCAT_PG: usize = 3;
 
 fn runtime(name: &str, threads: usize) -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -50,9 +56,10 @@ fn seed_engine(i: usize) -> Engine {
     let now = Utc::now();
     Engine {
         id: EngineId::generate(),
-        name: format!("bench-{i:05}"),
+        name: EngineName::parse(&format!("bench-{i:05}"))
+            .unwrap_or_else(|_| unreachable!("bench-NNNNN is a valid engine name")),
         owner: rucat::auth::ANONYMOUS.to_owned(),
-        engine_type: "Spark".to_owned(),
+        engine_type: EngineType::Spark,
         version: "4.3.0".to_owned(),
         state: EngineState::Running,
         error: None,
@@ -98,21 +105,34 @@ fn serve_on(listener: TcpListener, router: Router, shutdown: shutdown::Shutdown)
     });
 }
 
-/// Starts the servers (on the current runtime); returns their addresses (in the order of
-/// [`TARGETS`]) and the paths to GET.
-async fn start_servers(
-    dir: &std::path::Path,
-    engines: usize,
-    shutdown: shutdown::Shutdown,
-) -> Result<([SocketAddr; 3], Vec<String>), Error> {
-    let url = format!("sqlite://{}", dir.join("rucat.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await?);
+/// Inserts `engines` seeded engines into `store`; returns the paths to GET.
+async fn seed(store: &dyn Store, engines: usize) -> Result<Vec<String>, Error> {
     let mut paths = Vec::with_capacity(engines);
     for i in 0..engines.max(1) {
         let engine = seed_engine(i);
         store.insert(&engine).await?;
         paths.push(format!("/engines/{}", engine.id));
     }
+    Ok(paths)
+}
+
+/// The servers, started on the current runtime: their addresses (in the order of [`TARGETS`];
+/// "rucat-pg" only when a PostgreSQL scratch database is given) and the paths to GET on each.
+struct Servers {
+    addrs: Vec<SocketAddr>,
+    paths: Vec<Arc<Vec<String>>>,
+}
+
+/// Starts the servers (on the current runtime).
+async fn start_servers(
+    dir: &std::path::Path,
+    engines: usize,
+    postgres: Option<&ScratchDatabase>,
+    shutdown: shutdown::Shutdown,
+) -> Result<Servers, Error> {
+    let url = format!("sqlite://{}", dir.join("rucat.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await?);
+    let paths = Arc::new(seed(store.as_ref(), engines).await?);
     let first = EngineId::parse(paths[0].trim_start_matches("/engines/")).ok_or("bad id")?;
     let sample = store.get(&first).await?.ok_or("seeded engine missing")?;
 
@@ -133,8 +153,23 @@ async fn start_servers(
     let rucat_listener = TcpListener::bind("127.0.0.1:0").await?;
     let rucat_addr = rucat_listener.local_addr()?;
     let context = ApiContext::new(store, vec!["4.3.0".to_owned()]);
-    tokio::spawn(server::serve(rucat_listener, context, shutdown));
-    Ok(([bare_addr, store_addr, rucat_addr], paths))
+    tokio::spawn(server::serve(rucat_listener, context, shutdown.clone()));
+    let mut servers = Servers {
+        addrs: vec![bare_addr, store_addr, rucat_addr],
+        paths: vec![paths.clone(), paths.clone(), paths],
+    };
+
+    if let Some(scratch) = postgres {
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::open(scratch.url(), &StoreOptions::default()).await?);
+        let paths = Arc::new(seed(store.as_ref(), engines).await?);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        servers.addrs.push(listener.local_addr()?);
+        servers.paths.push(paths);
+        let context = ApiContext::new(store, vec!["4.3.0".to_owned()]);
+        tokio::spawn(server::serve(listener, context, shutdown));
+    }
+    Ok(servers)
 }
 
 fn main() -> Result<(), Error> {
@@ -145,36 +180,58 @@ fn main() -> Result<(), Error> {
     let engines: usize = flag("engines", 1000);
     let server_threads: usize = flag("server-threads", 1);
     let client_threads: usize = flag("client-threads", 1);
+    let with_postgres: bool = flag("postgres", true);
 
     let server_rt = runtime("server", server_threads)?;
     let client_rt = runtime("client", client_threads)?;
     let dir = tempfile::tempdir()?;
+    let admin_url = postgres_admin_url();
+    let scratch = if with_postgres {
+        Some(
+            server_rt
+                .block_on(ScratchDatabase::create(&admin_url, "bench_get"))
+                .map_err(|e| {
+                    format!(
+                        "cannot create a scratch database through {} (or pass --postgres false): {e}",
+                        rucat::store::redact(&admin_url)
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
     let (trigger, shutdown) = shutdown::channel();
-    let (addrs, paths) = server_rt.block_on(start_servers(dir.path(), engines, shutdown))?;
-    let paths = Arc::new(paths);
+    let servers = server_rt.block_on(start_servers(
+        dir.path(),
+        engines,
+        scratch.as_ref(),
+        shutdown,
+    ))?;
+    let targets = servers.addrs.len();
 
     let run = |target: usize, secs: f64| -> Result<Round, Error> {
         client_rt.block_on(load(
-            addrs[target],
-            paths.clone(),
+            servers.addrs[target],
+            servers.paths[target].clone(),
             connections,
             Duration::from_secs_f64(secs),
             None,
         ))
     };
 
-    for target in 0..TARGETS.len() {
+    for target in 0..targets {
         run(target, warmup_secs)?;
     }
     let mut table = Vec::new();
-    let mut rates: [Vec<f64>; 3] = Default::default();
-    let mut sizes = [0.0; 3];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets];
+    let mut sizes = vec![0.0; targets];
     let mut ratios = Vec::new();
+    let mut pg_ratios = Vec::new();
     for r in 0..rounds {
         // The order rotates every round, so that no server always follows the same one.
-        let mut rate = [0.0; 3];
-        for k in 0..TARGETS.len() {
-            let target = (r + k) % TARGETS.len();
+        let mut rate = vec![0.0; targets];
+        for k in 0..targets {
+            let target = (r + k) % targets;
             let round = run(target, round_secs)?;
             rate[target] = round.rate();
             sizes[target] = round.bytes as f64 / round.requests.max(1) as f64;
@@ -182,55 +239,61 @@ fn main() -> Result<(), Error> {
         }
         let ratio = rate[RUCAT] / rate[BARE];
         ratios.push(ratio);
-        let order: Vec<&str> = (0..TARGETS.len())
-            .map(|k| TARGETS[(r + k) % TARGETS.len()])
-            .collect();
+        let order: Vec<&str> = (0..targets).map(|k| TARGETS[(r + k) % targets]).collect();
         let mut row = vec![(r + 1).to_string(), order.join(", ")];
         row.extend(rate.iter().map(|v| format!("{v:.0}")));
         row.push(format!("{ratio:.2}"));
+        if targets > RUCAT_PG {
+            let pg_ratio = rate[RUCAT_PG] / rate[BARE];
+            pg_ratios.push(pg_ratio);
+            row.push(format!("{pg_ratio:.2}"));
+        }
         table.push(row);
     }
 
     trigger.fire();
     drop(client_rt);
     server_rt.shutdown_timeout(Duration::from_secs(5));
+    drop(scratch);
 
+    let stores = if targets > RUCAT_PG {
+        "SQLite (rucat-pg: PostgreSQL)"
+    } else {
+        "SQLite"
+    };
     println!(
-        "### get_throughput — {rounds} rounds of {round_secs} s per server, {connections} keep-alive connections, {engines} engines in SQLite; server runtime {server_threads} thread(s), client runtime {client_threads} thread(s); {}\n",
+        "### get_throughput — {rounds} rounds of {round_secs} s per server, {connections} keep-alive connections, {engines} engines in {stores}; server runtime {server_threads} thread(s), client runtime {client_threads} thread(s); {}\n",
         machine_line()
     );
-    print_table(
-        &[
-            "round",
-            "order",
-            "bare req/s",
-            "store req/s",
-            "rucat req/s",
-            "rucat / bare",
-        ],
-        &table,
-    );
+    let mut headers: Vec<String> = vec!["round".into(), "order".into()];
+    headers.extend(TARGETS[..targets].iter().map(|t| format!("{t} req/s")));
+    headers.push("rucat / bare".into());
+    if targets > RUCAT_PG {
+        headers.push("rucat-pg / bare".into());
+    }
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    print_table(&headers, &table);
     println!();
+
     let medians: Vec<f64> = rates.iter().map(|r| median(r)).collect();
     let mut median_row = vec!["median req/s".to_owned()];
     median_row.extend(medians.iter().map(|m| format!("{m:.0}")));
     median_row.push(format!("{:.2}", medians[RUCAT] / medians[BARE]));
+    let mut per_round_row = vec!["median of per-round ratios".to_owned()];
+    per_round_row.extend((0..targets).map(|_| String::new()));
+    per_round_row.push(format!("{:.2}", median(&ratios)));
     let mut size_row = vec!["response body bytes".to_owned()];
     size_row.extend(sizes.iter().map(|s| format!("{s:.0}")));
     size_row.push(String::new());
-    print_table(
-        &["", "bare", "store", "rucat", "rucat / bare"],
-        &[
-            median_row,
-            vec![
-                "median of per-round rucat / bare".to_owned(),
-                String::new(),
-                String::new(),
-                String::new(),
-                format!("{:.2}", median(&ratios)),
-            ],
-            size_row,
-        ],
-    );
+    let mut headers: Vec<&str> = vec![""];
+    headers.extend(&TARGETS[..targets]);
+    headers.push("rucat / bare");
+    if targets > RUCAT_PG {
+        headers.push("rucat-pg / bare");
+        median_row.push(format!("{:.2}", medians[RUCAT_PG] / medians[BARE]));
+        per_round_row.push(format!("{:.2}", median(&pg_ratios)));
+        size_row.push(String::new());
+    }
+    print_table(&headers, &[median_row, per_round_row, size_row]);
     Ok(())
 }

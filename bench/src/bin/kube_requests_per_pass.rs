@@ -60,6 +60,9 @@ struct Counting {
 
 #[async_trait]
 impl Platform for Counting {
+    fn versions(&self) -> &[String] {
+        self.inner.versions()
+    }
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         self.inner.create(engine).await
     }

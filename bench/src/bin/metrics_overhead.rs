@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rucat::engine::{Engine, EngineId, EngineState};
+use rucat::engine::{Engine, EngineId, EngineName, EngineState, EngineType};
 use rucat::metrics::Metrics;
 use rucat::server::{self, ApiContext};
 use rucat::shutdown;
@@ -51,9 +51,10 @@ fn seed_engine(i: usize, state: EngineState) -> Engine {
     let now = Utc::now();
     Engine {
         id: EngineId::generate(),
-        name: format!("bench-{i:05}"),
+        name: EngineName::parse(&format!("bench-{i:05}"))
+            .unwrap_or_else(|_| unreachable!("bench-NNNNN is a valid engine name")),
         owner: rucat::auth::ANONYMOUS.to_owned(),
-        engine_type: "Spark".to_owned(),
+        engine_type: EngineType::Spark,
         version: "4.3.0".to_owned(),
         state,
         error: None,

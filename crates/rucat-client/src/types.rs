@@ -3,6 +3,10 @@
 //! These types follow the server's answers without depending on the server: fields a newer
 //! server adds are kept in [`Engine::other`] rather than refused, and an event cause or type
 //! this client does not know reads as `Unknown`.
+//!
+//! [`Created`], [`EnginePage`], [`Logs`] and [`Events`] are the server's too: it writes them with
+//! its own types in their type parameters (its engine id, engine and event records, log source),
+//! and this client reads them with the defaults (text, and the types here).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -170,40 +174,66 @@ pub struct Engine {
 
 /// `POST /engines`: the new engine's id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Created {
-    pub id: String,
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(description = "The new engine's id.")
+)]
+pub struct Created<Id = String> {
+    pub id: Id,
 }
 
-/// `GET /engines`: a page of engines, oldest first.
+/// `GET /engines`: a page of engines, oldest first. `next_cursor` is what to pass as
+/// [`ListRequest::cursor`](crate::ListRequest::cursor) for the next page (`None` on the last).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnginePage {
-    pub engines: Vec<Engine>,
-    /// Pass as [`ListRequest::cursor`](crate::ListRequest::cursor) for the next page; `None` on
-    /// the last one.
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(description = "A page of engines, oldest first.")
+)]
+pub struct EnginePage<E = Engine> {
+    pub engines: Vec<E>,
+    /// Pass as `cursor` for the next page; null on the last page.
     #[serde(default)]
     pub next_cursor: Option<String>,
 }
 
-/// `GET /engines/{id}/logs`: the driver's log.
+/// `GET /engines/{id}/logs`: the driver's log. `source` is `live` (read from the running
+/// engine), `kept` (saved when it stopped) or `none`; read as text here, so that a source a
+/// newer server names is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Logs {
-    /// `live` (read from the running engine), `kept` (saved when it stopped) or `none`.
-    pub source: String,
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(description = "The tail of an engine's driver log.")
+)]
+pub struct Logs<Source = String> {
+    pub source: Source,
     pub log: String,
 }
 
-/// `GET /engines/{id}/events`: a page of an engine's history, oldest first.
+/// `GET /engines/{id}/events`: a page of an engine's history, oldest first. `next_cursor` is
+/// what to pass as [`EventsRequest::cursor`](crate::EventsRequest::cursor) for the next page
+/// (`None` on the last).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Events {
-    pub events: Vec<EngineEvent>,
-    /// Pass as [`EventsRequest::cursor`](crate::EventsRequest::cursor) for the next page; `None`
-    /// on the last one.
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(description = "A page of an engine's history, oldest first.")
+)]
+pub struct Events<E = EngineEvent> {
+    pub events: Vec<E>,
+    /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
 
 /// One entry of an engine's history: its creation, a state change, or a failed attempt at a
 /// step (which changes no state).
+///
+/// The server keeps a copy of its own of this type and of [`EventType`], [`Actor`] and
+/// [`Cause`], without the `Unknown` variants: these are the reader's side, which takes what a
+/// newer server adds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineEvent {
     /// The event's place in the engine's history (increasing).

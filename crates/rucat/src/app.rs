@@ -15,7 +15,7 @@ use crate::monitor::Monitor;
 use crate::platform::kubernetes::KubernetesPlatform;
 use crate::platform::local::LocalPlatform;
 use crate::platform::simulated::SimulatedPlatform;
-use crate::platform::{Platform, PlatformError};
+use crate::platform::{DriverLogs, Platform, PlatformError};
 use crate::proxy::{Proxy, ProxyConfig, ProxyError};
 use crate::retry::Backoff;
 use crate::server::{self, ApiContext};
@@ -123,29 +123,24 @@ async fn open_store(settings: &Settings, roles: Roles) -> Result<Arc<dyn Store>,
     }
 }
 
-/// The platform engines run on, and the Spark versions it offers.
-async fn open_platform(settings: &Settings) -> Result<(Arc<dyn Platform>, Vec<String>), AppError> {
+/// The platform engines run on.
+async fn open_platform(settings: &Settings) -> Result<Arc<dyn Platform>, AppError> {
     Ok(match settings.platform {
         PlatformKind::Local => {
             let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;
-            let platform = LocalPlatform::new(
+            Arc::new(LocalPlatform::new(
                 spark_home,
                 settings.data_dir.clone(),
                 settings.local_master.clone(),
-            )?;
-            let versions = vec![platform.version().to_owned()];
-            (Arc::new(platform), versions)
+            )?)
         }
         PlatformKind::Kubernetes => {
-            let platform = KubernetesPlatform::connect(settings.kubernetes.clone()).await?;
-            let versions = platform.versions().to_vec();
-            (Arc::new(platform), versions)
+            Arc::new(KubernetesPlatform::connect(settings.kubernetes.clone()).await?)
         }
         PlatformKind::Simulated => {
             let platform = SimulatedPlatform::new(&settings.data_dir, settings.simulated.clone())?;
             warn!("platform \"simulated\": engines run nowhere; creates and deletes are only written down");
-            let versions = platform.versions().to_vec();
-            (Arc::new(platform), versions)
+            Arc::new(platform)
         }
     })
 }
@@ -181,7 +176,8 @@ impl Application {
         let store = open_store(settings, roles).await?;
         // The proxy needs no platform: it reaches engines at the address the store records.
         let (platform, versions) = if roles.server || roles.monitor {
-            let (platform, versions) = open_platform(settings).await?;
+            let platform = open_platform(settings).await?;
+            let versions = platform.versions().to_vec();
             (Some(platform), versions)
         } else {
             (None, Vec::new())
@@ -274,7 +270,9 @@ impl Application {
                 public_url: Arc::new(public_url),
                 idle: settings.idle,
                 versions: Arc::new(versions),
-                live_logs: platform.clone(),
+                live_logs: platform
+                    .clone()
+                    .map(|platform| platform as Arc<dyn DriverLogs>),
                 metrics: metrics.clone(),
             };
             (Some(listener), Some(context))

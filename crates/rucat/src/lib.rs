@@ -4,6 +4,10 @@
 //! configuration policy), [`store`] (engine records), [`platform`] (where engines run),
 //! [`monitor`] (the reconciler), [`server`] (the REST API) and [`app`] (wiring). The
 //! client of the REST API is the `rucat-client` crate.
+//!
+//! The `testing` feature adds test support for this crate's tests and the benchmarks: the store
+//! conformance suite (`store::conformance`), an in-memory platform (`platform::memory`) and
+//! scratch PostgreSQL databases (`store::postgres::ScratchDatabase`).
 
 pub mod app;
 pub mod auth;
@@ -18,3 +22,4 @@ pub mod server;
 pub mod shutdown;
 pub mod spark_connect;
 pub mod store;
+pub mod text;

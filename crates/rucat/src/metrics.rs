@@ -7,6 +7,8 @@
 //! page is read, with one `GROUP BY` query. Nothing recorded names an engine, a user or a raw
 //! path: HTTP requests are labelled with the route's template (`/engines/{id}`).
 
+mod settings;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -21,11 +23,11 @@ use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
 use crate::engine::{Engine, EngineId, EngineState};
-use crate::monitor::MonitorError;
 use crate::platform::{Platform, PlatformError, ResourceState};
 use crate::proxy::activity::Activity;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
+pub use settings::{MetricsArgs, MetricsConfig, MetricsFile};
 
 /// The content type of the text format.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -257,11 +259,18 @@ const STEP_ERRORS: [&str; 7] = [
     "platform_io",
 ];
 
-fn step_error_index(error: Option<&MonitorError>) -> usize {
+/// What a failed monitor step failed on (its `error` label).
+#[derive(Debug, Clone, Copy)]
+pub enum StepFailure<'a> {
+    Store,
+    Platform(&'a PlatformError),
+}
+
+fn step_error_index(error: Option<StepFailure<'_>>) -> usize {
     match error {
         None => 0,
-        Some(MonitorError::Store(_)) => 1,
-        Some(MonitorError::Platform(error)) => match error {
+        Some(StepFailure::Store) => 1,
+        Some(StepFailure::Platform(error)) => match error {
             PlatformError::Create(_) => 2,
             PlatformError::Delete(_) => 3,
             PlatformError::Inspect(_) => 4,
@@ -433,7 +442,7 @@ impl Metrics {
     }
 
     /// One monitor step, and how it ended.
-    pub fn step(&self, kind: StepKind, error: Option<&MonitorError>, duration: Duration) {
+    pub fn step(&self, kind: StepKind, error: Option<StepFailure<'_>>, duration: Duration) {
         let k = kind as usize;
         self.steps[k * STEP_ERRORS.len() + step_error_index(error)].fetch_add(1, Ordering::Relaxed);
         self.step_duration[k].observe(duration);
@@ -775,6 +784,10 @@ impl InstrumentedPlatform {
 
 #[async_trait]
 impl Platform for InstrumentedPlatform {
+    fn versions(&self) -> &[String] {
+        self.inner.versions()
+    }
+
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         let started = Instant::now();
         let result = self.inner.create(engine).await;

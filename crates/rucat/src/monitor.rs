@@ -17,6 +17,8 @@
 //! not remove it, the engine takes its error path naming the stuck resource while the orphan scan
 //! keeps at it. A Running engine that stops answering Spark Connect for `health_timeout` fails.
 
+mod settings;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,11 +30,12 @@ use tracing::{debug, info, warn};
 
 use crate::engine::state::monitor_transition;
 use crate::engine::{Actor, Cause, Engine, EngineId, EngineSecret, EngineState, MonitorStep};
-use crate::metrics::{Metrics, StepKind};
+use crate::metrics::{Metrics, StepFailure, StepKind};
 use crate::platform::{Platform, PlatformError, ResourceState};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use crate::store::{Cas, Failure, Reschedule, Store, StoreError, Transition, MAX_KEPT_LOG};
+pub use settings::MonitorFile;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorConfig {
@@ -109,6 +112,16 @@ pub enum MonitorError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Platform(#[from] PlatformError),
+}
+
+impl MonitorError {
+    /// What the step failed on, for metrics.
+    fn failure(&self) -> StepFailure<'_> {
+        match self {
+            MonitorError::Store(_) => StepFailure::Store,
+            MonitorError::Platform(error) => StepFailure::Platform(error),
+        }
+    }
 }
 
 /// A failure the platform reports of an engine, as the message and cause of its event.
@@ -293,7 +306,7 @@ impl Monitor {
         if let Some(metrics) = &self.inner.metrics {
             metrics.step(
                 StepKind::of(engine.state),
-                result.as_ref().err(),
+                result.as_ref().err().map(MonitorError::failure),
                 started.elapsed(),
             );
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_connect::FakeSparkConnect;
+use common::process::{cli, OnDrop, Process, Spawn};
 use common::{
     assert_delete_escalated, assert_failed_after_health_timeout, engine_events, run, spawn_api,
     stop_monitor, until, TestApp, VERSION,
@@ -913,10 +914,11 @@ async fn orphan_pods_are_deleted_and_foreign_pods_left_alone() {
     assert_eq!(left, expected);
 }
 
-/// The real `rucat` binary with `--platform kubernetes`, its kubeconfig pointing at the double.
+/// The real `rucat` binary with `--platform kubernetes`, its kubeconfig pointing at the double;
+/// killed when dropped.
 struct Binary {
+    process: Process,
     dir: tempfile::TempDir,
-    child: std::process::Child,
     server: String,
     proxy: u16,
 }
@@ -929,21 +931,8 @@ impl Binary {
         double
             .write_kubeconfig(&dir.path().join("kubeconfig"), NS)
             .expect("kubeconfig");
-        std::fs::write(
-            dir.path().join("rucat.toml"),
-            format!(
-                "platform = \"kubernetes\"\n\
-                 [kubernetes]\nversions = [\"{VERSION}\"]\nconnect_address = \"{}\"\n\
-                 [kubernetes.network_policy]\n\
-                 connect_from = [{{ namespace = \"rucat\", pod_labels = {{ \"rucat.io/engine-access\" = \"true\" }} }}]\n\
-                 [monitor]\npoll_interval_ms = 100\nstart_check_interval_ms = 50\n",
-                connect.addr
-            ),
-        )
-        .expect("config");
-        let log = std::fs::File::create(dir.path().join("rucat.log")).expect("log");
         // Port 0: rucat binds free ports and names them in its log.
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
+        let mut process = Spawn::new("rucat serve", dir.path().join("rucat.log"))
             .args([
                 "serve",
                 "--listen",
@@ -953,60 +942,44 @@ impl Binary {
                 "--data-dir",
             ])
             .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(dir.path().join("rucat.toml"))
+            .config(
+                dir.path().join("rucat.toml"),
+                &format!(
+                    "platform = \"kubernetes\"\n\
+                     [kubernetes]\nversions = [\"{VERSION}\"]\nconnect_address = \"{}\"\n\
+                     [kubernetes.network_policy]\n\
+                     connect_from = [{{ namespace = \"rucat\", pod_labels = {{ \"rucat.io/engine-access\" = \"true\" }} }}]\n\
+                     [monitor]\npoll_interval_ms = 100\nstart_check_interval_ms = 50\n",
+                    connect.addr
+                ),
+            )
             .env("KUBECONFIG", dir.path().join("kubeconfig"))
-            .env("RUCAT_LOG", "info,rucat=debug")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start rucat serve");
-        let mut binary = Binary {
+            .on_drop(OnDrop::Kill)
+            .start();
+        let proxy = process
+            .wait_listening("Spark Connect proxy", Duration::from_secs(30))
+            .await;
+        let server = process.wait_ready(Duration::from_secs(30)).await;
+        Binary {
+            process,
             dir,
-            child,
-            server: String::new(),
-            proxy: 0,
-        };
-        for _ in 0..300 {
-            let log = binary.log();
-            if let (Some(server), Some(proxy)) = (
-                e2e::listening(&log, "REST API"),
-                e2e::listening(&log, "Spark Connect proxy"),
-            ) {
-                binary.server = format!("http://{server}");
-                binary.proxy = proxy.port();
-                let client = rucat_client::Client::new(&binary.server, None);
-                if client.list(None, Some(1), None).await.is_ok() {
-                    return binary;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            server: format!("http://{server}"),
+            proxy: proxy.port(),
         }
-        panic!("rucat serve did not answer: {}", binary.log());
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("rucat.log")).unwrap_or_default()
+        self.process.log()
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
-            .args(args)
+        cli(args)
             .arg("--config")
             .arg(self.dir.path().join("rucat.toml"))
             .env("RUCAT_SERVER", &self.server)
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
-            .stdin(std::process::Stdio::null())
             .output()
             .expect("run the rucat CLI")
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1190,7 +1163,7 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
     let probe_port = container["readinessProbe"]["tcpSocket"]["port"]
         .as_i64()
         .expect("a probe port");
-    let connect_port = e2e::free_port();
+    let connect_port = common::process::free_port();
     let swaps = [
         (
             "k8s://https://kubernetes.default.svc:443".to_owned(),

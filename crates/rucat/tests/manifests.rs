@@ -22,9 +22,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use rucat::auth::token::{TokenHash, TokenStore};
 use rucat::auth::Role;
-use rucat::config::{FileConfig, Overrides, PlatformKind, Settings};
+use rucat::config::{FileConfig, PlatformKind, RoleArgs, Settings};
 use rucat::engine::IdleTimeouts;
+use rucat::metrics::MetricsArgs;
 use rucat::platform::kubernetes::Peer;
+use rucat::proxy::ProxyArgs;
+use rucat::store::DatabaseArgs;
 use serde_json::{json, Value};
 
 /// Kubernetes versions every rendering is validated against: the chart's kubeVersion floor
@@ -290,16 +293,18 @@ fn rucat_settings_with(
     rucat_settings_over(
         rendering,
         configmap,
-        Overrides {
-            proxy_listen: proxy_listen.map(str::to_owned),
-            ..Overrides::default()
+        RoleArgs {
+            proxy: ProxyArgs {
+                proxy_listen: proxy_listen.map(str::to_owned),
+            },
+            ..RoleArgs::default()
         },
     )
 }
 
 /// The rendered rucat.toml through Rucat's own loader, under flags or environment variables
 /// (`overrides`; the data directory and the store URL are always given, as in the pods).
-fn rucat_settings_over(rendering: &Rendering, configmap: &str, overrides: Overrides) -> Settings {
+fn rucat_settings_over(rendering: &Rendering, configmap: &str, overrides: RoleArgs) -> Settings {
     let toml = rendering.get("ConfigMap", configmap)["data"]["rucat.toml"]
         .as_str()
         .expect("rucat.toml");
@@ -309,9 +314,12 @@ fn rucat_settings_over(rendering: &Rendering, configmap: &str, overrides: Overri
     let file = FileConfig::load(&path)
         .unwrap_or_else(|error| panic!("Rucat refuses the chart's rucat.toml: {error}\n{toml}"));
     Settings::resolve(
-        Overrides {
+        RoleArgs {
             data_dir: Some("/var/lib/rucat".into()),
-            database_url: Some("postgres://rucat@db/rucat".into()),
+            database: DatabaseArgs {
+                database_url: Some("postgres://rucat@db/rucat".into()),
+                ..overrides.database
+            },
             ..overrides
         },
         file,
@@ -870,9 +878,12 @@ fn check_metrics(r: &Rendering, e: &Expect<'_>, settings: &Settings) {
                 let resolved = rucat_settings_over(
                     r,
                     &format!("{}-config", e.fullname),
-                    Overrides {
-                        metrics_listen: Some(address.clone()),
-                        ..Overrides::default()
+                    RoleArgs {
+                        metrics: MetricsArgs {
+                            metrics_listen: Some(address.clone()),
+                            ..MetricsArgs::default()
+                        },
+                        ..RoleArgs::default()
                     },
                 );
                 assert!(resolved.metrics.enabled, "metrics are kept");

@@ -2,16 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use rucat::config::{FileConfig, Overrides, Settings};
-use rucat::engine::{EngineId, EngineName, SparkConf};
-use rucat::platform::kubernetes::{objects, DriverSpec};
+use rucat::config::{ClientSettings, FileConfig};
+use rucat::engine::admission::{Admission, Inadmissible};
+use rucat::engine::{EngineId, EngineName, EngineRequest, EngineType, SparkConf};
+use rucat::platform::kubernetes::{is_dns_label, objects, DriverSpec, KubernetesConfig};
 use rucat_client::{Client, CreateRequest, Engine, EngineState, EventsRequest, ListRequest};
-use secrecy::SecretString;
 
 use super::output::{OutputFormat, Table};
 
@@ -182,53 +181,52 @@ fn parse_conf(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
-/// Runs an engine command against the server in `--server` (else the configuration's).
-pub async fn run(
-    server: Option<String>,
-    token: Option<SecretString>,
-    args: EngineArgs,
-    file: FileConfig,
-) -> anyhow::Result<()> {
-    let settings = Settings::resolve(
-        Overrides {
-            server,
-            token,
-            data_dir: Some(PathBuf::new()),
-            ..Overrides::default()
-        },
-        file,
-    )?;
+/// Runs an engine command against the server of `client` (`render` needs no server: it reads
+/// the configuration file's [kubernetes] and [policy] tables).
+pub async fn run(client: ClientSettings, args: EngineArgs, file: FileConfig) -> anyhow::Result<()> {
     if let EngineCommand::Render {
         request,
         id,
         namespace,
     } = args.command
     {
-        return render(&settings, request, id, namespace).await;
+        return render(file, request, id, namespace).await;
     }
-    let client = Client::new(&settings.server, settings.token.clone());
+    let client = Client::new(&client.server, client.token);
     engine_command(&client, args.command).await
 }
 
 /// `rucat engine render`: the checks a create goes through, then the objects on standard output.
 async fn render(
-    settings: &Settings,
+    file: FileConfig,
     request: RequestArgs,
     id: Option<String>,
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
-    let config = &settings.kubernetes;
-    let name = EngineName::parse(&request.name)?;
+    let config = KubernetesConfig::from_file(&file.kubernetes)?;
+    let policy = file.policy.unwrap_or_default();
     let configs: BTreeMap<String, String> = request.configs.into_iter().collect();
-    let conf = SparkConf::parse(configs.clone())?;
-    if !config.versions.contains(&request.engine_version) {
-        bail!(
-            "unknown version {:?}; available: {}",
-            request.engine_version,
-            config.versions.join(", ")
-        );
+    let request = EngineRequest {
+        name: EngineName::parse(&request.name)?,
+        engine_type: EngineType::Spark,
+        version: request.engine_version,
+        configs: SparkConf::parse(configs.clone())?,
+        idle_timeout_minutes: None,
+    };
+    let admission = Admission {
+        policy: &policy,
+        versions: &config.versions,
+    };
+    match admission.admit(&request) {
+        Ok(()) => {}
+        Err(Inadmissible::Version {
+            version, available, ..
+        }) => bail!(
+            "unknown version {version:?}; available: {}",
+            available.join(", ")
+        ),
+        Err(refused) => return Err(refused.into()),
     }
-    settings.policy.check(&conf)?;
     let id = match id {
         Some(text) => EngineId::parse(&text)
             .with_context(|| format!("{text:?} is not an engine id (32 lowercase hex digits)"))?,
@@ -238,7 +236,7 @@ async fn render(
         Some(namespace) => namespace,
         None => kube_namespace().await,
     };
-    if !rucat::config::is_dns_label(&namespace) {
+    if !is_dns_label(&namespace) {
         bail!(
             "{namespace:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
         );
@@ -247,12 +245,12 @@ async fn render(
         // As the engine's first start makes them.
         generation: 1,
         id: &id,
-        name: name.as_str(),
-        version: &request.engine_version,
+        name: request.name.as_str(),
+        version: &request.version,
         configs: &configs,
     };
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", objects::render(&spec, &namespace, config))?;
+    write!(out, "{}", objects::render(&spec, &namespace, &config))?;
     out.flush().context("cannot write to standard output")?;
     Ok(())
 }

@@ -1,14 +1,19 @@
-//! The command line: its arguments ([`Cli`]) and what each subcommand does ([`run`]).
+//! The command line: its arguments ([`Cli`]), what each subcommand does ([`run`]), and how the
+//! binary reports an error ([`main`]).
 //!
 //! [`roles`] runs the server roles (`serve`, `server`, `monitor`, `proxy`), [`engine`] is the
-//! client of a Rucat server (`engine …`), [`token`] makes API tokens.
+//! client of a Rucat server (`engine …`), [`token`] makes API tokens. The flags that set a
+//! setting are declared with the settings they set, in the library: the roles' in
+//! [`RoleArgs`], the client's in [`ClientArgs`].
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rucat::app::Roles;
-use rucat::config::FileConfig;
-use secrecy::SecretString;
+use rucat::config::{ClientArgs, ClientSettings, FileConfig, RoleArgs};
+use rucat_client::ClientError;
 
 pub mod engine;
 pub mod output;
@@ -30,13 +35,8 @@ pub struct Cli {
     #[arg(long, env = "RUCAT_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Rucat server the engine commands talk to [default: http://127.0.0.1:3000]
-    #[arg(long, env = "RUCAT_SERVER", global = true, value_name = "URL")]
-    pub server: Option<String>,
-
-    /// API token (or OIDC JWT) the engine commands send, as Authorization: Bearer
-    #[arg(long, env = "RUCAT_TOKEN", global = true, hide_env_values = true, value_parser = secret)]
-    pub token: Option<SecretString>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -46,13 +46,13 @@ pub struct Cli {
 pub enum Command {
     /// The embedded default: REST server, monitor and Spark Connect proxy in one process, SQLite
     /// under the data directory, engines on the local platform.
-    Serve(roles::RoleArgs),
+    Serve(RoleArgs),
     /// The REST server alone (for several servers and monitors sharing one store).
-    Server(roles::RoleArgs),
+    Server(RoleArgs),
     /// The monitor alone: drives engines through their states on the platform.
-    Monitor(roles::RoleArgs),
+    Monitor(RoleArgs),
     /// The Spark Connect proxy alone: the one address clients connect to (see [proxy]).
-    Proxy(roles::RoleArgs),
+    Proxy(RoleArgs),
     /// Manage engines through a Rucat server.
     Engine(engine::EngineArgs),
     /// Make API tokens (an operator's command; it needs no server).
@@ -69,9 +69,51 @@ pub enum Command {
     Openapi,
 }
 
-/// A credential, held so that it cannot be printed by accident.
-fn secret(text: &str) -> Result<SecretString, String> {
-    Ok(SecretString::from(text.to_owned()))
+/// Parses the command line and runs it; errors go to standard error, with a hint when a
+/// credential was refused.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if let Some(hint) = error.downcast_ref::<ClientError>().and_then(auth_hint) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What to do about a refused credential, in one line.
+fn auth_hint(error: &ClientError) -> Option<&'static str> {
+    match error {
+        ClientError::Api { status, .. } if status.as_u16() == 401 => Some(
+            "the server wants a valid credential: pass --token TOKEN or set RUCAT_TOKEN (an operator makes tokens with `rucat token create --user NAME`)",
+        ),
+        ClientError::Api { status, code, .. } if status.as_u16() == 403 && code == "forbidden" => {
+            Some("this needs an admin: use an admin token (`rucat token create --user NAME --admin`)")
+        }
+        _ => None,
+    }
+}
+
+/// Logs to standard error, filtered by RUCAT_LOG (else `default`).
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUCAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn file_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
@@ -110,8 +152,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => completions(shell),
         Command::Openapi => openapi(),
         Command::Engine(args) => {
-            crate::init_logging("warn");
-            engine::run(cli.server, cli.token, args, file).await
+            init_logging("warn");
+            engine::run(ClientSettings::resolve(cli.client, &file), args, file).await
         }
     }
 }

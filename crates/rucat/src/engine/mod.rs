@@ -1,5 +1,6 @@
 //! What an engine is: its identity, its request, its record, and the state machine it follows.
 
+pub mod admission;
 pub mod policy;
 pub mod quota;
 pub mod state;
@@ -106,6 +107,12 @@ impl EngineName {
     }
 }
 
+impl fmt::Display for EngineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for EngineName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -123,6 +130,12 @@ impl EngineType {
         match self {
             EngineType::Spark => "Spark",
         }
+    }
+}
+
+impl fmt::Display for EngineType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -341,9 +354,11 @@ impl IdleTimeouts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Engine {
     pub id: EngineId,
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: EngineName,
     pub owner: String,
-    pub engine_type: String,
+    #[schema(value_type = String)]
+    pub engine_type: EngineType,
     pub version: String,
     pub state: EngineState,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -371,6 +386,9 @@ pub struct Engine {
     #[serde(skip)]
     pub failing_since: Option<DateTime<Utc>>,
 }
+
+// `rucat-client` has a copy of its own of `EngineEvent`, `EventType`, `Cause` and `Actor`, with
+// `Unknown` variants that read what a newer server adds; these are the writer's side.
 
 /// One entry of an engine's history: its creation, a state change, or a failed attempt at a
 /// step (which changes no state).
@@ -654,6 +672,35 @@ mod tests {
             EngineName::parse("a b"),
             Err(InvalidEngine::NameCharacters(_))
         ));
+    }
+
+    #[test]
+    fn an_engine_shows_its_name_and_type_as_text() {
+        let now = DateTime::from_timestamp_millis(0).expect("in range");
+        let engine = Engine {
+            id: EngineId::generate(),
+            name: EngineName::parse("etl").expect("a valid name"),
+            owner: "alice".into(),
+            engine_type: EngineType::Spark,
+            version: "4.3.0".into(),
+            state: EngineState::Running,
+            error: None,
+            configs: BTreeMap::new(),
+            endpoint: None,
+            create_time: now,
+            update_time: now,
+            next_update_time: None,
+            idle_timeout_minutes: 0,
+            secret: None,
+            generation: 0,
+            failures: 0,
+            failing_since: None,
+        };
+        let json = serde_json::to_value(&engine).expect("json");
+        assert_eq!(json["name"], "etl");
+        assert_eq!(json["engine_type"], "Spark");
+        let back: Engine = serde_json::from_value(json).expect("an engine");
+        assert_eq!(back, engine);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! An in-memory platform double, for tests of the logic around a platform (the monitor), with
 //! faults that a test injects: creation fails or hangs, a resource dies or will not go, an
 //! engine stops answering, calls about some engines fail, the orphan scan's listing hangs.
+//!
+//! Test support: built only with the crate's `testing` feature.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,10 +56,24 @@ struct Resource {
     failed: Option<String>,
 }
 
+/// The Spark version the memory platform offers.
+pub const VERSION: &str = "4.3.0";
+
 /// Resources live in a map; every create and delete is recorded.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryPlatform {
     inner: Arc<Mutex<Inner>>,
+    /// The versions it offers: [`VERSION`].
+    versions: Vec<String>,
+}
+
+impl Default for MemoryPlatform {
+    fn default() -> Self {
+        MemoryPlatform {
+            inner: Arc::default(),
+            versions: vec![VERSION.to_owned()],
+        }
+    }
 }
 
 impl MemoryPlatform {
@@ -187,11 +203,17 @@ impl MemoryPlatform {
 
 #[async_trait]
 impl Platform for MemoryPlatform {
+    fn versions(&self) -> &[String] {
+        &self.versions
+    }
+
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         self.count(&engine.id);
         let refused = {
             let mut inner = self.lock();
-            inner.names.insert(engine.id.clone(), engine.name.clone());
+            inner
+                .names
+                .insert(engine.id.clone(), engine.name.to_string());
             inner.failing(&inner.refused_names, &engine.id)
         };
         if let Some(message) = refused {

@@ -4,6 +4,7 @@
 mod flock;
 pub mod kubernetes;
 pub mod local;
+#[cfg(feature = "testing")]
 pub mod memory;
 pub mod simulated;
 
@@ -52,12 +53,38 @@ pub enum ResourceState {
 /// How long the monitor's Spark Connect request may take.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What the REST API reads of a platform: a running engine's driver log. Every [`Platform`]
+/// gives it (and is one), so that the API holds this and not the platform's operations.
+#[async_trait]
+pub trait DriverLogs: Send + Sync + 'static {
+    /// The tail (at most `max_bytes`) of the engine's driver log, if there is one.
+    async fn driver_log(
+        &self,
+        id: &EngineId,
+        max_bytes: usize,
+    ) -> Result<Option<String>, PlatformError>;
+}
+
+#[async_trait]
+impl<P: Platform> DriverLogs for P {
+    async fn driver_log(
+        &self,
+        id: &EngineId,
+        max_bytes: usize,
+    ) -> Result<Option<String>, PlatformError> {
+        Platform::logs(self, id, max_bytes).await
+    }
+}
+
 /// Every resource carries the engine generation that made it (the generation of the claim that
 /// started it): a delete names the generation it is for and removes only resources of that
 /// generation or earlier, never a later one, so that a monitor that overran its claim cannot
 /// touch what a later claim started.
 #[async_trait]
-pub trait Platform: Send + Sync + 'static {
+pub trait Platform: DriverLogs {
+    /// The Spark versions engines on this platform can run: the versions users may ask for.
+    fn versions(&self) -> &[String];
+
     /// Creates the engine's resource for its generation (`engine.generation`). Idempotent: a
     /// resource left by an earlier attempt of the same generation is adopted, never
     /// duplicated; one of an earlier generation is removed first.

@@ -18,6 +18,8 @@
 //! `delete_delay` before it acts (a monitor paused meanwhile acts late), and every call may wait
 //! a random `latency` first.
 
+mod settings;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use tokio::io::AsyncWriteExt;
 use super::flock::FileLock;
 use super::{Platform, PlatformError, ResourceState};
 use crate::engine::{Engine, EngineId};
+pub use settings::SimulatedFile;
 
 /// The endpoint a simulated engine reports.
 pub const ENDPOINT: &str = "sc://simulated:15002";
@@ -133,10 +136,6 @@ impl SimulatedPlatform {
         std::fs::create_dir_all(dir.join(LIVE_DIR))
             .map_err(PlatformError::io(format!("creating {}", dir.display())))?;
         Ok(SimulatedPlatform { dir, config })
-    }
-
-    pub fn versions(&self) -> &[String] {
-        &self.config.versions
     }
 
     fn live(&self, id: &str) -> PathBuf {
@@ -254,6 +253,10 @@ fn list_live(dir: &Path) -> Result<Vec<String>, PlatformError> {
 
 #[async_trait]
 impl Platform for SimulatedPlatform {
+    fn versions(&self) -> &[String] {
+        &self.config.versions
+    }
+
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         self.latency().await;
         {
@@ -348,7 +351,7 @@ impl Platform for SimulatedPlatform {
             .await
             .map_err(PlatformError::io(format!("reading {}", live.display())))?;
         let text = format!("simulated engine {id}: no driver runs, so there is no driver log\n");
-        Ok(exists.then(|| crate::store::tail(&text, max_bytes).to_owned()))
+        Ok(exists.then(|| crate::text::tail(&text, max_bytes).to_owned()))
     }
 
     async fn resources(&self) -> Result<Vec<(EngineId, u64)>, PlatformError> {

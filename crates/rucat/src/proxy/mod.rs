@@ -13,11 +13,11 @@
 pub mod activity;
 pub mod forward;
 pub mod grpc;
+mod settings;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -35,6 +34,7 @@ use crate::shutdown::Shutdown;
 use crate::store::Store;
 use activity::Activity;
 use forward::{Pool, Router};
+pub use settings::{ProxyArgs, ProxyFile};
 use tls::{Tls, TlsFiles};
 
 pub const DEFAULT_PORT: u16 = 15002;
@@ -43,18 +43,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:15002";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long calls under way may take to finish once the proxy is asked to stop.
 const DRAIN: Duration = Duration::from_secs(30);
-
-/// The `[proxy]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProxyFile {
-    pub listen: Option<String>,
-    pub public_url: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub allow_plaintext: Option<bool>,
-    pub activity_interval_ms: Option<u64>,
-}
 
 /// The proxy's settings, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,10 +18,11 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiContext;
 use crate::auth::Identity;
+use crate::engine::admission::Admission;
 use crate::engine::state::{user_transition, CREATED};
 use crate::engine::{
     Actor, Cause, Engine, EngineEvent, EngineId, EngineRequest, EngineSecret, EngineState,
-    EngineType, EventType, SparkConf, UserOp, UserTarget,
+    EventType, SparkConf, UserOp, UserTarget,
 };
 use crate::store::{Cas, ListQuery, Transition, MAX_EVENTS, MAX_KEPT_LOG};
 
@@ -34,6 +35,15 @@ pub fn router() -> Router<ApiContext> {
         .route("/engines/{id}/logs", get(logs))
         .route("/engines/{id}/events", get(events))
 }
+
+// The wire types the client reads too, holding the server's own types. The annotations name
+// them by these aliases, without type arguments, so that the document calls them `Created`,
+// `EnginePage`, `Logs` and `Events` and refers to `Engine`, `EngineEvent` and `LogSource` (which
+// the document registers: see `openapi.rs`).
+type Created = rucat_client::Created<EngineId>;
+type EnginePage = rucat_client::EnginePage<Engine>;
+type Logs = rucat_client::Logs<LogSource>;
+type Events = rucat_client::Events<EngineEvent>;
 
 /// The `{id}` of a route. One that is not even UTF-8 names no engine: it is answered as any
 /// unknown id (axum's own rejection would be a plain-text 400).
@@ -82,23 +92,13 @@ fn shown(context: &ApiContext, mut engine: Engine) -> Engine {
     engine
 }
 
-/// Whether an engine may start with these configs and this version under today's policy and
-/// versions: checked at create, and again at each restart.
-fn admit(
-    context: &ApiContext,
-    engine_type: EngineType,
-    version: &str,
-    configs: &SparkConf,
-) -> Result<(), ApiError> {
-    context.policy.check(configs)?;
-    if !context.versions.iter().any(|v| v == version) {
-        return Err(ApiError::Unprocessable(format!(
-            "{} version {version:?} is not available; available: {}",
-            engine_type.as_str(),
-            context.versions.join(", ")
-        )));
+/// What engines are admitted under: today's policy and versions, checked at create and again at
+/// each restart.
+fn admission(context: &ApiContext) -> Admission<'_> {
+    Admission {
+        policy: &context.policy,
+        versions: &context.versions,
     }
-    Ok(())
 }
 
 fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<EngineRequest, ApiError> {
@@ -115,11 +115,6 @@ fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<EngineRequest, A
     serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request("invalid_body", format!("invalid request body: {error}"))
     })
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct Created {
-    id: EngineId,
 }
 
 /// Create an engine, owned by the caller.
@@ -144,19 +139,14 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let request = parse_request(body)?;
-    admit(
-        &context,
-        request.engine_type,
-        &request.version,
-        &request.configs,
-    )?;
+    admission(&context).admit(&request)?;
     let idle_timeout_minutes = context.idle.resolve(request.idle_timeout_minutes)?;
     let now = Utc::now();
     let engine = Engine {
         id: EngineId::generate(),
-        name: request.name.as_str().to_owned(),
+        name: request.name,
         owner: caller.user.clone(),
-        engine_type: request.engine_type.as_str().to_owned(),
+        engine_type: request.engine_type,
         version: request.version,
         state: CREATED,
         error: None,
@@ -202,13 +192,6 @@ async fn read(
 ) -> Result<Json<Engine>, ApiError> {
     let engine = load(&context, &caller, &id).await?;
     Ok(Json(shown(&context, engine)))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct EnginePage {
-    engines: Vec<Engine>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    next_cursor: Option<String>,
 }
 
 /// The query of `GET /engines` (any other parameter is answered 400).
@@ -363,14 +346,10 @@ async fn apply(
     )))
 }
 
-/// [`admit`] for a stored engine about to start again.
+/// [`admission`] for a stored engine about to start again.
 fn readmit(context: &ApiContext, engine: &Engine) -> Result<(), ApiError> {
-    let engine_type = engine
-        .engine_type
-        .parse::<EngineType>()
-        .map_err(|error| ApiError::Unprocessable(format!("cannot restart: {error}")))?;
     let configs = SparkConf::parse(engine.configs.clone())?;
-    admit(context, engine_type, &engine.version, &configs)
+    Ok(admission(context).admit_start(engine.engine_type, &engine.version, &configs)?)
 }
 
 /// Stop an engine (`WaitToStart`, `StartInProgress` or `Running`).
@@ -451,17 +430,10 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The tail of an engine's driver log.
-#[derive(Serialize, utoipa::ToSchema)]
-struct Logs {
-    source: LogSource,
-    log: String,
-}
-
 /// Where a log comes from.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum LogSource {
+pub(super) enum LogSource {
     /// The running driver's.
     Live,
     /// What was kept when the engine stopped.
@@ -489,8 +461,8 @@ async fn logs(
     IdPath(id): IdPath,
 ) -> Result<Json<Logs>, ApiError> {
     let engine = load(&context, &caller, &id).await?;
-    if let (Some(platform), true) = (&context.live_logs, engine.state.may_have_resource()) {
-        match platform.logs(&engine.id, MAX_KEPT_LOG).await {
+    if let (Some(live_logs), true) = (&context.live_logs, engine.state.may_have_resource()) {
+        match live_logs.driver_log(&engine.id, MAX_KEPT_LOG).await {
             Ok(Some(log)) => {
                 return Ok(Json(Logs {
                     source: LogSource::Live,
@@ -513,14 +485,6 @@ async fn logs(
             log: String::new(),
         },
     }))
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct Events {
-    events: Vec<EngineEvent>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<String>,
 }
 
 /// What an events request asks for: oldest first, after `cursor`, of these types and causes.

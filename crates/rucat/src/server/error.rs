@@ -9,6 +9,7 @@ use serde::Serialize;
 use tracing::{error, warn};
 
 use crate::auth::AuthError;
+use crate::engine::admission::Inadmissible;
 use crate::engine::policy::Refused;
 use crate::engine::quota::QuotaExceeded;
 use crate::engine::InvalidEngine;
@@ -155,5 +156,14 @@ impl From<InvalidEngine> for ApiError {
 impl From<Refused> for ApiError {
     fn from(error: Refused) -> Self {
         ApiError::bad_request("config_not_allowed", error.to_string())
+    }
+}
+
+impl From<Inadmissible> for ApiError {
+    fn from(error: Inadmissible) -> Self {
+        match error {
+            Inadmissible::Refused(refused) => refused.into(),
+            version @ Inadmissible::Version { .. } => ApiError::Unprocessable(version.to_string()),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The REST API. It reads and writes the store only; monitors do the platform work.
+//! The REST API. It reads and writes the store; of the platform it only reads running engines'
+//! driver logs ([`DriverLogs`]); monitors do the platform work.
 
 mod auth;
 mod body;
@@ -21,7 +22,7 @@ use crate::engine::policy::ConfPolicy;
 use crate::engine::quota::Quotas;
 use crate::engine::{IdleTimeouts, PublicUrl};
 use crate::metrics::Metrics;
-use crate::platform::Platform;
+use crate::platform::DriverLogs;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 use auth::Caller;
@@ -46,7 +47,7 @@ pub struct ApiContext {
     /// The Spark versions engines can be created with.
     pub versions: Arc<Vec<String>>,
     /// Where live driver logs are read from; without it, only kept logs are served.
-    pub live_logs: Option<Arc<dyn Platform>>,
+    pub live_logs: Option<Arc<dyn DriverLogs>>,
     /// Where requests are counted, and what `GET /metrics` serves; `None`: metrics are off (no
     /// counting, no `/metrics`).
     pub metrics: Option<Arc<Metrics>>,

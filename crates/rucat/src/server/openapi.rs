@@ -16,6 +16,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{engines, error};
+use crate::engine::{Engine, EngineEvent};
 
 /// The name of the security scheme every authenticated operation requires.
 const BEARER: &str = "bearer";
@@ -45,7 +46,9 @@ const BEARER: &str = "bearer";
         super::readyz,
         openapi_json_route,
     ),
-    components(schemas(error::Body)),
+    // What the shared wire types hold (`EnginePage`, `Events`, `Logs`): their schemas refer to
+    // these by name without registering them.
+    components(schemas(error::Body, Engine, EngineEvent, engines::LogSource)),
     modifiers(&Contract),
     tags(
         (name = "engines", description = "Spark Connect engines: create, read, list, stop, restart, delete, logs, events"),

@@ -15,6 +15,8 @@
 //!
 //! The maker returns the store and a guard that is kept alive until the test ends (a temporary
 //! directory, a database to drop, or `()`).
+//!
+//! Test support: built only with the crate's `testing` feature.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -23,13 +25,15 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    tail, ActivityReport, Cas, Failure, ListQuery, Reschedule, Store, StoreError, Transition,
-    MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE,
+    ActivityReport, Cas, Failure, ListQuery, Reschedule, Store, StoreError, Transition, MAX_EVENTS,
+    MAX_KEPT_LOG, MAX_PAGE,
 };
 use crate::engine::quota::{Limits, QuotaExceeded};
 use crate::engine::{
-    Actor, Cause, Engine, EngineEvent, EngineId, EngineSecret, EngineState, EventType,
+    Actor, Cause, Engine, EngineEvent, EngineId, EngineName, EngineSecret, EngineState, EngineType,
+    EventType,
 };
+use crate::text::tail;
 
 use EngineState::*;
 
@@ -97,9 +101,9 @@ pub fn sample_engine(name: &str) -> Engine {
     let now = now_ms();
     Engine {
         id: EngineId::generate(),
-        name: name.to_owned(),
+        name: EngineName::parse(name).expect("a valid engine name"),
         owner: "alice".to_owned(),
-        engine_type: "Spark".to_owned(),
+        engine_type: EngineType::Spark,
         version: "3.5.3".to_owned(),
         state: WaitToStart,
         error: None,
@@ -227,7 +231,7 @@ pub async fn duplicate_insert_is_refused(store: Arc<dyn Store>) {
     let store = &*store;
     let engine = insert(store, sample_engine("first")).await;
     let twin = Engine {
-        name: "second".to_owned(),
+        name: EngineName::parse("second").expect("a valid engine name"),
         state: Running,
         ..engine.clone()
     };

@@ -3,9 +3,11 @@
 //! Every state change is a compare-and-swap: it happens only if the engine is still in the state
 //! the caller saw, so that any number of servers and monitors can share one store.
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod postgres;
 mod rows;
+mod settings;
 mod sql;
 pub mod sqlite;
 
@@ -18,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::engine::quota::{Limits, QuotaExceeded};
 use crate::engine::{Actor, Cause, Engine, EngineEvent, EngineId, EngineSecret, EngineState};
+pub use settings::{DatabaseArgs, DatabaseFile};
 
 /// How many events an engine's history keeps; older ones are dropped.
 pub const MAX_EVENTS: usize = 100;
@@ -334,22 +337,10 @@ pub trait Store: Send + Sync + 'static {
     fn wake_ups(&self) -> Arc<Notify>;
 }
 
-/// The last `max` bytes of `text`, cut at a character boundary.
-pub fn tail(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 /// What a log keeps of `text`: its last [`MAX_KEPT_LOG`] bytes, without NUL characters (which
 /// PostgreSQL text cannot hold).
 pub fn kept_log(text: &str) -> String {
-    tail(text, MAX_KEPT_LOG).replace('\0', "")
+    crate::text::tail(text, MAX_KEPT_LOG).replace('\0', "")
 }
 
 /// How a store connects; every field has a default.

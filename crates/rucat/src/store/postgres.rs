@@ -14,6 +14,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 use tokio::task::JoinHandle;
@@ -153,6 +154,16 @@ impl PostgresStore {
         self.pool.begin().await
     }
 
+    /// A connection of the pool (concurrent writes are PostgreSQL's to order).
+    async fn write_conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Every read goes through the pool.
+    fn get_here(&self, _id: &EngineId) -> Option<Result<Option<Engine>, StoreError>> {
+        None
+    }
+
     /// Announces that an engine is due, to every listening store, when the transaction commits.
     async fn announce(
         conn: &mut PgConnection,
@@ -198,12 +209,14 @@ sql::sql_store!(PostgresStore, Postgres, PgConnection);
 
 /// A throwaway database on a PostgreSQL server, for tests and benchmarks: created empty under a
 /// unique name, dropped (with its connections) when this value is dropped.
+#[cfg(feature = "testing")]
 pub struct ScratchDatabase {
     admin_url: String,
     name: String,
     url: String,
 }
 
+#[cfg(feature = "testing")]
 impl ScratchDatabase {
     /// Creates `rucat_<prefix>_<random>` through the server `admin_url` points at (any database
     /// the user may connect to).
@@ -242,6 +255,7 @@ impl ScratchDatabase {
 }
 
 /// `url` naming database `name` instead of its own (query parameters are kept).
+#[cfg(any(test, feature = "testing"))]
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.find('?') {
         Some(q) => (&url[..q], &url[q..]),
@@ -254,6 +268,7 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{}/{name}{query}", &base[..path_start])
 }
 
+#[cfg(feature = "testing")]
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());

@@ -2,16 +2,20 @@
 //!
 //! Both stores keep the same columns with the same types: text, and times as 64-bit integer
 //! milliseconds since the Unix epoch (UTC). A value that does not decode is reported as a corrupt
-//! record naming the engine and the column, never a panic.
+//! record naming the engine and the column, never a panic. The rows are sqlx's of either store,
+//! or rusqlite's (the SQLite store's point reads): anything that reads a column by name
+//! ([`Columns`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::postgres::{PgRow, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteRow};
+use sqlx::{Decode, Row, Type};
 
 use super::StoreError;
-use crate::engine::{Actor, Engine, EngineId, EngineSecret, EngineState};
+use crate::engine::{Actor, Engine, EngineId, EngineName, EngineSecret, EngineState, EngineType};
 
 /// The columns [`engine_from_row`] reads, in a `SELECT` on `engines`.
 pub(super) const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, \
@@ -26,13 +30,49 @@ pub(super) fn corrupt(id: &str, what: impl fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("engine {id}: {what}"))
 }
 
-pub(super) fn column<'r, R, T>(row: &'r R, id: &str, name: &str) -> Result<T, StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    T: Decode<'r, R::Database> + Type<R::Database>,
+/// A column value that every kind of row decodes: text, integers, and either of them or NULL.
+pub(super) trait Value:
+    for<'r> Decode<'r, Sqlite>
+    + Type<Sqlite>
+    + for<'r> Decode<'r, Postgres>
+    + Type<Postgres>
+    + rusqlite::types::FromSql
 {
-    row.try_get(name)
+}
+
+impl<T> Value for T where
+    T: for<'r> Decode<'r, Sqlite>
+        + Type<Sqlite>
+        + for<'r> Decode<'r, Postgres>
+        + Type<Postgres>
+        + rusqlite::types::FromSql
+{
+}
+
+/// A row whose columns are read by name.
+pub(super) trait Columns {
+    /// The value of column `name`, or why it does not decode.
+    fn value<T: Value>(&self, name: &str) -> Result<T, String>;
+}
+
+impl Columns for SqliteRow {
+    fn value<T: Value>(&self, name: &str) -> Result<T, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+}
+
+impl Columns for PgRow {
+    fn value<T: Value>(&self, name: &str) -> Result<T, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+}
+
+pub(super) fn column<R, T>(row: &R, id: &str, name: &str) -> Result<T, StoreError>
+where
+    R: Columns,
+    T: Value,
+{
+    row.value(name)
         .map_err(|e| corrupt(id, format_args!("column {name}: {e}")))
 }
 
@@ -47,32 +87,35 @@ pub(super) fn time_from(id: &str, column: &str, millis: i64) -> Result<DateTime<
         .ok_or_else(|| corrupt(id, format_args!("{column} {millis} is out of range")))
 }
 
+/// A stored name or type is one admission accepted: one that no longer parses is corrupt.
+fn name_from(id: &str, name: &str) -> Result<EngineName, StoreError> {
+    EngineName::parse(name).map_err(|e| corrupt(id, format_args!("column name: {e}")))
+}
+
+fn type_from(id: &str, engine_type: &str) -> Result<EngineType, StoreError> {
+    engine_type
+        .parse()
+        .map_err(|e| corrupt(id, format_args!("column engine_type: {e}")))
+}
+
 pub(super) fn id_from(id: String) -> Result<EngineId, StoreError> {
     EngineId::parse(&id).ok_or_else(|| corrupt(&id, "malformed engine id"))
 }
 
 /// The row's id, before anything else is read (so that errors can name the engine).
-pub(super) fn row_id<R>(row: &R) -> Result<String, StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-{
-    row.try_get("id")
+pub(super) fn row_id<R: Columns>(row: &R) -> Result<String, StoreError> {
+    row.value("id")
         .map_err(|e| StoreError::Corrupt(format!("engine row with an unreadable id: {e}")))
 }
 
-pub(super) fn engine_from_row<R: Row>(row: &R) -> Result<Engine, StoreError>
-where
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn engine_from_row<R: Columns>(row: &R) -> Result<Engine, StoreError> {
     let id = row_id(row)?;
     let configs: String = column(row, &id, "configs")?;
     let configs: BTreeMap<String, String> = serde_json::from_str(&configs)
         .map_err(|e| corrupt(&id, format_args!("column configs: {e}")))?;
     let state: String = column(row, &id, "state")?;
+    let name: String = column(row, &id, "name")?;
+    let engine_type: String = column(row, &id, "engine_type")?;
     let next_update_time: Option<i64> = column(row, &id, "next_update_time")?;
     let idle_timeout_minutes: i64 = column(row, &id, "idle_timeout_minutes")?;
     let secret: Option<String> = column(row, &id, "secret")?;
@@ -93,9 +136,9 @@ where
             )
         })?,
         secret: secret.map(EngineSecret::from_stored),
-        name: column(row, &id, "name")?,
+        name: name_from(&id, &name)?,
         owner: column(row, &id, "owner")?,
-        engine_type: column(row, &id, "engine_type")?,
+        engine_type: type_from(&id, &engine_type)?,
         version: column(row, &id, "version")?,
         state: state_from(&id, "state", &state)?,
         error: column(row, &id, "error")?,
@@ -112,12 +155,10 @@ where
 
 /// Reads a page of listing rows: at most `limit` engines, and the cursor of the next page when
 /// the query returned more (it asks for `limit + 1`).
-pub(super) fn page_from_rows<R: Row>(rows: &[R], limit: u32) -> Result<super::Page, StoreError>
-where
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn page_from_rows<R: Columns>(
+    rows: &[R],
+    limit: u32,
+) -> Result<super::Page, StoreError> {
     let limit = limit as usize;
     let more = rows.len() > limit;
     let mut engines = Vec::with_capacity(rows.len().min(limit));
@@ -138,13 +179,9 @@ where
 }
 
 /// The `(id, state, generation)` of each row, for `all_states`.
-pub(super) fn id_state_generation<R>(row: &R) -> Result<(EngineId, EngineState, u64), StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(super) fn id_state_generation<R: Columns>(
+    row: &R,
+) -> Result<(EngineId, EngineState, u64), StoreError> {
     let id = row_id(row)?;
     let state: String = column(row, &id, "state")?;
     let state = state_from(&id, "state", &state)?;
@@ -156,16 +193,10 @@ where
 
 /// Reads one row of the events query (an engine left-joined with its events): `None` for the
 /// row of NULLs an engine without events yields.
-pub(super) fn event_from_row<R>(
+pub(super) fn event_from_row<R: Columns>(
     row: &R,
     id: &str,
-) -> Result<Option<crate::engine::EngineEvent>, StoreError>
-where
-    R: Row,
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-{
+) -> Result<Option<crate::engine::EngineEvent>, StoreError> {
     let Some(to) = column::<R, Option<String>>(row, id, "to_state")? else {
         return Ok(None);
     };
@@ -279,6 +310,25 @@ mod tests {
             assert!(
                 matches!(parse_cursor(bad), Err(StoreError::InvalidCursor(c)) if c == bad),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_types_that_do_not_parse_are_corrupt() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            name_from(id, "etl-1").map(|n| n.to_string()).ok(),
+            Some("etl-1".into())
+        );
+        assert_eq!(type_from(id, "Spark").ok(), Some(EngineType::Spark));
+        for result in [
+            name_from(id, "a b").map(drop),
+            type_from(id, "Flink").map(drop),
+        ] {
+            assert!(
+                matches!(&result, Err(StoreError::Corrupt(message)) if message.contains(id)),
+                "{result:?}"
             );
         }
     }

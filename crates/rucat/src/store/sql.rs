@@ -5,8 +5,13 @@
 //! `CAST(… AS BIGINT)`. What differs is left to each backend, as inherent items of its store
 //! type that [`sql_store!`] calls:
 //!
-//! - `fn begin_write(&self)`: a transaction that may write (`BEGIN IMMEDIATE` on SQLite, so
-//!   that writers queue for the lock instead of failing to upgrade a read lock);
+//! - `fn begin_write(&self)`: a transaction that may write (on SQLite it waits for the
+//!   process's earlier writes, then takes the write lock with `BEGIN IMMEDIATE`, so that writers
+//!   queue for it instead of failing to upgrade a read lock);
+//! - `async fn write_conn(&self)`: the connection a write of one statement runs on (on SQLite,
+//!   the write connection in the process's turn to write; a pool connection on PostgreSQL);
+//! - `fn get_here(&self, id)`: the engine read on the calling thread, or `None` to read it
+//!   through the pool (SQLite reads here; PostgreSQL always answers `None`);
 //! - `async fn announce(conn, next_update_time)`: tell other processes an engine is due
 //!   (PostgreSQL's NOTIFY; nothing on SQLite);
 //! - `async fn lock_owner(conn, owner)`: serialize quota checks of one owner (an advisory lock
@@ -16,7 +21,17 @@
 //! - `fn text(&str) -> String`: free text as the database can keep it (PostgreSQL drops NUL);
 //! - `fn wake_if_due(&self, next)`: wake this process's monitors.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+
+/// The engine with id `$1`.
+pub(super) static GET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM engines WHERE id = $1",
+        super::rows::ENGINE_COLUMNS
+    )
+});
 
 /// The due engines, soonest first. `next_update_time IS NOT NULL` lets both databases use the
 /// partial index `engines_due`, so the cost grows with the due engines only.
@@ -173,9 +188,9 @@ macro_rules! sql_store {
                      RETURNING seq",
                 )
                 .bind(engine.id.as_str())
-                .bind(&engine.name)
+                .bind(engine.name.as_str())
                 .bind(&engine.owner)
-                .bind(&engine.engine_type)
+                .bind(engine.engine_type.as_str())
                 .bind(&engine.version)
                 .bind(configs)
                 .bind(engine.state.as_str())
@@ -215,12 +230,13 @@ macro_rules! sql_store {
             }
 
             async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError> {
-                let row = sqlx::query(&format!(
-                    "SELECT {ENGINE_COLUMNS} FROM engines WHERE id = $1"
-                ))
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+                if let Some(read) = self.get_here(id) {
+                    return read;
+                }
+                let row = sqlx::query(&sql::GET_SQL)
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
                 row.as_ref().map(engine_from_row).transpose()
             }
 
@@ -456,6 +472,7 @@ macro_rules! sql_store {
             /// Replaces the engine's saved log with the tail of `logs`. Does nothing when there
             /// is no such engine (it may just have been removed).
             async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError> {
+                let mut conn = self.write_conn().await?;
                 sqlx::query(
                     "INSERT INTO engine_logs (engine_seq, text, time) \
                      SELECT seq, $1, $2 FROM engines WHERE id = $3 \
@@ -465,7 +482,7 @@ macro_rules! sql_store {
                 .bind(kept_log(logs))
                 .bind(sql::millis(Utc::now()))
                 .bind(id.as_str())
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
                 Ok(())
             }

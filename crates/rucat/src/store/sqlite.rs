@@ -6,6 +6,14 @@
 //! instead of failing when a deferred transaction tries to upgrade its read lock. A compare-and-swap
 //! is one conditional `UPDATE`/`DELETE`; only when it changes nothing is the actual state read, in
 //! the same transaction.
+//!
+//! The writes of one store run one at a time on a connection of their own, queueing in the
+//! process rather than in SQLite's busy handler (`sqlite/writes.rs`). Reads of one engine by id
+//! run on the calling thread, on read-only connections of their own (`sqlite/reads.rs`), instead
+//! of hopping to a pool connection's worker thread and back. Other reads use the pool.
+
+mod reads;
+mod writes;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,21 +23,27 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::Sqlite;
+use tokio::sync::MappedMutexGuard;
 
 use super::rows::*;
 use super::sql;
 use super::*;
+use reads::Readers;
+use writes::{WriteTransaction, Writer};
 
-/// The most connections the pool opens (SQLite has one writer at a time anyway).
+/// The most connections the pool opens for reads (writes have a connection of their own).
 const MAX_CONNECTIONS: u32 = 8;
 /// How long a statement waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The statement that starts a write transaction.
-const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 pub struct SqliteStore {
     pool: SqlitePool,
     wake_ups: Arc<Notify>,
+    /// The connection every write runs on, one write at a time.
+    writer: Writer,
+    /// Point reads on the calling thread (none for an in-memory database, which only the pool's
+    /// connections see).
+    readers: Option<Readers>,
 }
 
 impl SqliteStore {
@@ -55,6 +69,7 @@ impl SqliteStore {
             .foreign_keys(true);
 
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut readers = None;
         if !in_memory {
             let file = connect.get_filename();
             if file.as_os_str().is_empty() {
@@ -73,25 +88,35 @@ impl SqliteStore {
                     file.display()
                 ))
             })?;
+            readers = Some(Readers::new(file.to_path_buf()));
         }
 
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(MAX_CONNECTIONS))
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(|e| fail(e.to_string()))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let writer = Writer::open(&connect, options.acquire_timeout)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         tracing::debug!(url, "opened the SQLite store");
 
         Ok(SqliteStore {
             pool,
             wake_ups: Arc::new(Notify::new()),
+            writer,
+            readers,
         })
     }
 
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
+        if let Some(readers) = &self.readers {
+            readers.close();
+        }
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -134,9 +159,21 @@ fn make_private(file: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl SqliteStore {
-    /// A write transaction, holding SQLite's write lock from its start.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'_, Sqlite>, sqlx::Error> {
-        self.pool.begin_with(BEGIN_WRITE).await
+    /// A write transaction, holding this process's turn to write and SQLite's write lock from
+    /// its start.
+    async fn begin_write(&self) -> Result<WriteTransaction<'_>, sqlx::Error> {
+        self.writer.begin().await
+    }
+
+    /// The connection a write of one statement runs on: the write connection, in this process's
+    /// turn to write.
+    async fn write_conn(&self) -> Result<MappedMutexGuard<'_, SqliteConnection>, StoreError> {
+        Ok(self.writer.turn().await?)
+    }
+
+    /// The engine read on the calling thread; `None` to read it through the pool.
+    fn get_here(&self, id: &EngineId) -> Option<Result<Option<Engine>, StoreError>> {
+        self.readers.as_ref()?.engine(id)
     }
 
     /// Nothing to tell other processes: they poll (wake-ups reach this process only).
@@ -168,6 +205,7 @@ sql::sql_store!(SqliteStore, Sqlite, SqliteConnection);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::sample_engine;
     use sqlx::Row;
 
     async fn plan(store: &SqliteStore, sql: &str, binds: usize) -> String {
@@ -211,5 +249,45 @@ mod tests {
         let by_owner = plan(&store, by_owner.sql(), 3).await;
         assert!(by_owner.contains("engines_owner"), "{by_owner}");
         assert!(!by_owner.contains("TEMP B-TREE"), "{by_owner}");
+    }
+
+    #[tokio::test]
+    async fn reads_by_id_are_answered_on_the_calling_thread_and_fresh() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("rucat.db").display());
+        let store = SqliteStore::open(&url).await.expect("open");
+        let other = SqliteStore::open(&url).await.expect("open again");
+        let engine = sample_engine("here");
+
+        let missing = store.get_here(&engine.id).expect("read here");
+        assert!(missing.expect("read").is_none());
+
+        store.insert(&engine).await.expect("insert");
+        let got = store.get_here(&engine.id).expect("read here");
+        assert_eq!(got.expect("read"), Some(engine.clone()));
+
+        // A write through another store on the same file (as another process's) shows at once.
+        let t = Transition::new(EngineState::WaitToStart, EngineState::TriggerStart);
+        assert_eq!(
+            other.update_state(&engine.id, &t).await.expect("update"),
+            Cas::Done
+        );
+        let got = store.get_here(&engine.id).expect("read here");
+        let got = got.expect("read").expect("engine");
+        assert_eq!(got.state, EngineState::TriggerStart);
+
+        // A closed store reads nothing, here or through its pool.
+        store.close().await;
+        assert!(store.get_here(&engine.id).is_none());
+        assert!(store.get(&engine.id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn in_memory_databases_are_read_through_the_pool() {
+        let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+        let engine = sample_engine("pooled");
+        store.insert(&engine).await.expect("insert");
+        assert!(store.get_here(&engine.id).is_none());
+        assert_eq!(store.get(&engine.id).await.expect("get"), Some(engine));
     }
 }

@@ -3,118 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::e2e::free_port;
+use crate::common::process::{free_port, kill_matching, Spawn};
+pub use crate::common::process::{freeze, holds_flock, Process};
 use tempfile::TempDir;
-
-/// One child process of the real binary, with its log file.
-pub struct Process {
-    pub name: String,
-    pub addr: Option<SocketAddr>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Process {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        if let Some(child) = &self.child {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(child.id() as i32, signal) };
-        }
-    }
-
-    /// SIGSTOP: the process is frozen (as by a long GC pause or a suspended VM) until
-    /// [`Process::resume`].
-    pub fn pause(&self) {
-        self.signal(libc::SIGSTOP);
-    }
-
-    /// SIGCONT.
-    pub fn resume(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    /// SIGSTOP, then waits until every thread of the process is stopped (see [`freeze`]).
-    pub fn freeze(&self) {
-        if let Some(pid) = self.pid() {
-            freeze(pid as i32);
-        }
-    }
-
-    /// Whether the process holds an flock on `file` (see [`holds_flock`]).
-    pub fn holds_flock(&self, file: &Path) -> bool {
-        self.pid().is_some_and(|pid| holds_flock(pid, file))
-    }
-
-    /// SIGTERM (to a paused process too), then SIGKILL after 10 s; the exit status of a
-    /// graceful stop.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        self.resume();
-        let mut child = self.child.take()?;
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        for _ in 0..100 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-
-    /// How the process ended, if it did.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-}
-
-impl Drop for Process {
-    /// A process still running at the end of a test is stopped as an operator would, and must
-    /// stop cleanly: exit 0 within 10 s of SIGTERM (unless the test is failing already).
-    fn drop(&mut self) {
-        let running = self.child.is_some();
-        let status = self.terminate();
-        if running && !std::thread::panicking() {
-            match status {
-                Some(status) if status.success() => {}
-                Some(status) => panic!(
-                    "{} exited with {status} on SIGTERM: {}",
-                    self.name,
-                    self.log()
-                ),
-                None => panic!(
-                    "{} did not stop within 10 s of SIGTERM: {}",
-                    self.name,
-                    self.log()
-                ),
-            }
-        }
-    }
-}
 
 pub struct Cluster {
     pub dir: TempDir,
@@ -162,41 +58,28 @@ impl Cluster {
         extra_config: &str,
         addr: Option<SocketAddr>,
     ) -> Process {
-        let config = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, format!("{}\n{extra_config}\n", self.config)).expect("config");
-        let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
-        command
+        let mut spawn = Spawn::new(name, self.dir.path().join(format!("{name}.log")))
             .arg(role)
-            .arg("--config")
-            .arg(&config)
+            .config(
+                self.dir.path().join(format!("{name}.toml")),
+                &format!("{}\n{extra_config}\n", self.config),
+            )
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--database-url", &self.database_url])
-            .args(["--platform", &self.platform])
-            .env("RUCAT_LOG", "info,rucat=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
+            .args(["--platform", &self.platform]);
         if let Some(addr) = addr {
             let flag = if role == "proxy" {
                 "--proxy-listen"
             } else {
                 "--listen"
             };
-            command.args([flag, &addr.to_string()]);
+            spawn = spawn.args([flag, &addr.to_string()]);
         }
         if let Some(spark) = &self.spark_home {
-            command.arg("--spark-home").arg(spark);
+            spawn = spawn.arg("--spark-home").arg(spark);
         }
-        let child = command.spawn().expect("start rucat");
-        Process {
-            name: name.to_owned(),
-            addr,
-            log,
-            child: Some(child),
-        }
+        spawn.start()
     }
 
     /// Starts one more `rucat server` and waits until it is ready. Returns its index.
@@ -209,25 +92,7 @@ impl Cluster {
             "",
             Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(addr) = crate::e2e::listening(&process.log(), "REST API") {
-                process.addr = Some(addr);
-                let ready = self.http.get(format!("http://{addr}/readyz")).send().await;
-                if ready.is_ok_and(|r| r.status().is_success()) {
-                    break;
-                }
-            }
-            if let Some(status) = process.exited() {
-                panic!("{name} exited with {status}: {}", process.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} not ready in 60 s: {}",
-                process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        process.wait_ready(Duration::from_secs(60)).await;
         self.servers.push(process);
         self.servers.len() - 1
     }
@@ -235,35 +100,21 @@ impl Cluster {
     /// Starts a `rucat proxy` on a port it picks (named in its log), waits until it accepts
     /// connections, and makes every process started afterwards give it as the engines'
     /// endpoint (`[proxy] public_url`; the configuration must have no `[proxy]` table).
-    pub fn start_proxy(&mut self) -> Process {
+    pub async fn start_proxy(&mut self) -> Process {
         let mut process = self.spawn(
             "proxy",
             "proxy",
             "",
             Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(addr) = crate::e2e::listening(&process.log(), "Spark Connect proxy") {
-                if std::net::TcpStream::connect(addr).is_ok() {
-                    process.addr = Some(addr);
-                    self.config.push_str(&format!(
-                        "\n[proxy]\npublic_url = \"sc://localhost:{}\"\n",
-                        addr.port()
-                    ));
-                    return process;
-                }
-            }
-            if let Some(status) = process.exited() {
-                panic!("the proxy exited with {status}: {}", process.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the proxy did not listen: {}",
-                process.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let addr = process
+            .wait_listening("Spark Connect proxy", Duration::from_secs(60))
+            .await;
+        self.config.push_str(&format!(
+            "\n[proxy]\npublic_url = \"sc://localhost:{}\"\n",
+            addr.port()
+        ));
+        process
     }
 
     /// Starts one more `rucat monitor` with `extra_config` appended to its configuration.
@@ -492,14 +343,7 @@ impl Drop for Cluster {
         self.servers.clear();
         self.monitors.clear();
         // Whatever a failed test left running under this directory (Spark processes) goes too.
-        kill_matching(self.dir.path());
-    }
-}
-
-fn kill_matching(dir: &Path) {
-    for pid in crate::e2e::processes_matching(&dir.to_string_lossy()) {
-        // SAFETY: sending a signal by pid; no memory is involved.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill_matching(&self.dir.path().to_string_lossy());
     }
 }
 
@@ -667,54 +511,4 @@ impl Drop for PrivatePostgres {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// SIGSTOP to `pid`, then waits until every one of its threads is stopped: a frozen process (as
-/// by a long GC pause or a suspended VM), not one still finishing what it was doing.
-pub fn freeze(pid: i32) {
-    // SAFETY: signalling a process of the test's own by pid.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let threads: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|task| {
-                        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-                        stat.rsplit_once(')')?.1.trim_start().chars().next()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if threads.iter().all(|&state| state == 'T' || state == 't') {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} did not stop: {threads:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Whether process `pid` holds an flock on `file` (from `/proc/locks`).
-pub fn holds_flock(pid: u32, file: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(inode) = std::fs::metadata(file).map(|m| m.ino()) else {
-        return false;
-    };
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    locks.lines().any(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:56789 0 EOF"; waiters have "->" after the
-        // number, and so do not match.
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&"FLOCK")
-            && fields.get(4).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
-            && fields
-                .get(5)
-                .and_then(|device_inode| device_inode.rsplit(':').next())
-                .and_then(|i| i.parse::<u64>().ok())
-                == Some(inode)
-    })
 }

@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rucat::engine::{Engine, EngineId, EngineSecret, EngineState};
+use rucat::engine::{Engine, EngineId, EngineName, EngineSecret, EngineState, EngineType};
 use rucat::platform::local::LocalPlatform;
 use rucat::platform::{Platform, ResourceState};
 use rucat::store::Store;
 use serde_json::Value;
 
-use crate::e2e::{processes_matching, query, spark_home, spark_processes, with_parameter};
+use crate::common::process::processes_matching;
+use crate::e2e::{query, spark_home, spark_processes, with_parameter};
 use crate::harness::{freeze, holds_flock, Cluster, Process};
 use crate::VERSION;
 
@@ -312,9 +313,9 @@ fn engine_at(id: &EngineId, generation: u64) -> Engine {
     let now = Utc::now();
     Engine {
         id: id.clone(),
-        name: "fenced".to_owned(),
+        name: EngineName::parse("fenced").expect("a valid engine name"),
         owner: "anonymous".to_owned(),
-        engine_type: "Spark".to_owned(),
+        engine_type: EngineType::Spark,
         version: VERSION.to_owned(),
         state: EngineState::StartInProgress,
         error: None,
@@ -472,7 +473,7 @@ async fn a_frozen_monitor_thawed_after_a_restart_leaves_the_new_real_spark_engin
     // A long health timeout: the hung engine must not be failed while A holds its stop.
     let config = config(120_000, TRIGGER_TIMEOUT_MS);
     let mut cluster = Cluster::new(db.url(), "local", &config).with_spark(spark_home());
-    let proxy_process = cluster.start_proxy();
+    let proxy_process = cluster.start_proxy().await;
     let proxy = proxy_process.addr.expect("the proxy's address");
     cluster.add_server().await;
     // Only A runs until it is frozen, so that A is the one that holds the stop.

@@ -379,7 +379,7 @@ master = "local[1]"
     let mut cluster = Cluster::new(db.url(), "local", config).with_spark(spark_home());
     // The proxy in a process of its own, on the same PostgreSQL store; the server gives it as
     // the engines' endpoint.
-    let proxy_process = cluster.start_proxy();
+    let proxy_process = cluster.start_proxy().await;
     let proxy = proxy_process.addr.expect("the proxy's address");
     cluster.add_server().await;
     for _ in 0..3 {

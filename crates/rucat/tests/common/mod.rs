@@ -4,6 +4,7 @@
 
 pub mod fake_connect;
 pub mod jwt;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rucat::app::{Application, Roles};
-use rucat::config::{FileConfig, Overrides, Settings};
-use rucat::engine::{Engine, EngineId, EngineState};
+use rucat::config::{FileConfig, RoleArgs, Settings};
+use rucat::engine::{Engine, EngineId, EngineName, EngineState, EngineType};
 use rucat::platform::Platform;
 use rucat::shutdown::{self, Trigger};
 use rucat::store::sqlite::SqliteStore;
@@ -66,9 +67,9 @@ impl TestApp {
         let now = Utc::now();
         let engine = Engine {
             id: EngineId::generate(),
-            name: format!("planted-{state}"),
+            name: EngineName::parse(&format!("planted-{state}")).expect("a valid engine name"),
             owner: owner.into(),
-            engine_type: "Spark".into(),
+            engine_type: EngineType::Spark,
             version: version.into(),
             state,
             error: None,
@@ -117,10 +118,10 @@ pub async fn spawn_api_on(
     live_logs: Option<Arc<dyn Platform>>,
 ) -> TestApp {
     let settings = Settings::resolve(
-        Overrides {
+        RoleArgs {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(dir.path().join("data")),
-            ..Overrides::default()
+            ..RoleArgs::default()
         },
         FileConfig::default(),
     )
@@ -163,11 +164,11 @@ pub async fn spawn_configured(config: &str) -> TestApp {
     std::fs::write(&path, &text).expect("write rucat.toml");
     let file = FileConfig::load(&path).expect("a valid configuration file");
     let settings = Settings::resolve(
-        Overrides {
+        RoleArgs {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(dir.path().join("data")),
             platform: Some("simulated".into()),
-            ..Overrides::default()
+            ..RoleArgs::default()
         },
         file,
     )

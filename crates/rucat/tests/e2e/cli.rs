@@ -2,28 +2,25 @@
 //! before the subcommand, shell completions, `--output json|table` on every read command, and a
 //! clear refusal of an unknown format.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use rucat::engine::EngineState;
 use serde_json::Value;
 
 use super::harness::{Options, Rucat, SPARK_VERSION};
 use super::{token_create, START};
+use crate::common::process::cli;
 
 /// `rucat ARGS` with no RUCAT_* variable from the environment (and `env` added).
 fn bare(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
-    command.args(args);
+    let mut command = cli(args);
     for key in ["RUCAT_SERVER", "RUCAT_TOKEN", "RUCAT_CONFIG"] {
         command.env_remove(key);
     }
     for (key, value) in env {
         command.env(key, value);
     }
-    command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the rucat CLI")
+    command.output().expect("run the rucat CLI")
 }
 
 fn stdout(output: &Output) -> String {

@@ -1,24 +1,29 @@
 //! Runs the real `rucat serve` on a temp data dir and a random port, and queries engines with
 //! spark-connect-rs.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use rucat_client::Client;
 use spark_connect_rs::SparkSessionBuilder;
 use tempfile::TempDir;
 
+use crate::common::process::{cli, kill_matching, processes_matching, Process, Spawn};
+
 /// The Spark version `scripts/setup.sh` installs.
 pub const SPARK_VERSION: &str = "4.3.0";
+
+/// How long `rucat serve` may take to listen and answer.
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct Rucat {
     pub dir: TempDir,
     pub addr: SocketAddr,
     /// The Spark Connect proxy's address.
     pub proxy: SocketAddr,
-    child: Option<Child>,
+    server: Option<Process>,
     starts: u32,
     options: Options,
 }
@@ -32,23 +37,6 @@ pub struct Options {
     pub config: Option<String>,
     /// The credential the harness's client and CLI use.
     pub token: Option<String>,
-}
-
-/// The address a `rucat` process's log says its `what` ("REST API", "Spark Connect proxy")
-/// listens on: `… {what} listening addr=HOST:PORT …`.
-pub fn listening(log: &str, what: &str) -> Option<SocketAddr> {
-    let marker = format!("{what} listening addr=");
-    log.lines().find_map(|line| {
-        let (_, rest) = line.split_once(&marker)?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
-/// A free TCP port on 127.0.0.1, for a program that cannot bind port 0 and report it (Spark,
-/// PostgreSQL): another process may take it before that program binds it.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// The Spark the tests use: `SPARK_HOME`, else the one `scripts/setup.sh` installed.
@@ -70,7 +58,7 @@ impl Rucat {
             // Port 0: `rucat serve` binds free ports and reports them (a restart reuses them).
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child: None,
+            server: None,
             starts: 0,
             options,
         };
@@ -80,63 +68,25 @@ impl Rucat {
 
     async fn spawn(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.path().join(format!("rucat-{}.log", self.starts)))
-            .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
-        command
+        let log = self.dir.path().join(format!("rucat-{}.log", self.starts));
+        let mut spawn = Spawn::new("rucat serve", log)
             .args(["serve", "--listen", &self.addr.to_string()])
             .args(["--proxy-listen", &self.proxy.to_string(), "--data-dir"])
             .arg(self.dir.path().join("data"))
             .arg("--spark-home")
-            .arg(spark_home());
+            .arg(spark_home())
+            .env_remove("RUCAT_TOKEN");
         if let Some(platform) = &self.options.platform {
-            command.args(["--platform", platform]);
+            spawn = spawn.args(["--platform", platform]);
         }
         if let Some(config) = &self.options.config {
-            let path = self.dir.path().join("rucat.toml");
-            std::fs::write(&path, config).expect("write rucat.toml");
-            command.arg("--config").arg(path);
+            spawn = spawn.config(self.dir.path().join("rucat.toml"), config);
         }
-        let child = command
-            .env("RUCAT_LOG", "info,rucat=debug")
-            .env_remove("RUCAT_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start rucat serve");
-        self.child = Some(child);
-        let http = reqwest::Client::new();
-        for _ in 0..300 {
-            if self.addr.port() == 0 || self.proxy.port() == 0 {
-                let log = self.server_log();
-                if let (Some(addr), Some(proxy)) = (
-                    listening(&log, "REST API"),
-                    listening(&log, "Spark Connect proxy"),
-                ) {
-                    (self.addr, self.proxy) = (addr, proxy);
-                }
-            }
-            let answered = match self.addr.port() {
-                0 => None,
-                _ => Some(
-                    http.get(format!("http://{}/readyz", self.addr))
-                        .send()
-                        .await,
-                ),
-            };
-            if answered.is_some_and(|a| a.is_ok_and(|r| r.status().is_success())) {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("rucat serve exited with {status}: {}", self.server_log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "rucat serve did not answer within 30 s: {}",
-            self.server_log()
-        );
+        let server = self.server.insert(spawn.start());
+        self.proxy = server
+            .wait_listening("Spark Connect proxy", READY_WITHIN)
+            .await;
+        self.addr = server.wait_ready(READY_WITHIN).await;
     }
 
     /// The driver log the local platform writes for engine `id` (Spark's stdout and stderr).
@@ -186,43 +136,34 @@ impl Rucat {
 
     /// Runs `rucat <args>` against this server with `token` in RUCAT_TOKEN (none: unset).
     pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
+        let mut command = cli(args);
         command
-            .args(args)
             .env("RUCAT_SERVER", format!("http://{}", self.addr))
             .env_remove("RUCAT_TOKEN");
         if let Some(token) = token {
             command.env("RUCAT_TOKEN", token);
         }
-        command
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the rucat CLI")
+        command.output().expect("run the rucat CLI")
     }
 
     /// `kill -9` of `rucat serve`.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut server) = self.server.take() {
+            server.kill9();
         }
     }
 
     /// SIGTERM to `rucat serve`; its exit status once it stopped (within 30 s).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("rucat serve is running");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        for _ in 0..300 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        panic!(
-            "rucat serve did not stop within 30 s of SIGTERM: {}",
-            self.server_log()
-        );
+        let mut server = self.server.take().expect("rucat serve is running");
+        server
+            .terminate_within(Duration::from_secs(30))
+            .unwrap_or_else(|| {
+                panic!(
+                    "rucat serve did not stop within 30 s of SIGTERM: {}",
+                    self.server_log()
+                )
+            })
     }
 
     pub async fn restart(&mut self) {
@@ -248,58 +189,20 @@ impl Rucat {
 }
 
 impl Drop for Rucat {
+    /// `rucat serve` must stop cleanly on SIGTERM (part of what is tested); whatever a failed
+    /// test left running under this data dir goes too.
     fn drop(&mut self) {
-        let mut failed = None;
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM first: a graceful stop (exit 0 within 10 s) is part of what is tested.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let mut status = None;
-            for _ in 0..100 {
-                if let Ok(Some(exited)) = child.try_wait() {
-                    status = Some(exited);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            if !std::thread::panicking() && !status.is_some_and(|s| s.success()) {
-                failed = Some(match status {
-                    Some(status) => format!("rucat serve exited with {status} on SIGTERM"),
-                    None => "rucat serve did not stop within 10 s of SIGTERM".to_owned(),
-                });
-            }
-        }
-        // Whatever a failed test left running under this data dir goes too.
-        let marker = self.dir.path().to_string_lossy().into_owned();
-        for pid in processes_matching(&marker) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        let failed = self
+            .server
+            .as_mut()
+            .and_then(|server| server.finish().err());
+        kill_matching(&self.dir.path().to_string_lossy());
         if let Some(why) = failed {
-            panic!("{why}: {}", self.server_log());
+            if !std::thread::panicking() {
+                panic!("{why}");
+            }
         }
     }
-}
-
-/// The live (non-zombie) processes whose command line contains `needle`.
-pub fn processes_matching(needle: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let own = std::process::id() as i32;
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != own)
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
-        })
-        .collect()
 }
 
 /// The live (non-zombie) processes that belong to an engine.

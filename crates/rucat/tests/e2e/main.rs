@@ -1,6 +1,9 @@
 //! End to end: the real `rucat` binary, the local platform, real Spark Connect servers, and a
 //! real Spark Connect client (spark-connect-rs) running queries on them.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod cli;
 mod client;
 mod harness;
@@ -13,6 +16,7 @@ mod ui;
 
 use std::time::Duration;
 
+use common::process::cli;
 use harness::{query, spark_processes, with_parameter, Options, Rucat, SPARK_VERSION};
 use rucat::engine::EngineState;
 use serde_json::Value;
@@ -21,8 +25,7 @@ const START: Duration = Duration::from_secs(240);
 
 /// `rucat token create --user USER [--admin] --json`: the token and its configuration entry.
 fn token_create(user: &str, admin: bool) -> (String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"));
-    command.args(["token", "create", "--user", user, "--json"]);
+    let mut command = cli(["token", "create", "--user", user, "--json"]);
     if admin {
         command.arg("--admin");
     }
@@ -308,8 +311,7 @@ async fn two_users_and_an_admin_share_one_server() {
     .await;
 
     // The text form of `token create` shows the token once and an entry that parses.
-    let text = std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
-        .args(["token", "create", "--user", "zoe"])
+    let text = cli(["token", "create", "--user", "zoe"])
         .output()
         .expect("token create");
     let text = stdout(&text);

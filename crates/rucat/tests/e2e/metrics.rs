@@ -4,7 +4,7 @@
 //! text-format parser.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +12,12 @@ use http_body_util::{BodyExt, Empty};
 use rucat::engine::EngineState;
 use serde_json::Value;
 
-use super::harness::{listening, repo_root, spark_python, Options, Rucat, SPARK_VERSION};
+use super::harness::{repo_root, spark_python, Options, Rucat, SPARK_VERSION};
 use super::token_create;
+use crate::common::process::{listening, OnDrop, Process, Spawn};
+
+/// How long a role may take to say where it listens.
+const LISTEN_WITHIN: Duration = Duration::from_secs(30);
 
 /// A page as prometheus_client's parser read it.
 struct Page {
@@ -322,63 +326,19 @@ async fn serve_counts_requests_transitions_steps_platform_calls_and_refusals() {
     }
 }
 
-/// A `rucat` role started alone on `data_dir`; killed (SIGTERM, then SIGKILL) when dropped.
-struct Role {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Role {
-    fn start(dir: &std::path::Path, role: &str, args: &[&str]) -> Role {
-        let log = dir.join(format!("{role}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rucat"))
-            .arg(role)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUCAT_LOG", "info")
-            .env_remove("RUCAT_TOKEN")
-            .env_remove("RUCAT_METRICS_ENABLED")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start rucat");
-        Role { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn listening(&mut self, what: &str) -> SocketAddr {
-        for _ in 0..300 {
-            if let Some(addr) = listening(&self.log(), what) {
-                return addr;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("rucat exited with {status}: {}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no {what} listening within 30 s: {}", self.log());
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `rucat` role started alone on `DIR/data`; stopped (SIGTERM, then SIGKILL) when dropped.
+fn start_role(dir: &std::path::Path, role: &str, args: &[&str]) -> Process {
+    Spawn::new(role, dir.join(format!("{role}.log")))
+        .arg(role)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(args)
+        .log_filter("info")
+        .env_remove("RUCAT_TOKEN")
+        .env_remove("RUCAT_METRICS_ENABLED")
+        .on_drop(OnDrop::Stop)
+        .start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,11 +346,13 @@ async fn monitor_and_proxy_alone_serve_metrics_on_their_own_listener() {
     use rucat::store::Store;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut monitor = Role::start(dir.path(), "monitor", &["--platform", "simulated"]);
-    let monitor_metrics = monitor.listening("metrics").await;
-    let mut proxy = Role::start(dir.path(), "proxy", &["--proxy-listen", "127.0.0.1:0"]);
-    let proxy_metrics = proxy.listening("metrics").await;
-    let proxy_addr = proxy.listening("Spark Connect proxy").await;
+    let mut monitor = start_role(dir.path(), "monitor", &["--platform", "simulated"]);
+    let monitor_metrics = monitor.wait_listening("metrics", LISTEN_WITHIN).await;
+    let mut proxy = start_role(dir.path(), "proxy", &["--proxy-listen", "127.0.0.1:0"]);
+    let proxy_metrics = proxy.wait_listening("metrics", LISTEN_WITHIN).await;
+    let proxy_addr = proxy
+        .wait_listening("Spark Connect proxy", LISTEN_WITHIN)
+        .await;
 
     // No server: the engine goes into the store the monitor and the proxy share.
     let url = format!(

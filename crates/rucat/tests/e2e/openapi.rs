@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::harness::{Options, Rucat, SPARK_VERSION};
 use super::token_create;
+use crate::common::process::cli;
 
 /// What schemathesis checks on every response: no 5xx, and nothing the document does not say
 /// (status codes, content types, headers, bodies).
@@ -104,8 +105,7 @@ async fn openapi_document_covers_every_route_with_its_security() {
 
     // `rucat openapi` needs no server nor configuration (not even a readable one), and prints
     // what the server serves to anyone (no credential).
-    let printed = Command::new(env!("CARGO_BIN_EXE_rucat"))
-        .arg("openapi")
+    let printed = cli(["openapi"])
         .env("RUCAT_CONFIG", rucat.dir.path().join("no-such-rucat.toml"))
         .output()
         .expect("run rucat openapi");

@@ -6,8 +6,8 @@
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,9 @@ use rucat_client::Actor;
 use serde_json::Value;
 use sqlx::Connection;
 
-use super::harness::{free_port, Options, Rucat, SPARK_VERSION};
+use super::harness::{Options, Rucat, SPARK_VERSION};
+use super::token_create;
+use crate::common::process::{free_port, OnDrop, Process, Spawn};
 
 /// How long anything a test waits for may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -32,81 +34,18 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A `rucat` process of a test's own, its output in a log file; killed if the test ends first.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    /// `rucat ARGS…` with `env`, and none of the `RUCAT_*` variables the test runner may have.
-    fn start(dir: &Path, name: &str, args: &[String], env: &[(&str, String)]) -> Process {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("create the process's log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rucat"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("RUCAT_") {
-                command.env_remove(&key);
-            }
-        }
-        command.args(args).env("RUCAT_LOG", "info");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone the log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start rucat");
-        Process { child, log }
+/// `rucat ARGS…` of a test's own with `env`, and none of the `RUCAT_*` variables the test runner
+/// may have; its output in `DIR/NAME.log`; killed if the test ends first.
+fn start(dir: &Path, name: &str, args: &[String], env: &[(&str, String)]) -> Process {
+    let mut spawn = Spawn::new(name, dir.join(format!("{name}.log")))
+        .without_rucat_env()
+        .log_filter("info")
+        .args(args)
+        .on_drop(OnDrop::Kill);
+    for (key, value) in env {
+        spawn = spawn.env(key, value);
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the process wrote so far (standard output and error).
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("look at the rucat process")
-    }
-
-    /// Its exit status, once it exits (within `limit`).
-    async fn exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rucat did not exit within {limit:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM; its exit status.
-    async fn terminate(&mut self) -> ExitStatus {
-        if self.exited().is_none() {
-            unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        }
-        self.exit(PATIENCE).await
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    spawn.start()
 }
 
 /// Writes a configuration file and gives the `--config` arguments naming it.
@@ -229,7 +168,7 @@ fn serve(dir: &Path, name: &str, args: &[String], env: &[(&str, String)], file: 
     all.push(dir.join(name).display().to_string());
     all.extend(config_file(dir, name, &format!("{file}{}", simulated())));
     all.extend(args.iter().cloned());
-    Process::start(dir, name, &all, env)
+    start(dir, name, &all, env)
 }
 
 /// A process expected at a default address, which something else on this machine may hold
@@ -357,7 +296,7 @@ async fn listen_addresses_come_from_flag_then_environment_then_file_then_default
         &mut rest_default,
         &mut proxy_default,
     ] {
-        let status = process.terminate().await;
+        let status = process.stop(PATIENCE).await;
         assert!(
             status.success() || process.log().contains("cannot listen on"),
             "{status}:\n{}",
@@ -471,7 +410,7 @@ async fn bad_settings_stop_the_process_naming_them() {
         "",
     );
     serves_at(&mut flagged, rest, None).await;
-    assert!(flagged.terminate().await.success(), "{}", flagged.log());
+    assert!(flagged.stop(PATIENCE).await.success(), "{}", flagged.log());
 }
 
 /// The PostgreSQL server the tests make scratch databases on (as `tests/common` does).
@@ -534,7 +473,7 @@ async fn server_on(
     ];
     all.extend(config_file(dir, name, &format!("{file}{}", simulated())));
     all.extend(args.iter().cloned());
-    let mut process = Process::start(dir, name, &all, env);
+    let mut process = start(dir, name, &all, env);
     let client = http(Duration::from_secs(5));
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -630,28 +569,12 @@ async fn database_max_connections_come_from_flag_then_environment_then_file_then
                 .expect("every waiting request is answered");
             assert_eq!(status, 200, "{name}: a waiting request, once the lock went");
         }
-        assert!(server.terminate().await.success(), "{}", server.log());
+        assert!(server.stop(PATIENCE).await.success(), "{}", server.log());
         assert!(
             rucat_connections(&mut admin, database.name()).await <= expected,
             "{name}"
         );
     }
-}
-
-/// `rucat token create --user USER --json`: the token and its `[[auth.tokens]]` entry.
-fn token(user: &str) -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_rucat"))
-        .args(["token", "create", "--user", user, "--json"])
-        .output()
-        .expect("run rucat token create");
-    assert!(output.status.success(), "{output:?}");
-    let made: Value = serde_json::from_slice(&output.stdout).expect("json");
-    let token = made["token"].as_str().expect("a token").to_owned();
-    let entry = format!(
-        "[[auth.tokens]]\nuser = {:?}\nrole = {}\nhash = {}\n",
-        user, made["role"], made["hash"]
-    );
-    (token, entry)
 }
 
 /// Without authentication, `rucat serve` refuses to listen beyond loopback: it exits non-zero
@@ -676,7 +599,7 @@ async fn beyond_loopback_without_authentication_is_refused() {
         "",
     );
     let (authenticated_port, authenticated_proxy) = (free_port(), loopback(free_port()));
-    let (alice, entry) = token("alice");
+    let (alice, entry) = token_create("alice", false);
     let mut authenticated = serve(
         dir,
         "auth",
@@ -757,7 +680,7 @@ async fn beyond_loopback_without_authentication_is_refused() {
     );
 
     for process in [&mut authenticated, &mut allowed] {
-        assert!(process.terminate().await.success(), "{}", process.log());
+        assert!(process.stop(PATIENCE).await.success(), "{}", process.log());
     }
 }
 
@@ -1074,7 +997,7 @@ async fn a_server_started_before_its_database_waits_for_it() {
         database.name()
     );
     let rest = loopback(free_port());
-    let mut server = Process::start(
+    let mut server = start(
         dir,
         "late",
         &[
@@ -1122,7 +1045,7 @@ async fn a_server_started_before_its_database_waits_for_it() {
         .await
         .expect("GET /readyz");
     assert_eq!(ready.status().as_u16(), 200);
-    assert!(server.terminate().await.success(), "{}", server.log());
+    assert!(server.stop(PATIENCE).await.success(), "{}", server.log());
     forwarder.abort();
     let log = server.log();
     assert!(!log.contains(PASSWORD), "the password was printed:\n{log}");
@@ -1141,7 +1064,7 @@ async fn a_server_whose_database_never_comes_gives_up_naming_it() {
     let nowhere = free_port();
     let rest = loopback(free_port());
     let url = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{nowhere}/test");
-    let mut server = Process::start(
+    let mut server = start(
         dir,
         "never",
         &[
@@ -1312,7 +1235,7 @@ async fn a_request_that_waits_too_long_for_a_connection_is_answered_503() {
         .await
         .expect("GET /readyz");
     assert_eq!(ready.status().as_u16(), 200);
-    assert!(server.terminate().await.success(), "{}", server.log());
+    assert!(server.stop(PATIENCE).await.success(), "{}", server.log());
 }
 
 /// Only a process that runs a monitor listens for wake-ups: `rucat server` with a single
@@ -1339,7 +1262,7 @@ async fn one_connection_serves_a_server_and_is_refused_to_a_monitor() {
         .await
         .expect("GET /engines");
     assert_eq!(listed.status().as_u16(), 200, "{}", server.log());
-    assert!(server.terminate().await.success(), "{}", server.log());
+    assert!(server.stop(PATIENCE).await.success(), "{}", server.log());
 
     let mut args: Vec<String> = vec![
         "monitor".into(),
@@ -1352,7 +1275,7 @@ async fn one_connection_serves_a_server_and_is_refused_to_a_monitor() {
     ];
     args.extend(one.iter().cloned());
     args.extend(config_file(dir.path(), "monitor", &simulated()));
-    let mut monitor = Process::start(dir.path(), "monitor", &args, &[]);
+    let mut monitor = start(dir.path(), "monitor", &args, &[]);
     let status = monitor.exit(PATIENCE).await;
     let log = monitor.log();
     assert!(!status.success(), "{log}");
@@ -1377,12 +1300,12 @@ async fn one_connection_serves_a_server_and_is_refused_to_a_monitor() {
         "polling",
         &format!("[database]\npush_wake_ups = false\n{}", simulated()),
     ));
-    let mut polling = Process::start(dir.path(), "polling", &args, &[]);
+    let mut polling = start(dir.path(), "polling", &args, &[]);
     eventually("the polling monitor starts", PATIENCE, || {
         let log = polling.log();
         async move { log.contains("monitor started") }
     })
     .await;
     assert!(polling.exited().is_none(), "{}", polling.log());
-    assert!(polling.terminate().await.success(), "{}", polling.log());
+    assert!(polling.stop(PATIENCE).await.success(), "{}", polling.log());
 }

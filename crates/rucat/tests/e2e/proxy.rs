@@ -12,6 +12,7 @@ use super::harness::{
     Rucat, SPARK_VERSION,
 };
 use super::{token_create, START};
+use crate::common::process::{OnDrop, Spawn};
 
 /// Alice and bob with tokens, as the harness's configuration; alice's token is the harness's.
 struct Users {
@@ -368,36 +369,23 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
     // A proxy of its own, on the same store (rucat serve's SQLite file): first on a port it
     // picks and names in its log, then again on that port.
     let config = rucat.dir.path().join("rucat.toml");
-    let log = rucat.dir.path().join("proxy.log");
     let start_proxy = |port: u16| {
-        let file = std::fs::File::create(&log).expect("proxy log");
-        std::process::Command::new(env!("CARGO_BIN_EXE_rucat"))
+        Spawn::new("rucat proxy", rucat.dir.path().join("proxy.log"))
             .args(["proxy", "--proxy-listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(rucat.dir.path().join("data"))
             .arg("--config")
             .arg(&config)
-            .env("RUCAT_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().expect("proxy log"))
-            .stderr(file)
-            .spawn()
-            .expect("start rucat proxy")
+            .log_filter("info")
+            .on_drop(OnDrop::Kill)
+            .start()
     };
-    let wait_open = || {
-        for _ in 0..300 {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = super::harness::listening(&text, "Spark Connect proxy") {
-                if std::net::TcpStream::connect(addr).is_ok() {
-                    return addr.port();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("rucat proxy did not listen");
-    };
+    let within = Duration::from_secs(30);
     let mut proxy = start_proxy(0);
-    let port = wait_open();
+    let port = proxy
+        .wait_listening("Spark Connect proxy", within)
+        .await
+        .port();
     let url = format!(
         "sc://localhost:{port}/;x-rucat-engine={id};token={};user_id=steady",
         users.alice
@@ -412,8 +400,7 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
     };
     assert_eq!(count(&spark).await.expect("count"), 1000);
 
-    proxy.kill().expect("kill -9 the proxy");
-    proxy.wait().expect("reaped");
+    proxy.kill9();
     let error = count(&spark).await.expect_err("no proxy, no answer");
     let message = format!("{error:?}");
     assert!(
@@ -422,7 +409,8 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
     );
 
     let mut proxy = start_proxy(port);
-    assert_eq!(wait_open(), port, "the proxy is back on its port");
+    let back = proxy.wait_listening("Spark Connect proxy", within).await;
+    assert_eq!(back.port(), port, "the proxy is back on its port");
     let mut answered = None;
     for _ in 0..50 {
         match count(&spark).await {
@@ -434,8 +422,7 @@ async fn a_killed_proxy_comes_back_and_engines_never_notice() {
         }
     }
     assert_eq!(answered, Some(1000), "the same session works again");
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    proxy.kill9();
 
     let after = rucat.stored(&id).await;
     assert_eq!(after.state, EngineState::Running);

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::harness::{free_port, processes_matching, Options, Rucat, SPARK_VERSION};
+use super::harness::{Options, Rucat, SPARK_VERSION};
 use super::token_create;
+use crate::common::process::{free_port, processes_matching};
 
 /// How long the page may take to show what a test waits for.
 const WAIT: Duration = Duration::from_secs(30);

@@ -7,6 +7,7 @@
 //! watch has not seen (just created, or gone) is looked up directly.
 
 pub mod objects;
+mod settings;
 mod status;
 
 use std::sync::Mutex;
@@ -25,11 +26,13 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 pub use objects::DriverSpec;
+pub use settings::{is_dns_label, KubernetesFile};
 pub use status::pod_state;
 
 use super::{Platform, PlatformError, ResourceState};
 use crate::engine::{Engine, EngineId};
 use crate::retry::Backoff;
+use crate::text::tail;
 
 /// The Kubernetes platform's settings: the `[kubernetes]` table of the configuration file.
 /// Everything about where and how drivers run comes from here, never from users.
@@ -182,10 +185,6 @@ impl KubernetesPlatform {
             watched: OnceCell::new(),
             watch_task: Mutex::new(None),
         }
-    }
-
-    pub fn versions(&self) -> &[String] {
-        &self.config.versions
     }
 
     /// One API request, bounded by the configured timeout.
@@ -531,6 +530,10 @@ impl RequestError {
 
 #[async_trait]
 impl Platform for KubernetesPlatform {
+    fn versions(&self) -> &[String] {
+        &self.config.versions
+    }
+
     async fn create(&self, engine: &Engine) -> Result<(), PlatformError> {
         let name = objects::object_name(&engine.id);
         let spec = DriverSpec::from(engine);
@@ -637,7 +640,7 @@ impl Platform for KubernetesPlatform {
             ..LogParams::default()
         };
         match self.call_retrying(|| self.pods.logs(&name, &params)).await {
-            Ok(text) => Ok(Some(tail(text, max_bytes))),
+            Ok(text) => Ok(Some(tail(&text, max_bytes).to_owned())),
             // No pod, or a container that has not started: no log.
             Err(error) if matches!(error.code(), Some(400 | 404)) => {
                 debug!(engine = %id, %error, "no driver log");
@@ -667,30 +670,5 @@ impl Platform for KubernetesPlatform {
 
     async fn forget(&self, id: &EngineId) -> Result<(), PlatformError> {
         self.delete_generation(id, u64::MAX, true).await
-    }
-}
-
-/// The last `max_bytes` of `text`, cut at a character boundary.
-fn tail(text: String, max_bytes: usize) -> String {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let mut start = text.len() - max_bytes;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tail;
-
-    #[test]
-    fn tail_keeps_the_end_on_a_character_boundary() {
-        assert_eq!(tail("abc".into(), 10), "abc");
-        assert_eq!(tail("abcdef".into(), 2), "ef");
-        assert_eq!(tail("aé".into(), 1), "");
-        assert_eq!(tail("aéb".into(), 3), "éb");
     }
 }

@@ -67,7 +67,7 @@ impl<'a> From<&'a Engine> for DriverSpec<'a> {
     fn from(engine: &'a Engine) -> Self {
         DriverSpec {
             id: &engine.id,
-            name: &engine.name,
+            name: engine.name.as_str(),
             version: &engine.version,
             configs: &engine.configs,
             generation: engine.generation,

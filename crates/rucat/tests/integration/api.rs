@@ -1,8 +1,6 @@
 //! The REST API against a real SQLite store, as a user's session would use it.
 
-mod common;
-
-use common::{spawn_api, TestApp, VERSION};
+use crate::common::{spawn_api, TestApp, VERSION};
 use reqwest::StatusCode;
 use rucat::engine::state::user_transition;
 use rucat::engine::{EngineState, UserOp, UserTarget};

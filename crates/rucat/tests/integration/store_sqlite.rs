@@ -79,6 +79,50 @@ async fn two_stores_on_one_file_share_compare_and_swap() {
 }
 
 #[tokio::test]
+async fn reads_see_every_write_to_the_file_at_once() {
+    let dir = TempDir::new().expect("temp dir");
+    let reader = SqliteStore::open(&url(&dir)).await.expect("open store");
+    let writer = SqliteStore::open(&url(&dir)).await.expect("open store");
+    let engine = sample_engine("watched");
+    assert_eq!(reader.get(&engine.id).await.expect("get"), None);
+    writer.insert(&engine).await.expect("insert");
+    assert_eq!(
+        reader.get(&engine.id).await.expect("get").map(|e| e.state),
+        Some(EngineState::WaitToStart)
+    );
+
+    // Another store on the file (as another process would be), and a plain connection.
+    let mut state = EngineState::WaitToStart;
+    for next in [EngineState::TriggerStart, EngineState::StartInProgress] {
+        let t = Transition::new(state, next);
+        assert_eq!(
+            writer.update_state(&engine.id, &t).await.expect("update"),
+            Cas::Done
+        );
+        state = next;
+        let seen = reader.get(&engine.id).await.expect("get").expect("engine");
+        assert_eq!(seen.state, state);
+    }
+    let pool = sqlx::SqlitePool::connect(&url(&dir))
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE engines SET endpoint = 'sc://elsewhere:1' WHERE id = ?")
+        .bind(engine.id.as_str())
+        .execute(&pool)
+        .await
+        .expect("update behind the store's back");
+    let seen = reader.get(&engine.id).await.expect("get").expect("engine");
+    assert_eq!(seen.endpoint.as_deref(), Some("sc://elsewhere:1"));
+    sqlx::query("DELETE FROM engines WHERE id = ?")
+        .bind(engine.id.as_str())
+        .execute(&pool)
+        .await
+        .expect("delete behind the store's back");
+    pool.close().await;
+    assert_eq!(reader.get(&engine.id).await.expect("get"), None);
+}
+
+#[tokio::test]
 async fn malformed_rows_are_reported_not_panicked_on() {
     let dir = TempDir::new().expect("temp dir");
     let store = SqliteStore::open(&url(&dir)).await.expect("open store");

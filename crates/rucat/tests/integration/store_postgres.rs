@@ -1,8 +1,6 @@
 //! The PostgreSQL store against the store conformance suite, plus what only a shared server
 //! shows: concurrent migrations, wake-ups pushed between processes, a lost listener connection.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +8,8 @@ use rucat::engine::{Engine, EngineState};
 use rucat::store::conformance::{now_ms, sample_engine};
 use rucat::store::postgres::{PostgresStore, ScratchDatabase};
 use rucat::store::{Cas, Store, StoreError, StoreOptions, Transition};
+
+use crate::common;
 
 async fn open(url: &str) -> PostgresStore {
     PostgresStore::open(url, &StoreOptions::default())

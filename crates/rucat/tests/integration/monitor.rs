@@ -1,12 +1,10 @@
 //! The monitor against the in-memory platform double and a real SQLite store, with faults
 //! injected: creation fails, a resource dies, a monitor dies mid-claim, several monitors race.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     assert_delete_escalated, assert_failed_after_health_timeout, engine_events, run, spawn_api,
     stop_monitor, until, TestApp, VERSION,
 };

@@ -1,14 +1,12 @@
 //! Who may do what: API tokens, OIDC JWTs, ownership, quotas and the policy at restart, through
 //! the real server role (built as `rucat server` builds it) on a real SQLite store.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::jwt::{self, claims, sign, AUDIENCE, ISSUER};
-use common::{spawn_configured, TestApp, VERSION};
+use crate::common::jwt::{self, claims, sign, AUDIENCE, ISSUER};
+use crate::common::{spawn_configured, TestApp, VERSION};
 use reqwest::{Method, StatusCode};
 use rucat::auth::token::{self, TokenEntry, TokenHash};
 use rucat::auth::Role;
@@ -697,15 +695,15 @@ async fn code_loading_keys_are_refused_by_default_and_accepted_when_an_operator_
 #[tokio::test]
 async fn without_authentication_only_loopback_and_with_it_any_address() {
     use rucat::app::{AppError, Application, Roles};
-    use rucat::config::{FileConfig, Overrides, Settings};
+    use rucat::config::{FileConfig, RoleArgs, Settings};
     let dir = tempfile::tempdir().expect("dir");
     let settings = |file: FileConfig| {
         Settings::resolve(
-            Overrides {
+            RoleArgs {
                 listen: Some("0.0.0.0:0".into()),
                 data_dir: Some(dir.path().join("data")),
                 platform: Some("simulated".into()),
-                ..Overrides::default()
+                ..RoleArgs::default()
             },
             file,
         )
