@@ -595,7 +595,7 @@ fn generation_of(args: &[String]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
-    use super::super::procfs::{owner_uid, settled_cmdline};
+    use super::super::procfs::{owner_uid, read_stat, settled_cmdline};
     use super::*;
     use crate::platform::{Platform, ResourceState};
 
@@ -704,6 +704,16 @@ mod tests {
         // Stopped, the process keeps SIGTERM pending: a hung Spark that ignores it.
         // SAFETY: the test's own child.
         unsafe { libc::kill(record.pid, libc::SIGSTOP) };
+        // Only once it has stopped: a SIGTERM sent while the SIGSTOP is still pending is taken
+        // first (the lower number), and the process would end.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read_stat(record.pid).is_none_or(|stat| stat.state != 'T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // A plain delete returns once under way (the outer timeout only keeps a delete that
         // waits for the process from hanging the test).
         tokio::time::timeout(
