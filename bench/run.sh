@@ -6,8 +6,8 @@
 #                      (default: all)
 # engine_start and proxy_overhead need Spark: SPARK_HOME is taken from the environment, else from
 # scripts/setup.sh (which installs what is missing; proxy_overhead also uses its PySpark).
-# cas_throughput, claim_across_processes, list_due_scaling, monitor_throughput and metrics_overhead
-# need PostgreSQL:
+# get_throughput, cas_throughput, claim_across_processes, list_due_scaling, monitor_throughput and
+# metrics_overhead need PostgreSQL:
 # RUCAT_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
 # monitor_throughput also measures an earlier rucat binary side by side if RUCAT_BEFORE names one
 # (see bench/README.md for how to build the one before fencing).

@@ -304,7 +304,7 @@ async fn main() -> Result<(), Error> {
         took.as_secs_f64()
     );
     println!(
-        "Each case and round on a fresh store: SQLite, a new WAL file in {} (synchronous=NORMAL, pool of 8); \
+        "Each case and round on a fresh store: SQLite, a new WAL file in {} (synchronous=NORMAL, one write connection, a read pool of 8); \
          PostgreSQL, a new scratch database on {} (pool of 10). \
          Every update is one transaction: UPDATE engines, INSERT an event, trim events to 100.\n",
         dir.path().display(),

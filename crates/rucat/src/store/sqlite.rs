@@ -98,7 +98,7 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(e.to_string()))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let writer = Writer::open(&connect, options.acquire_timeout)
+        let writer = Writer::open(&connect, pool.clone(), options.acquire_timeout)
             .await
             .map_err(|e| fail(e.to_string()))?;
         tracing::debug!(url, "opened the SQLite store");

@@ -7,10 +7,17 @@
 //! the store's one write connection, which its writers take in turn (a FIFO lock): they queue in
 //! the process, and meet the busy handler only for writers of other processes. The write
 //! connection also keeps every write statement prepared.
+//!
+//! The write connection does not checkpoint the WAL itself (SQLite would do so in the commit that
+//! fills it, and sync the files there, while every write behind it waits). Every
+//! [`CHECKPOINT_EVERY`] write transactions, a passive checkpoint runs on a pool connection
+//! instead, beside the writes.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqliteTransactionManager};
 use sqlx::{Connection, TransactionManager};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -19,23 +26,70 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 /// lock.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
+/// How many commits of the write connection go between two checkpoints (SQLite's own default is
+/// every 1000 WAL pages, a few hundred of these commits).
+const CHECKPOINT_EVERY: u32 = 128;
+
 /// The connection the writes of one store run on.
 pub(super) struct Writer {
     /// `None` once the store is closed.
     conn: Mutex<Option<SqliteConnection>>,
     /// How long a write waits for the ones before it (as long as for a connection of the pool).
     wait: Duration,
+    checkpoints: Checkpoints,
+}
+
+/// Checkpoints of the WAL, on the pool, beside the writes.
+struct Checkpoints {
+    pool: SqlitePool,
+    /// Commits since the last checkpoint started.
+    commits: AtomicU32,
+    running: Arc<AtomicBool>,
+}
+
+impl Checkpoints {
+    /// Counts a commit; every [`CHECKPOINT_EVERY`] commits, starts a checkpoint unless one runs.
+    fn committed(&self) {
+        if self.commits.fetch_add(1, Ordering::Relaxed) + 1 < CHECKPOINT_EVERY {
+            return;
+        }
+        self.commits.store(0, Ordering::Relaxed);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, running) = (self.pool.clone(), Arc::clone(&self.running));
+        runtime.spawn(async move {
+            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(%error, "checkpointing the SQLite WAL failed");
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
 }
 
 impl Writer {
+    /// Opens the write connection; `pool` (on the same database) runs the checkpoints.
     pub(super) async fn open(
         options: &SqliteConnectOptions,
+        pool: SqlitePool,
         wait: Duration,
     ) -> Result<Self, sqlx::Error> {
-        let conn = SqliteConnection::connect_with(options).await?;
+        let options = options.clone().pragma("wal_autocheckpoint", "0");
+        let conn = SqliteConnection::connect_with(&options).await?;
         Ok(Writer {
             conn: Mutex::new(Some(conn)),
             wait,
+            checkpoints: Checkpoints {
+                pool,
+                commits: AtomicU32::new(0),
+                running: Arc::new(AtomicBool::new(false)),
+            },
         })
     }
 
@@ -69,7 +123,11 @@ impl Writer {
     pub(super) async fn begin(&self) -> Result<WriteTransaction<'_>, sqlx::Error> {
         let mut conn = self.turn().await?;
         SqliteTransactionManager::begin(&mut conn, Some(BEGIN_WRITE.into())).await?;
-        Ok(WriteTransaction { conn, open: true })
+        Ok(WriteTransaction {
+            conn,
+            open: true,
+            checkpoints: &self.checkpoints,
+        })
     }
 }
 
@@ -79,12 +137,14 @@ impl Writer {
 pub(super) struct WriteTransaction<'a> {
     conn: MappedMutexGuard<'a, SqliteConnection>,
     open: bool,
+    checkpoints: &'a Checkpoints,
 }
 
 impl WriteTransaction<'_> {
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
         SqliteTransactionManager::commit(&mut self.conn).await?;
         self.open = false;
+        self.checkpoints.committed();
         Ok(())
     }
 
