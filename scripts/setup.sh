@@ -6,6 +6,9 @@
 #     Spark Connect client (the `connect` extra: grpcio, grpcio-status, googleapis-common-protos,
 #     protobuf, pandas, pyarrow, zstandard) and requests pinned in the same virtualenv, so that
 #     scripts/spark_client.py and `$VENV/bin/pyspark --remote sc://...` work
+#   - Rucat's engine token check (engine-auth/: a gRPC interceptor for the Spark Connect server),
+#     compiled into $SPARK_HOME/jars/rucat-engine-auth.jar, so that every Spark Connect server of
+#     this Spark can load it; a JDK 17 (javac, jar) to compile it, when the sources changed
 #   - the PostgreSQL server programs (initdb, pg_ctl) and psql: the tests run PostgreSQL
 #     servers of their own to restart under load
 #   - with --browser (the test suite asks for it; `rucat serve` needs none), Debian's chromium and
@@ -166,4 +169,44 @@ if [ ! -x "$SPARK_HOME/sbin/start-connect-server.sh" ] || ! ls "$SPARK_HOME"/jar
   say "pyspark at $SPARK_HOME lacks sbin/start-connect-server.sh or the Spark Connect jar"
   exit 1
 fi
+
+# Rucat's engine token check (engine-auth/), compiled against this Spark's Spark Connect jar
+# (the interceptor implements its shaded gRPC interface) into jars/, which is on the classpath of
+# every Spark process. Rebuilt only when the sources or the Spark Connect jar changed: their
+# hashes are stamped into the virtualenv. Installed by a rename, so a concurrent run or a starting
+# Spark never sees half a jar.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ENGINE_AUTH_SRC="$ROOT/engine-auth/src"
+ENGINE_AUTH_JAR="$SPARK_HOME/jars/rucat-engine-auth.jar"
+ENGINE_AUTH_STAMP="$VENV/.rucat-engine-auth"
+CONNECT_JARS=("$SPARK_HOME"/jars/spark-connect_*.jar)
+engine_auth_sources() { find "$ENGINE_AUTH_SRC" -name '*.java' -type f | LC_ALL=C sort; }
+ENGINE_AUTH_HASH="$({
+  engine_auth_sources | while IFS= read -r f; do
+    echo "${f#"$ENGINE_AUTH_SRC"/}"
+    sha256sum <"$f"
+  done
+  sha256sum <"${CONNECT_JARS[0]}"
+} | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$ENGINE_AUTH_JAR" ] || [ "$(cat "$ENGINE_AUTH_STAMP" 2>/dev/null)" != "$ENGINE_AUTH_HASH" ]; then
+  if ! command -v javac >/dev/null 2>&1 || ! command -v jar >/dev/null 2>&1 ||
+    ! javac -version 2>&1 | grep -qE 'javac (1[7-9]|[2-9][0-9])'; then
+    say "installing a JDK 17 (javac, for Rucat's engine token check)"
+    apt_install openjdk-17-jdk-headless
+  fi
+  say "building $ENGINE_AUTH_JAR"
+  ENGINE_AUTH_TMP="$(mktemp -d)"
+  trap 'rm -rf "$ENGINE_AUTH_TMP"' EXIT
+  mkdir "$ENGINE_AUTH_TMP/classes"
+  engine_auth_sources >"$ENGINE_AUTH_TMP/sources"
+  javac --release 17 -nowarn -cp "${CONNECT_JARS[0]}" -d "$ENGINE_AUTH_TMP/classes" \
+    @"$ENGINE_AUTH_TMP/sources" >&2
+  jar --create --file "$ENGINE_AUTH_TMP/rucat-engine-auth.jar" -C "$ENGINE_AUTH_TMP/classes" . >&2
+  cp "$ENGINE_AUTH_TMP/rucat-engine-auth.jar" "$ENGINE_AUTH_JAR.tmp.$$"
+  mv -f "$ENGINE_AUTH_JAR.tmp.$$" "$ENGINE_AUTH_JAR"
+  echo "$ENGINE_AUTH_HASH" >"$ENGINE_AUTH_STAMP"
+  rm -rf "$ENGINE_AUTH_TMP"
+  trap - EXIT
+fi
+
 echo "$SPARK_HOME"

@@ -79,6 +79,8 @@ fn seed_engine(i: usize) -> Engine {
         generation: 0,
         failures: 0,
         failing_since: None,
+        pool: None,
+        handover_secret: None,
     }
 }
 

@@ -68,6 +68,8 @@ fn seed_engine(i: usize, state: EngineState) -> Engine {
         generation: 0,
         failures: 0,
         failing_since: None,
+        pool: None,
+        handover_secret: None,
     }
 }
 

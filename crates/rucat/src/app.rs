@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{PlatformKind, Settings};
 use crate::metrics::{InstrumentedPlatform, Metrics};
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, MonitorConfig};
 use crate::platform::kubernetes::KubernetesPlatform;
 use crate::platform::local::LocalPlatform;
 use crate::platform::simulated::SimulatedPlatform;
@@ -128,6 +128,16 @@ async fn open_platform(settings: &Settings) -> Result<Arc<dyn Platform>, AppErro
     Ok(match settings.platform {
         PlatformKind::Local => {
             let spark_home = settings.spark_home.clone().ok_or(AppError::NoSpark)?;
+            let jar = spark_home.join("jars").join(crate::platform::HANDOVER_JAR);
+            if !settings.pools.is_empty() && !jar.is_file() {
+                return Err(AppError::Setting {
+                    name: "pool",
+                    message: format!(
+                        "warm pools need {} (the interceptor that hands a taken engine its new secret); scripts/setup.sh builds and installs it",
+                        jar.display()
+                    ),
+                });
+            }
             Arc::new(LocalPlatform::new(
                 spark_home,
                 settings.data_dir.clone(),
@@ -196,6 +206,15 @@ impl Application {
         platform: Option<Arc<dyn Platform>>,
         versions: Vec<String>,
     ) -> Result<Self, AppError> {
+        if (roles.server || roles.monitor) && !settings.pools.is_empty() {
+            settings
+                .pools
+                .check_versions(&versions)
+                .map_err(|message| AppError::Setting {
+                    name: "pool",
+                    message,
+                })?;
+        }
         // The engines by state are read by processes that manage engines (not a proxy alone).
         let metrics = settings.metrics.enabled.then(|| {
             Arc::new(Metrics::new(
@@ -267,6 +286,7 @@ impl Application {
                 auth,
                 policy: Arc::new(settings.policy.clone()),
                 quotas: Arc::new(settings.quotas.clone()),
+                pools: Arc::new(settings.pools.clone()),
                 public_url: Arc::new(public_url),
                 idle: settings.idle,
                 versions: Arc::new(versions),
@@ -283,7 +303,10 @@ impl Application {
             (true, Some(platform)) => Some(Monitor::with_metrics(
                 store,
                 platform,
-                settings.monitor.clone(),
+                MonitorConfig {
+                    pools: settings.pools.clone(),
+                    ..settings.monitor.clone()
+                },
                 metrics.clone(),
             )),
             _ => None,

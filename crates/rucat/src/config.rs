@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::auth::{AuthConfig, AuthFile};
 use crate::engine::policy::ConfPolicy;
+use crate::engine::pool::{PoolFile, Pools};
 use crate::engine::quota::Quotas;
 use crate::engine::IdleTimeouts;
 use crate::metrics::{MetricsArgs, MetricsConfig, MetricsFile};
@@ -129,6 +130,8 @@ pub struct FileConfig {
     pub proxy: ProxyFile,
     pub idle: IdleTimeouts,
     pub metrics: MetricsFile,
+    /// `[[pool]]` tables: warm pools (see [`crate::engine::pool`]).
+    pub pool: Vec<PoolFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +187,8 @@ pub struct Settings {
     /// users (behind a network policy, say).
     pub allow_unauthenticated: bool,
     pub metrics: MetricsConfig,
+    /// Warm pools; empty: every create starts its engine.
+    pub pools: Pools,
 }
 
 impl FileConfig {
@@ -241,6 +246,12 @@ impl Settings {
         let proxy = ProxyConfig::resolve(args.proxy, &file.proxy)?;
         let metrics = MetricsConfig::resolve(args.metrics, &file.metrics)?;
         check_idle(&file.idle)?;
+        let policy = file.policy.unwrap_or_default();
+        let pools =
+            Pools::from_file(&file.pool, &policy).map_err(|message| ConfigError::Invalid {
+                name: "pool",
+                message,
+            })?;
         Ok(Settings {
             listen,
             data_dir,
@@ -252,7 +263,7 @@ impl Settings {
             simulated,
             kubernetes,
             monitor,
-            policy: file.policy.unwrap_or_default(),
+            policy,
             auth,
             quotas: file.quota,
             proxy,
@@ -262,6 +273,7 @@ impl Settings {
                 .or(file.allow_unauthenticated)
                 .unwrap_or(false),
             metrics,
+            pools,
         })
     }
 }

@@ -3,15 +3,18 @@
 //!
 //! Recording costs a few relaxed atomic additions: no lock on the monitor's or the platform's
 //! paths, and for an HTTP request one shared read lock (taken for writing only the first time a
-//! route, method and status are seen). The engines by state are read from the store when the
+//! route, method and status are seen); warm pools' figures, counted per refill and take, share
+//! one mutex. The engines by state are read from the store when the
 //! page is read, with one `GROUP BY` query. Nothing recorded names an engine, a user or a raw
-//! path: HTTP requests are labelled with the route's template (`/engines/{id}`).
+//! path: HTTP requests are labelled with the route's template (`/engines/{id}`), pools with their
+//! configured names.
 
 mod settings;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -319,6 +322,16 @@ impl PlatformOp {
     }
 }
 
+/// One warm pool's figures.
+#[derive(Debug, Clone, Default)]
+struct PoolSeries {
+    refills: u64,
+    taken: u64,
+    empty: u64,
+    /// Running and starting engines at the last look (none yet: not written).
+    seen: Option<(u64, u64)>,
+}
+
 struct PlatformCalls {
     errors: AtomicU64,
     duration: Histogram,
@@ -341,6 +354,8 @@ pub struct Metrics {
     platform: Vec<PlatformCalls>,
     /// The proxy's counters, when this process runs one.
     proxy: OnceLock<Arc<Activity>>,
+    /// Warm pools, by name: refills, takes, and the engines seen at the last look.
+    pools: Mutex<BTreeMap<String, PoolSeries>>,
     /// Which parts record here: only their families are written.
     has_server: AtomicBool,
     has_monitor: AtomicBool,
@@ -374,6 +389,7 @@ impl Metrics {
                 })
                 .collect(),
             proxy: OnceLock::new(),
+            pools: Mutex::default(),
             has_server: AtomicBool::new(false),
             has_monitor: AtomicBool::new(false),
             has_platform: AtomicBool::new(false),
@@ -453,6 +469,88 @@ impl Metrics {
         self.claim_latency.observe(waited);
     }
 
+    /// A monitor added a warm engine to `pool`.
+    pub fn pool_refill(&self, pool: &str) {
+        self.pool_series(pool, |series| series.refills += 1);
+    }
+
+    /// A create fitting `pool` took a warm engine (`taken`), or found none ready and started
+    /// cold.
+    pub fn pool_take(&self, pool: &str, taken: bool) {
+        self.pool_series(pool, |series| {
+            if taken {
+                series.taken += 1;
+            } else {
+                series.empty += 1;
+            }
+        });
+    }
+
+    /// What a monitor's last look at `pool` found: engines serving and engines starting.
+    pub fn pool_seen(&self, pool: &str, running: u64, starting: u64) {
+        self.pool_series(pool, |series| series.seen = Some((running, starting)));
+    }
+
+    fn pool_series(&self, pool: &str, change: impl FnOnce(&mut PoolSeries)) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        change(pools.entry(pool.to_owned()).or_default());
+    }
+
+    fn render_pools(&self, page: &mut Page) {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if pools.is_empty() {
+            return;
+        }
+        page.family(
+            "rucat_pool_refills_total",
+            "counter",
+            "Warm engines this process's monitor added to each pool.",
+        );
+        for (pool, series) in &pools {
+            page.sample(
+                "rucat_pool_refills_total",
+                &[("pool", pool)],
+                series.refills,
+            );
+        }
+        page.family(
+            "rucat_pool_takes_total",
+            "counter",
+            "Creates fitting each pool: result taken (a warm engine, Running at once) or empty (none was Running; started cold).",
+        );
+        for (pool, series) in &pools {
+            page.sample(
+                "rucat_pool_takes_total",
+                &[("pool", pool), ("result", "taken")],
+                series.taken,
+            );
+            page.sample(
+                "rucat_pool_takes_total",
+                &[("pool", pool), ("result", "empty")],
+                series.empty,
+            );
+        }
+        page.family(
+            "rucat_pool_engines",
+            "gauge",
+            "Warm engines of each pool at this process's monitor's last look, running or starting.",
+        );
+        for (pool, series) in &pools {
+            if let Some((running, starting)) = series.seen {
+                page.sample(
+                    "rucat_pool_engines",
+                    &[("pool", pool), ("state", "running")],
+                    running,
+                );
+                page.sample(
+                    "rucat_pool_engines",
+                    &[("pool", pool), ("state", "starting")],
+                    starting,
+                );
+            }
+        }
+    }
+
     fn platform_call(&self, op: PlatformOp, ok: bool, duration: Duration) {
         let calls = &self.platform[op as usize];
         calls.duration.observe(duration);
@@ -517,6 +615,7 @@ impl Metrics {
         if self.has_platform.load(Ordering::Relaxed) {
             self.render_platform(&mut page);
         }
+        self.render_pools(&mut page);
         if let Some(activity) = self.proxy.get() {
             page.out.push_str(&activity.counters.prometheus());
             page.family(

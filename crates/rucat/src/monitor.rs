@@ -17,6 +17,7 @@
 //! not remove it, the engine takes its error path naming the stuck resource while the orphan scan
 //! keeps at it. A Running engine that stops answering Spark Connect for `health_timeout` fails.
 
+mod pools;
 mod settings;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -28,6 +29,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::engine::pool::Pools;
 use crate::engine::state::monitor_transition;
 use crate::engine::{Actor, Cause, Engine, EngineId, EngineSecret, EngineState, MonitorStep};
 use crate::metrics::{Metrics, StepFailure, StepKind};
@@ -71,6 +73,8 @@ pub struct MonitorConfig {
     pub idle_minute: Duration,
     /// A proxy's report of calls under way older than this no longer counts (the proxy died).
     pub activity_stale: Duration,
+    /// The warm pools this monitor keeps filled (see [`crate::engine::pool`]).
+    pub pools: Pools,
 }
 
 /// `HOST-PID`: on Kubernetes the host name is the pod's name.
@@ -102,6 +106,7 @@ impl Default for MonitorConfig {
             name: default_name(),
             idle_minute: Duration::from_secs(60),
             activity_stale: Duration::from_secs(30),
+            pools: Pools::default(),
         }
     }
 }
@@ -215,6 +220,7 @@ impl Monitor {
         let wake_ups = self.inner.store.wake_ups();
         let mut tasks = JoinSet::new();
         let orphans = tokio::spawn(self.clone().scan_orphans(shutdown.clone()));
+        let pools = tokio::spawn(self.clone().keep_pools_loop(shutdown.clone()));
         // While the store is unreachable, passes are retried ever less often, up to this cap.
         let mut backoff = Backoff::new(
             Duration::from_millis(250).min(config.poll_interval),
@@ -265,6 +271,7 @@ impl Monitor {
             warn!("steps still under way after 30 s; their claims time out and are retried");
         }
         orphans.abort();
+        pools.abort();
     }
 
     /// The orphan scan's own loop: a slow scan (a slow platform API) holds up no step. The

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::engine::{EngineId, EngineSecret};
+use crate::engine::{Credentials, EngineId, REKEY_HEADER};
 
 /// The user the monitor's calls name.
 const USER: &str = "rucat-monitor";
@@ -29,10 +29,10 @@ pub type ProbeError = String;
 pub async fn probe(
     endpoint: &str,
     engine: &EngineId,
-    secret: Option<&EngineSecret>,
+    credentials: Option<Credentials<'_>>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    match tokio::time::timeout(timeout, call(endpoint, engine, secret)).await {
+    match tokio::time::timeout(timeout, call(endpoint, engine, credentials)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "Spark Connect at {endpoint} did not answer within {timeout:?}"
@@ -43,7 +43,7 @@ pub async fn probe(
 async fn call(
     endpoint: &str,
     engine: &EngineId,
-    secret: Option<&EngineSecret>,
+    credentials: Option<Credentials<'_>>,
 ) -> Result<(), ProbeError> {
     let address = endpoint
         .trim_start_matches("sc://")
@@ -67,11 +67,17 @@ async fn call(
         .uri(uri)
         .header(CONTENT_TYPE, "application/grpc")
         .header(TE, "trailers");
-    if let Some(secret) = secret {
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| "the engine's secret is not a header value".to_owned())?;
+    if let Some(credentials) = credentials {
+        let malformed = |_| "the engine's secret is not a header value".to_owned();
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", credentials.bearer.expose()))
+            .map_err(malformed)?;
         bearer.set_sensitive(true);
         request = request.header(AUTHORIZATION, bearer);
+        if let Some(new) = credentials.rekey {
+            let mut rekey = HeaderValue::from_str(new.expose()).map_err(malformed)?;
+            rekey.set_sensitive(true);
+            request = request.header(REKEY_HEADER, rekey);
+        }
     }
     let request = request
         .body(Full::new(Bytes::from(grpc_frame(&config_request(engine)))))

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod policy;
+pub mod pool;
 pub mod quota;
 pub mod state;
 
@@ -385,6 +386,44 @@ pub struct Engine {
     pub failures: u32,
     #[serde(skip)]
     pub failing_since: Option<DateTime<Utc>>,
+    /// The warm pool the engine belongs to: it was started ahead of any request and waits, owned
+    /// by no user, for a create to take it. Absent for every engine a user owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The secret the engine's Spark Connect server was started with, while the one a take gave
+    /// it ([`Engine::secret`]) is being handed over (see [`Engine::credentials`]).
+    #[serde(skip)]
+    pub handover_secret: Option<EngineSecret>,
+}
+
+/// The gRPC metadata that hands an engine taken from a warm pool its new secret: sent with the
+/// old secret as the credential, it makes the engine's Spark Connect server accept the new one
+/// from then on, and the old one never again (see `engine-auth/`).
+pub const REKEY_HEADER: &str = "x-rucat-rekey";
+
+/// What a Spark Connect call to an engine carries: the secret as the bearer credential and,
+/// while a take's new secret is being handed over, the new one as [`REKEY_HEADER`].
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub bearer: &'a EngineSecret,
+    pub rekey: Option<&'a EngineSecret>,
+}
+
+impl Engine {
+    /// How to authenticate to the engine's Spark Connect server, `None` when it has no secret.
+    pub fn credentials(&self) -> Option<Credentials<'_>> {
+        let secret = self.secret.as_ref()?;
+        Some(match &self.handover_secret {
+            Some(old) => Credentials {
+                bearer: old,
+                rekey: Some(secret),
+            },
+            None => Credentials {
+                bearer: secret,
+                rekey: None,
+            },
+        })
+    }
 }
 
 // `rucat-client` has a copy of its own of `EngineEvent`, `EventType`, `Cause` and `Actor`, with
@@ -695,6 +734,8 @@ mod tests {
             generation: 0,
             failures: 0,
             failing_since: None,
+            pool: None,
+            handover_secret: None,
         };
         let json = serde_json::to_value(&engine).expect("json");
         assert_eq!(json["name"], "etl");

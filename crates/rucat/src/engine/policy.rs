@@ -25,6 +25,7 @@ pub const RESERVED: &[&str] = &[
     "spark.connect.grpc.binding.port",
     "spark.connect.grpc.binding.address",
     "spark.connect.authenticate.token",
+    "spark.connect.grpc.interceptor.classes",
     "spark.driver.port",
     "spark.driver.blockManager.port",
     "spark.kubernetes.namespace",

@@ -65,6 +65,7 @@ impl MonitorConfig {
             },
             batch: defaults.batch,
             name: defaults.name,
+            pools: defaults.pools,
         })
     }
 }

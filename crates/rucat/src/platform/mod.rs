@@ -55,6 +55,18 @@ pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// What the REST API reads of a platform: a running engine's driver log. Every [`Platform`]
 /// gives it (and is one), so that the API holds this and not the platform's operations.
+/// The Spark conf naming Spark Connect's extra gRPC interceptors (Rucat's alone: see the policy).
+pub const INTERCEPTOR_CONF: &str = "spark.connect.grpc.interceptor.classes";
+/// The interceptor a warm engine authenticates its clients with: it takes the secret the engine
+/// starts with from [`HANDOVER_SECRET_ENV`], and a new one when a create takes the engine (see
+/// [`crate::engine::REKEY_HEADER`] and `engine-auth/`).
+pub const HANDOVER_INTERCEPTOR: &str = "io.rucat.engine.HandoverTokenInterceptor";
+/// Where a warm engine's first secret is, instead of Spark's own `SPARK_CONNECT_AUTHENTICATE_TOKEN`.
+pub const HANDOVER_SECRET_ENV: &str = "RUCAT_ENGINE_TOKEN";
+/// The jar that holds [`HANDOVER_INTERCEPTOR`], in a Spark distribution's `jars/` (the setup
+/// script builds and installs it; images for warm pools on Kubernetes must hold it too).
+pub const HANDOVER_JAR: &str = "rucat-engine-auth.jar";
+
 #[async_trait]
 pub trait DriverLogs: Send + Sync + 'static {
     /// The tail (at most `max_bytes`) of the engine's driver log, if there is one.
@@ -107,8 +119,7 @@ pub trait Platform: DriverLogs {
     /// Whether Spark Connect serves the engine at `endpoint`: a real request with the engine's
     /// secret (see [`crate::spark_connect`]).
     async fn probe(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
-        crate::spark_connect::probe(endpoint, &engine.id, engine.secret.as_ref(), PROBE_TIMEOUT)
-            .await
+        crate::spark_connect::probe(endpoint, &engine.id, engine.credentials(), PROBE_TIMEOUT).await
     }
 
     /// The tail (at most `max_bytes`) of the engine's driver log, if there is one.

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::activity::{Activity, Call};
 use super::grpc::{Reason, Refusal};
 use crate::auth::{AuthError, Authenticator};
-use crate::engine::{EngineId, EngineState, ENGINE_PARAMETER};
+use crate::engine::{EngineId, EngineState, ENGINE_PARAMETER, REKEY_HEADER};
 use crate::store::Store;
 
 /// How long opening a connection to an engine may take.
@@ -297,7 +297,9 @@ impl Router {
                     "the store cannot serve the call; try again",
                 )
             })?
-            .filter(|engine| caller.may_use(&engine.owner))
+            // A warm engine of a pool belongs to no one until a create takes it: no caller,
+            // admins included, reaches it.
+            .filter(|engine| engine.pool.is_none() && caller.may_use(&engine.owner))
             .ok_or_else(not_found)?;
         if record.state != EngineState::Running {
             return Err(Refusal::new(
@@ -305,7 +307,7 @@ impl Router {
                 format!("engine {id} is {}, not Running", record.state),
             ));
         }
-        let (Some(endpoint), Some(secret)) = (&record.endpoint, &record.secret) else {
+        let (Some(endpoint), Some(credentials)) = (&record.endpoint, record.credentials()) else {
             return Err(Refusal::new(
                 Reason::NotReachable,
                 format!("engine {id} is not reachable yet"),
@@ -321,10 +323,21 @@ impl Router {
         for header in HOP_BY_HOP {
             parts.headers.remove(header);
         }
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| Refusal::new(Reason::NotReachable, "the engine's secret is malformed"))?;
+        parts.headers.remove(HeaderName::from_static(REKEY_HEADER));
+        let malformed = || Refusal::new(Reason::NotReachable, "the engine's secret is malformed");
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", credentials.bearer.expose()))
+            .map_err(|_| malformed())?;
         bearer.set_sensitive(true);
         parts.headers.insert(AUTHORIZATION, bearer);
+        // An engine taken from a warm pool learns its new secret with the first calls after the
+        // take (see `Engine::credentials`).
+        if let Some(new) = credentials.rekey {
+            let mut rekey = HeaderValue::from_str(new.expose()).map_err(|_| malformed())?;
+            rekey.set_sensitive(true);
+            parts
+                .headers
+                .insert(HeaderName::from_static(REKEY_HEADER), rekey);
+        }
         parts.headers.remove(HOST);
         let path = parts
             .uri

@@ -24,7 +24,7 @@ use crate::engine::{
     Actor, Cause, Engine, EngineEvent, EngineId, EngineRequest, EngineSecret, EngineState,
     EventType, SparkConf, UserOp, UserTarget,
 };
-use crate::store::{Cas, ListQuery, Transition, MAX_EVENTS, MAX_KEPT_LOG};
+use crate::store::{Cas, ListQuery, Take, Transition, MAX_EVENTS, MAX_KEPT_LOG};
 
 pub fn router() -> Router<ApiContext> {
     Router::new()
@@ -141,6 +141,30 @@ async fn create(
     let request = parse_request(body)?;
     admission(&context).admit(&request)?;
     let idle_timeout_minutes = context.idle.resolve(request.idle_timeout_minutes)?;
+    let limits = context.quotas.for_owner(&caller.user);
+    if let Some(pool) = context.pools.fitting(&request) {
+        let take = Take {
+            pool: pool.name.clone(),
+            owner: caller.user.clone(),
+            name: request.name.clone(),
+            secret: EngineSecret::generate(),
+            idle_timeout_minutes,
+            limits,
+        };
+        let taken = context.store.take_warm(&take).await?;
+        if let Some(metrics) = &context.metrics {
+            metrics.pool_take(&pool.name, taken.is_some());
+        }
+        match taken {
+            Some(engine) => {
+                info!(engine = %engine.id, name = %engine.name, owner = %engine.owner, pool = %pool.name, "engine created from a warm pool");
+                return Ok((StatusCode::CREATED, Json(Created { id: engine.id })));
+            }
+            None => {
+                info!(pool = %pool.name, "no warm engine ready in the pool; starting one");
+            }
+        }
+    }
     let now = Utc::now();
     let engine = Engine {
         id: EngineId::generate(),
@@ -165,8 +189,9 @@ async fn create(
         generation: 0,
         failures: 0,
         failing_since: None,
+        pool: None,
+        handover_secret: None,
     };
-    let limits = context.quotas.for_owner(&caller.user);
     context.store.insert_within(&engine, &limits).await?;
     info!(engine = %engine.id, name = %engine.name, owner = %engine.owner, "engine created");
     Ok((StatusCode::CREATED, Json(Created { id: engine.id })))

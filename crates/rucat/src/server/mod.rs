@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::engine::policy::ConfPolicy;
+use crate::engine::pool::Pools;
 use crate::engine::quota::Quotas;
 use crate::engine::{IdleTimeouts, PublicUrl};
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ pub struct ApiContext {
     pub auth: Arc<Authenticator>,
     pub policy: Arc<ConfPolicy>,
     pub quotas: Arc<Quotas>,
+    /// Warm pools a fitting create takes its engine from.
+    pub pools: Arc<Pools>,
     /// Where clients reach engines (the proxy): the endpoints users see.
     pub public_url: Arc<PublicUrl>,
     pub idle: IdleTimeouts,
@@ -64,6 +67,7 @@ impl ApiContext {
             auth: Arc::new(Authenticator::disabled()),
             policy: Arc::new(ConfPolicy::default()),
             quotas: Arc::default(),
+            pools: Arc::default(),
             public_url: Arc::new(
                 PublicUrl::parse(&format!("sc://localhost:{}", crate::proxy::DEFAULT_PORT))
                     .unwrap_or_else(|_| unreachable!("the default public URL parses")),

@@ -117,6 +117,8 @@ pub fn sample_engine(name: &str) -> Engine {
         generation: 0,
         failures: 0,
         failing_since: None,
+        pool: None,
+        handover_secret: None,
     }
 }
 

@@ -96,6 +96,9 @@ pub struct Transition {
     /// Keep the count of failed attempts (and since when) instead of resetting it: a claim,
     /// and a claim given back to retry a failed step, are not progress.
     pub keep_failures: bool,
+    /// When set, the change happens only while the engine is still in a warm pool (a monitor
+    /// shrinking a pool must not stop an engine a create has just taken).
+    pub only_warm: bool,
 }
 
 impl Transition {
@@ -115,7 +118,14 @@ impl Transition {
             fence: None,
             claim: false,
             keep_failures: false,
+            only_warm: false,
         }
+    }
+
+    /// Applies only to a warm engine (see [`Transition::only_warm`]).
+    pub fn only_warm(mut self) -> Self {
+        self.only_warm = true;
+        self
     }
 
     /// Applies only in `generation` (see [`Transition::fence`]).
@@ -249,6 +259,27 @@ pub struct Activity {
     pub last_active: Option<DateTime<Utc>>,
 }
 
+/// A create taking a warm engine of a pool (see [`Store::take_warm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    pub pool: String,
+    pub owner: String,
+    pub name: crate::engine::EngineName,
+    /// The engine's new secret; the one it was started with is kept only to hand it over.
+    pub secret: EngineSecret,
+    pub idle_timeout_minutes: u32,
+    /// The owner's quotas, checked atomically with the take, as for an insert.
+    pub limits: Limits,
+}
+
+/// The states of a pool's engines that count toward its size: starting or serving.
+pub const WARM_STATES: [EngineState; 4] = [
+    EngineState::WaitToStart,
+    EngineState::TriggerStart,
+    EngineState::StartInProgress,
+    EngineState::Running,
+];
+
 /// What a user listing asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListQuery {
@@ -279,6 +310,26 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_within(&self, engine: &Engine, limits: &Limits) -> Result<(), StoreError>;
 
     async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError>;
+
+    /// Stores a new warm engine of pool `engine.pool` (owned by no user), only if the pool holds
+    /// fewer than `size` engines in [`WARM_STATES`] (checked atomically: monitors refilling one
+    /// pool at once cannot overfill it). Returns whether it was stored. Its first event is
+    /// `actor`'s, caused by the monitor step `pool_refill`.
+    async fn insert_warm(
+        &self,
+        engine: &Engine,
+        size: u32,
+        actor: &Actor,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a `Running` warm engine of `take.pool` to `take.owner` in one change: its owner,
+    /// name, idle timeout and a new secret, out of the pool, its warm history dropped (its
+    /// events start again with the take). Each warm engine goes to one take only. `None` when
+    /// the pool has no `Running` engine; [`StoreError::OverQuota`] when the owner is at a quota.
+    async fn take_warm(&self, take: &Take) -> Result<Option<Engine>, StoreError>;
+
+    /// Every engine that is in a pool (warm, not taken), oldest first.
+    async fn warm_engines(&self) -> Result<Vec<Engine>, StoreError>;
 
     /// A page of engines in creation order, filtered by owner and state.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;

@@ -21,7 +21,8 @@ use crate::engine::{Actor, Engine, EngineId, EngineName, EngineSecret, EngineSta
 pub(super) const ENGINE_COLUMNS: &str = "seq, id, name, owner, engine_type, version, configs, \
                                          state, error, endpoint, create_time, update_time, \
                                          next_update_time, idle_timeout_minutes, secret, \
-                                         generation, failures, failing_since";
+                                         generation, failures, failing_since, pool, \
+                                         handover_secret";
 
 /// The page size of a listing that asks for none.
 pub(super) const DEFAULT_PAGE: u32 = 50;
@@ -122,7 +123,10 @@ pub(super) fn engine_from_row<R: Columns>(row: &R) -> Result<Engine, StoreError>
     let generation: i64 = column(row, &id, "generation")?;
     let failures: i64 = column(row, &id, "failures")?;
     let failing_since: Option<i64> = column(row, &id, "failing_since")?;
+    let handover_secret: Option<String> = column(row, &id, "handover_secret")?;
     Ok(Engine {
+        pool: column(row, &id, "pool")?,
+        handover_secret: handover_secret.map(EngineSecret::from_stored),
         generation: u64::try_from(generation)
             .map_err(|_| corrupt(&id, format_args!("generation {generation} is negative")))?,
         failures: count(failures),

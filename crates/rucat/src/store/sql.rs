@@ -73,6 +73,24 @@ where
     select
 }
 
+/// How many engines of pool `$1` count toward its size (see [`super::WARM_STATES`]).
+pub(super) static WARM_COUNT_SQL: LazyLock<String> = LazyLock::new(|| {
+    let states: Vec<String> = super::WARM_STATES
+        .iter()
+        .map(|state| format!("'{}'", state.as_str()))
+        .collect();
+    format!(
+        "SELECT CAST(count(*) AS BIGINT) FROM engines WHERE pool = $1 AND state IN ({})",
+        states.join(", ")
+    )
+});
+
+/// The key that serializes the changes of one pool's membership (refills and takes), in the
+/// same lock space as an owner's quota checks.
+pub(super) fn pool_lock(pool: &str) -> String {
+    format!("pool {pool}")
+}
+
 /// An event's cause as the stores keep it: its JSON.
 pub(super) fn cause_text(cause: &crate::engine::Cause) -> String {
     // A plain enum of strings and numbers: serializing it cannot fail.
@@ -142,6 +160,62 @@ macro_rules! sql_store {
                 }
             }
 
+            /// Inserts `engine` (its `seq` in creation order) and its first event.
+            async fn insert_row(
+                conn: &mut $conn,
+                engine: &Engine,
+                actor: &Actor,
+                cause: &Cause,
+                message: Option<&str>,
+            ) -> Result<(), StoreError> {
+                let configs = configs_json(engine)?;
+                Self::lock_inserts(conn).await?;
+                let inserted = sqlx::query_scalar::<_, i64>(
+                    "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, \
+                     error, endpoint, create_time, update_time, next_update_time, \
+                     idle_timeout_minutes, secret, generation, pool) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16) RETURNING seq",
+                )
+                .bind(engine.id.as_str())
+                .bind(engine.name.as_str())
+                .bind(&engine.owner)
+                .bind(engine.engine_type.as_str())
+                .bind(&engine.version)
+                .bind(configs)
+                .bind(engine.state.as_str())
+                .bind(engine.error.as_deref().map(Self::text))
+                .bind(engine.endpoint.as_deref())
+                .bind(sql::millis(engine.create_time))
+                .bind(sql::millis(engine.update_time))
+                .bind(engine.next_update_time.map(sql::millis))
+                .bind(i64::from(engine.idle_timeout_minutes))
+                .bind(engine.secret.as_ref().map(EngineSecret::expose))
+                .bind(generation_value(engine.generation))
+                .bind(engine.pool.as_deref())
+                .fetch_one(&mut *conn)
+                .await;
+                let seq = match inserted {
+                    Ok(seq) => seq,
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(StoreError::Duplicate(engine.id.clone()));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Self::record_event(
+                    conn,
+                    seq,
+                    engine.create_time,
+                    None,
+                    engine.state,
+                    message,
+                    Some(actor),
+                    Some(cause),
+                )
+                .await?;
+                Self::announce(conn, engine.next_update_time).await
+            }
+
             /// Checks `limits` for `owner` inside a write transaction, which keeps the counts
             /// from changing before it commits. `other_than` is the engine being changed.
             async fn check_limits(
@@ -174,59 +248,142 @@ macro_rules! sql_store {
                 engine: &Engine,
                 limits: &Limits,
             ) -> Result<(), StoreError> {
-                let configs = configs_json(engine)?;
                 let mut tx = self.begin_write().await?;
                 let activates = !engine.state.is_settled();
                 Self::check_limits(&mut tx, &engine.owner, &engine.id, limits, true, activates)
                     .await?;
-                Self::lock_inserts(&mut tx).await?;
-                let inserted = sqlx::query_scalar::<_, i64>(
-                    "INSERT INTO engines (id, name, owner, engine_type, version, configs, state, \
-                     error, endpoint, create_time, update_time, next_update_time, \
-                     idle_timeout_minutes, secret, generation) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                     RETURNING seq",
-                )
-                .bind(engine.id.as_str())
-                .bind(engine.name.as_str())
-                .bind(&engine.owner)
-                .bind(engine.engine_type.as_str())
-                .bind(&engine.version)
-                .bind(configs)
-                .bind(engine.state.as_str())
-                .bind(engine.error.as_deref().map(Self::text))
-                .bind(engine.endpoint.as_deref())
-                .bind(sql::millis(engine.create_time))
-                .bind(sql::millis(engine.update_time))
-                .bind(engine.next_update_time.map(sql::millis))
-                .bind(i64::from(engine.idle_timeout_minutes))
-                .bind(engine.secret.as_ref().map(EngineSecret::expose))
-                .bind(generation_value(engine.generation))
-                .fetch_one(&mut *tx)
-                .await;
-                let seq = match inserted {
-                    Ok(seq) => seq,
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        return Err(StoreError::Duplicate(engine.id.clone()));
-                    }
-                    Err(e) => return Err(e.into()),
-                };
                 let actor = Actor::User(engine.owner.clone());
-                Self::record_event(
-                    &mut tx,
-                    seq,
-                    engine.create_time,
-                    None,
-                    engine.state,
-                    None,
-                    Some(&actor),
-                    Some(&Cause::user("create")),
-                )
-                .await?;
-                Self::announce(&mut tx, engine.next_update_time).await?;
+                Self::insert_row(&mut tx, engine, &actor, &Cause::user("create"), None).await?;
                 tx.commit().await?;
                 self.wake_if_due(engine.next_update_time);
                 Ok(())
+            }
+
+            async fn insert_warm(
+                &self,
+                engine: &Engine,
+                size: u32,
+                actor: &Actor,
+            ) -> Result<bool, StoreError> {
+                let Some(pool) = engine.pool.as_deref() else {
+                    return Err(StoreError::Corrupt(format!(
+                        "engine {} is inserted as warm but names no pool",
+                        engine.id
+                    )));
+                };
+                let mut tx = self.begin_write().await?;
+                Self::lock_owner(&mut tx, &sql::pool_lock(pool)).await?;
+                let warm: i64 = sqlx::query_scalar(&sql::WARM_COUNT_SQL)
+                    .bind(pool)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if count(warm) >= size {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let message = format!("warm engine for pool {pool}");
+                Self::insert_row(
+                    &mut tx,
+                    engine,
+                    actor,
+                    &Cause::monitor("pool_refill"),
+                    Some(&message),
+                )
+                .await?;
+                tx.commit().await?;
+                self.wake_if_due(engine.next_update_time);
+                Ok(true)
+            }
+
+            async fn take_warm(&self, take: &Take) -> Result<Option<Engine>, StoreError> {
+                let now = Utc::now();
+                let mut tx = self.begin_write().await?;
+                // One take of a pool at a time: the next sees this one's engine out of the pool.
+                Self::lock_owner(&mut tx, &sql::pool_lock(&take.pool)).await?;
+                let candidate: Option<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT id, seq, create_time FROM engines \
+                     WHERE pool = $1 AND state = 'Running' ORDER BY seq LIMIT 1",
+                )
+                .bind(take.pool.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((id, seq, started)) = candidate else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let id = id_from(id)?;
+                Self::check_limits(&mut tx, &take.owner, &id, &take.limits, true, true).await?;
+                let changed = sqlx::query(
+                    "UPDATE engines SET owner = $1, name = $2, pool = NULL, \
+                     handover_secret = secret, secret = $3, idle_timeout_minutes = $4, \
+                     create_time = $5, update_time = $5 \
+                     WHERE seq = $6 AND pool = $7 AND state = 'Running'",
+                )
+                .bind(take.owner.as_str())
+                .bind(take.name.as_str())
+                .bind(take.secret.expose())
+                .bind(i64::from(take.idle_timeout_minutes))
+                .bind(sql::millis(now))
+                .bind(seq)
+                .bind(take.pool.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                // The warm life is no part of the user's engine: its history, kept log and
+                // activity go; its events start again with the take.
+                sqlx::query("DELETE FROM engine_events WHERE engine_seq = $1")
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM engine_logs WHERE engine_seq = $1")
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM engine_activity WHERE engine_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let started = time_from(id.as_str(), "create_time", started)?;
+                let message = format!(
+                    "taken from warm pool {} (started {})",
+                    take.pool,
+                    started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                );
+                Self::record_event(
+                    &mut tx,
+                    seq,
+                    now,
+                    None,
+                    EngineState::Running,
+                    Some(&message),
+                    Some(&Actor::User(take.owner.clone())),
+                    Some(&Cause::user("create")),
+                )
+                .await?;
+                let row = sqlx::query(&sql::GET_SQL)
+                    .bind(id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let engine = engine_from_row(&row)?;
+                // Monitors refill the pool at once.
+                Self::announce(&mut tx, Some(now)).await?;
+                tx.commit().await?;
+                self.wake_if_due(Some(now));
+                Ok(Some(engine))
+            }
+
+            async fn warm_engines(&self) -> Result<Vec<Engine>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {} FROM engines WHERE pool IS NOT NULL ORDER BY seq",
+                    ENGINE_COLUMNS
+                ))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(engine_from_row).collect()
             }
 
             async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError> {
@@ -272,12 +429,14 @@ macro_rules! sql_store {
                 let seq: Option<i64> = sqlx::query_scalar(
                     "UPDATE engines SET state = $1, error = $2, endpoint = $3, \
                      next_update_time = $4, update_time = $5, secret = coalesce($6, secret), \
+                     handover_secret = CASE WHEN $6 IS NULL THEN handover_secret ELSE NULL END, \
                      generation = generation + $7, \
                      failures = CASE WHEN $12 = 1 THEN failures ELSE 0 END, \
                      failing_since = CASE WHEN $12 = 1 THEN failing_since ELSE NULL END \
                      WHERE id = $8 AND state = $9 \
                      AND (CAST($10 AS BIGINT) IS NULL OR next_update_time <= $10) \
                      AND (CAST($11 AS BIGINT) IS NULL OR generation = $11) \
+                     AND ($13 = 0 OR pool IS NOT NULL) \
                      RETURNING seq",
                 )
                 .bind(t.to.as_str())
@@ -292,6 +451,7 @@ macro_rules! sql_store {
                 .bind(t.due_by.map(sql::millis))
                 .bind(t.fence.map(generation_value))
                 .bind(i64::from(t.keep_failures))
+                .bind(i64::from(t.only_warm))
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(seq) = seq else {

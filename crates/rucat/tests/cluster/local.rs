@@ -329,6 +329,8 @@ fn engine_at(id: &EngineId, generation: u64) -> Engine {
         generation,
         failures: 0,
         failing_since: None,
+        pool: None,
+        handover_secret: None,
     }
 }
 

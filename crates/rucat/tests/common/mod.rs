@@ -86,6 +86,8 @@ impl TestApp {
             generation: 0,
             failures: 0,
             failing_since: None,
+            pool: None,
+            handover_secret: None,
         };
         self.store.insert(&engine).await.expect("insert");
         // As stored (times at the store's precision).

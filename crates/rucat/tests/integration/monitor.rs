@@ -768,6 +768,23 @@ impl rucat::store::Store for HookedStore {
     async fn get(&self, id: &EngineId) -> Result<Option<rucat::engine::Engine>, StoreError> {
         self.inner.get(id).await
     }
+    async fn insert_warm(
+        &self,
+        engine: &rucat::engine::Engine,
+        size: u32,
+        actor: &rucat::engine::Actor,
+    ) -> Result<bool, StoreError> {
+        self.inner.insert_warm(engine, size, actor).await
+    }
+    async fn take_warm(
+        &self,
+        take: &rucat::store::Take,
+    ) -> Result<Option<rucat::engine::Engine>, StoreError> {
+        self.inner.take_warm(take).await
+    }
+    async fn warm_engines(&self) -> Result<Vec<rucat::engine::Engine>, StoreError> {
+        self.inner.warm_engines().await
+    }
     async fn list(
         &self,
         query: &rucat::store::ListQuery,

@@ -42,6 +42,8 @@ pub(super) fn engine(configs: &[(&str, &str)]) -> Engine {
         generation: 0,
         failures: 0,
         failing_since: None,
+        pool: None,
+        handover_secret: None,
     }
 }
 

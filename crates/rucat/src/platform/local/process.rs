@@ -26,7 +26,7 @@ use super::records::{
 };
 use super::{blocking, LocalPlatform, HOST};
 use crate::engine::{Engine, EngineId};
-use crate::platform::PlatformError;
+use crate::platform::{PlatformError, HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV, INTERCEPTOR_CONF};
 
 /// The Spark conf (unknown to Spark, harmless) that names the engine generation of a process.
 const GENERATION_CONF: &str = "spark.rucat.generation";
@@ -118,6 +118,12 @@ impl LocalPlatform {
             format!("spark.driver.host={HOST}"),
             format!("spark.driver.bindAddress={HOST}"),
         ];
+        if engine.pool.is_some() {
+            // A warm engine's secret is replaced when a create takes it: the handover
+            // interceptor (`engine-auth/`, installed in SPARK_HOME's jars by the setup script)
+            // checks it instead of Spark's fixed one.
+            wiring.push(format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}"));
+        }
         if !engine.configs.contains_key("spark.ui.enabled") {
             wiring.push("spark.ui.enabled=false".to_owned());
         }
@@ -137,7 +143,12 @@ impl LocalPlatform {
         // Spark Connect then requires the engine's secret of every client: only the proxy
         // has it. Through the environment, so that it is in neither `ps` nor a file.
         if let Some(secret) = &engine.secret {
-            command.env(SECRET_ENV, secret.expose());
+            let variable = if engine.pool.is_some() {
+                HANDOVER_SECRET_ENV
+            } else {
+                SECRET_ENV
+            };
+            command.env(variable, secret.expose());
         }
         command
             .env("SPARK_HOME", &self.spark_home)
