@@ -156,6 +156,8 @@ struct Inner {
     next_wake: Mutex<BTreeSet<DateTime<Utc>>>,
     /// Where passes, steps, claims and transitions are counted (none: metrics are off).
     metrics: Option<Arc<Metrics>>,
+    /// The warm pools whose engines failed, and when they may be refilled.
+    pool_failures: pools::PoolFailures,
 }
 
 /// When each engine's last drive ended, counted in drives ended: a due engine read before its
@@ -209,6 +211,7 @@ impl Monitor {
                 finished: Mutex::new(Finished::default()),
                 next_wake: Mutex::new(BTreeSet::new()),
                 metrics,
+                pool_failures: pools::PoolFailures::default(),
             }),
         }
     }

@@ -255,6 +255,149 @@ async fn create_makes_exactly_the_rendered_pod_and_an_owned_headless_service() {
     assert_eq!(owner["uid"], pod["metadata"]["uid"]);
 }
 
+/// A warm engine of pool `pool`, as a monitor's pool keeper starts it: owned by no user, named
+/// after its pool, never idle-stopped.
+fn warm_engine(pool: &str, configs: &[(&str, &str)]) -> Engine {
+    Engine {
+        owner: String::new(),
+        name: rucat::engine::EngineName::parse(&format!("warm-{pool}")).expect("a name"),
+        idle_timeout_minutes: 0,
+        pool: Some(pool.to_owned()),
+        ..engine(configs)
+    }
+}
+
+fn container_args(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+fn container_env<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn label_names(object: &Value) -> Vec<String> {
+    object["metadata"]["labels"]
+        .as_object()
+        .expect("labels")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// A warm engine's pod is labelled with its pool and runs the handover interceptor, which reads
+/// the engine's Secret from RUCAT_ENGINE_TOKEN (Spark's own check, SPARK_CONNECT_AUTHENTICATE_TOKEN,
+/// is off: it would require the first token for ever); a normal engine's pod has none of this.
+/// Neither names an owner.
+#[tokio::test]
+async fn a_warm_engine_pod_carries_its_pool_and_the_handover_token_check() {
+    use rucat::platform::{HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV, INTERCEPTOR_CONF};
+    let double = KubeDouble::start().await;
+    let platform = platform(&double).await;
+    let warm = warm_engine("small-2", &[("spark.executor.instances", "2")]);
+    let normal = engine(&[("spark.executor.instances", "2")]);
+    platform
+        .create(&warm)
+        .await
+        .expect("create the warm engine");
+    platform
+        .create(&normal)
+        .await
+        .expect("create the normal engine");
+    let interceptor = format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}");
+    let engine_labels = [
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/name",
+        "rucat.io/engine-id",
+        "rucat.io/generation",
+    ];
+
+    // The warm engine: exactly the rendered pod.
+    let pod = double.pod(NS, &name(&warm)).expect("the warm engine's pod");
+    let expected =
+        serde_json::to_value(objects::driver_pod(&DriverSpec::from(&warm), NS, &config()))
+            .expect("json");
+    assert_eq!(as_sent(pod.clone()), expected);
+    assert_eq!(pod["metadata"]["labels"][objects::POOL_LABEL], "small-2");
+    let mut wanted: Vec<String> = engine_labels.iter().map(|l| (*l).to_owned()).collect();
+    wanted.push(objects::POOL_LABEL.to_owned());
+    wanted.sort();
+    assert_eq!(label_names(&pod), wanted, "no owner label, nothing else");
+    let token = container_env(&pod, HANDOVER_SECRET_ENV).expect("the handover token variable");
+    assert!(
+        token.get("value").is_none(),
+        "never the value itself: {token}"
+    );
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"],
+        json!({"name": name(&warm), "key": "token", "optional": false})
+    );
+    assert!(
+        container_env(&pod, objects::SECRET_ENV).is_none(),
+        "Spark's own token check is off for a warm engine"
+    );
+    let args = container_args(&pod);
+    assert_eq!(
+        args.iter().filter(|a| **a == interceptor).count(),
+        1,
+        "{interceptor} once in {args:?}"
+    );
+    assert!(args.contains(&"spark.executor.instances=2".to_owned()));
+    // The Secret the variable names holds the warm engine's (first) token.
+    assert_eq!(
+        secret_token(&double, &warm),
+        warm.secret.as_ref().expect("secret").expose().as_bytes()
+    );
+    let service = double
+        .service(NS, &name(&warm))
+        .expect("the warm engine's Service");
+    assert_eq!(
+        service["metadata"]["labels"][objects::POOL_LABEL],
+        "small-2"
+    );
+    assert!(
+        service["spec"]["selector"]
+            .get(objects::POOL_LABEL)
+            .is_none(),
+        "the Service selects by engine id only"
+    );
+
+    // The normal engine: none of it.
+    let pod = double
+        .pod(NS, &name(&normal))
+        .expect("the normal engine's pod");
+    let mut wanted: Vec<String> = engine_labels.iter().map(|l| (*l).to_owned()).collect();
+    wanted.sort();
+    assert_eq!(label_names(&pod), wanted);
+    assert!(container_env(&pod, HANDOVER_SECRET_ENV).is_none());
+    assert_eq!(
+        container_env(&pod, objects::SECRET_ENV).expect("Spark's token variable")["valueFrom"]
+            ["secretKeyRef"],
+        json!({"name": name(&normal), "key": "token", "optional": false})
+    );
+    let args = container_args(&pod);
+    assert!(
+        !args.iter().any(|a| a.starts_with(INTERCEPTOR_CONF)),
+        "{args:?}"
+    );
+    let service = double
+        .service(NS, &name(&normal))
+        .expect("the normal engine's Service");
+    assert!(service["metadata"]["labels"]
+        .get(objects::POOL_LABEL)
+        .is_none());
+}
+
 #[tokio::test]
 async fn every_pod_phase_maps_to_its_engine_state_through_the_watch() {
     let double = KubeDouble::start().await;
@@ -809,6 +952,122 @@ async fn the_monitor_runs_an_engine_on_kubernetes_from_create_to_stop() {
     );
 }
 
+/// A pool on Kubernetes: the monitor starts its warm engine as a pod labelled with the pool; a
+/// take (one change in the store, as the server makes it) leaves that pod, its Service and its
+/// Secret exactly as they were (no request writes them: the engine keeps its id, and its owner is
+/// in the store only); the monitor then refills the pool with a new labelled pod.
+#[tokio::test]
+async fn a_take_leaves_the_warm_pod_as_it_is_and_the_pool_is_refilled() {
+    use rucat::engine::policy::ConfPolicy;
+    use rucat::engine::pool::{PoolFile, Pools};
+    let double = KubeDouble::start().await;
+    let pools = Pools::from_file(
+        &[PoolFile {
+            name: "small".into(),
+            version: VERSION.into(),
+            size: 1,
+            configs: [("spark.executor.instances".to_owned(), "2".to_owned())].into(),
+        }],
+        &ConfPolicy::default(),
+    )
+    .expect("a valid pool");
+    let (app, _platform, monitor, _connect) = setup_with(
+        &double,
+        MonitorConfig {
+            pools,
+            ..fast_monitor()
+        },
+    )
+    .await;
+    monitor.keep_pools().await.expect("fill the pool");
+    let warm = app.store.warm_engines().await.expect("warm engines");
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    let id = warm[0].id.to_string();
+    let pod_name = name(&warm[0]);
+    until(Duration::from_secs(10), "the warm driver pod", || async {
+        monitor.pass().await.expect("pass");
+        double.pod(NS, &pod_name).is_some()
+    })
+    .await;
+    double.set_pod_status(NS, &pod_name, ready());
+    drive_until(&app, &monitor, &id, EngineState::Running).await;
+    let before = double.pod(NS, &pod_name).expect("the warm pod");
+    assert_eq!(before["metadata"]["labels"][objects::POOL_LABEL], "small");
+    let service_before = double.service(NS, &pod_name).expect("its Service");
+    let token_before = secret_token(&double, &warm[0]);
+
+    double.reset_requests();
+    let taken = app
+        .store
+        .take_warm(&rucat::store::Take {
+            pool: "small".into(),
+            owner: "alice".into(),
+            name: rucat::engine::EngineName::parse("etl").expect("a name"),
+            secret: rucat::engine::EngineSecret::generate(),
+            idle_timeout_minutes: 0,
+            limits: Default::default(),
+        })
+        .await
+        .expect("take")
+        .expect("a Running warm engine to take");
+    assert_eq!(taken.id, warm[0].id, "a take keeps the engine's id");
+    assert_eq!(taken.owner, "alice");
+    assert_eq!(taken.pool, None);
+    // The monitor goes on checking the taken engine (handing its new secret over).
+    for _ in 0..5 {
+        monitor.pass().await.expect("pass");
+    }
+    assert_eq!(
+        app.client.get(&id).await.expect("get").state,
+        EngineState::Running
+    );
+    let after = double.pod(NS, &pod_name).expect("the taken engine's pod");
+    assert_eq!(
+        after, before,
+        "the pod is untouched: same labels, same resourceVersion"
+    );
+    assert_eq!(
+        double.service(NS, &pod_name).expect("its Service"),
+        service_before
+    );
+    assert_eq!(
+        secret_token(&double, &warm[0]),
+        token_before,
+        "the Secret keeps the first token"
+    );
+    let writes: Vec<String> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a take writes nothing to the cluster: {writes:?}"
+    );
+
+    // The pool is refilled with a new warm engine, in a new labelled pod.
+    monitor.keep_pools().await.expect("refill the pool");
+    let refill = app.store.warm_engines().await.expect("warm engines");
+    assert_eq!(refill.len(), 1, "{refill:?}");
+    assert_ne!(refill[0].id, taken.id);
+    let refill_pod = name(&refill[0]);
+    until(
+        Duration::from_secs(10),
+        "the refill's driver pod",
+        || async {
+            monitor.pass().await.expect("pass");
+            double.pod(NS, &refill_pod).is_some()
+        },
+    )
+    .await;
+    let pods = double.pods(NS);
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    for pod in &pods {
+        assert_eq!(pod["metadata"]["labels"][objects::POOL_LABEL], "small");
+    }
+}
+
 #[tokio::test]
 async fn a_failing_pod_fails_its_engine_with_the_reason_and_is_cleaned() {
     let double = KubeDouble::start().await;
@@ -874,6 +1133,7 @@ async fn orphan_pods_are_deleted_and_foreign_pods_left_alone() {
                 configs: &configs,
                 // As planted engines have it.
                 generation: 0,
+                pool: None,
             },
             NS,
             &config,
@@ -1129,156 +1389,201 @@ async fn render_refuses_what_a_create_would() {
     assert!(double.pods(NS).is_empty(), "render creates nothing");
 }
 
-/// The driver container of the pod Rucat creates, run here as a kubelet would run it (its
-/// command, arguments and environment), with what only a cluster has swapped for local
-/// stand-ins: Spark under `SPARK_HOME` instead of `/opt/spark`, a local master instead of the
-/// API server, 127.0.0.1 instead of the Service's DNS name, free ports instead of the pod's
-/// own. It must serve Spark Connect on the port its readiness probe checks, and answer
-/// queries from a real Spark Connect client.
+/// The driver container of `engine`'s pod, run here as a kubelet would run it (its command,
+/// arguments and environment), with what only a cluster has swapped for local stand-ins: Spark
+/// under `SPARK_HOME` instead of `/opt/spark`, a local master instead of the API server,
+/// 127.0.0.1 instead of the Service's DNS name, free ports instead of the pod's own, a directory
+/// of the test's own as the pod's `/tmp`. Stopped (its process group) when dropped.
+struct LocalDriver {
+    child: std::process::Child,
+    /// Where it serves Spark Connect (the port its readiness probe checks, moved).
+    endpoint: String,
+    home: tempfile::TempDir,
+}
+
+impl LocalDriver {
+    /// Starts it and waits until it serves (panicking with its log if it does not).
+    async fn start(engine: &Engine) -> LocalDriver {
+        let spark_home = e2e::spark_home();
+        let spec = DriverSpec::from(engine);
+        let pod = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
+        let container = &pod["spec"]["containers"][0];
+        let strings = |value: &Value| -> Vec<String> {
+            value
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|v| v.as_str().expect("a string").to_owned())
+                .collect()
+        };
+        // `/bin/sh -c SCRIPT rucat-driver ARGS…`: the script writes the executors' pod template,
+        // then runs Spark Connect from /opt/spark (here: SPARK_HOME) in the pod's /tmp (here: a
+        // directory of the test's own).
+        let home = tempfile::tempdir().expect("a home");
+        let command = strings(&container["command"]);
+        assert_eq!(command.len(), 4, "{command:?}");
+        let program = command[0].clone();
+        let script = command[2]
+            .replace("/opt/spark", &spark_home.to_string_lossy())
+            .replace("/tmp", &home.path().to_string_lossy());
+        let probe_port = container["readinessProbe"]["tcpSocket"]["port"]
+            .as_i64()
+            .expect("a probe port");
+        let connect_port = common::process::free_port();
+        let swaps = [
+            (
+                "k8s://https://kubernetes.default.svc:443".to_owned(),
+                "local[1]".to_owned(),
+            ),
+            (
+                format!(
+                    "spark.driver.host=rucat-{}.{NS}.svc.cluster.local",
+                    engine.id
+                ),
+                "spark.driver.host=127.0.0.1".to_owned(),
+            ),
+            (
+                format!("spark.connect.grpc.binding.port={probe_port}"),
+                format!("spark.connect.grpc.binding.port={connect_port}"),
+            ),
+            (
+                "spark.driver.port=7078".to_owned(),
+                "spark.driver.port=0".to_owned(),
+            ),
+            (
+                "spark.driver.blockManager.port=7079".to_owned(),
+                "spark.driver.blockManager.port=0".to_owned(),
+            ),
+            (
+                "spark.ui.port=4040".to_owned(),
+                "spark.ui.enabled=false".to_owned(),
+            ),
+        ];
+        let mut args = vec!["-c".to_owned(), script, command[3].clone()];
+        let pod_args = args.len();
+        args.extend(strings(&container["args"]));
+        for (from, to) in &swaps {
+            let at = args
+                .iter()
+                .position(|a| a == from)
+                .unwrap_or_else(|| panic!("{from} not in the pod's arguments {args:?}"));
+            args[at] = to.clone();
+        }
+        assert!(args.len() > pod_args);
+        let mut process = std::process::Command::new(&program);
+        process
+            .args(&args)
+            .env("SPARK_HOME", &spark_home)
+            // Only what the pod's environment names.
+            .env_remove(objects::SECRET_ENV)
+            .env_remove(rucat::platform::HANDOVER_SECRET_ENV);
+        // The engine's Secret, as the kubelet would put it in the variable its reference names.
+        let token = engine.secret.as_ref().expect("secret").expose().to_owned();
+        for var in container["env"].as_array().expect("env") {
+            let name = var["name"].as_str().expect("a name");
+            let value = match var["value"].as_str() {
+                // The pod's writable /tmp, here a directory of the test's own.
+                Some(value) => value.replacen("/tmp", &home.path().to_string_lossy(), 1),
+                None => {
+                    assert_eq!(
+                        var["valueFrom"]["secretKeyRef"]["name"],
+                        objects::object_name(&engine.id)
+                    );
+                    token.clone()
+                }
+            };
+            process.env(name, value);
+        }
+        use std::os::unix::process::CommandExt;
+        let log = home.path().join("driver.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = process
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("start the driver command");
+        let mut driver = LocalDriver {
+            child,
+            endpoint: format!("sc://127.0.0.1:{connect_port}"),
+            home,
+        };
+        for _ in 0..1200 {
+            if e2e::port_open(&driver.endpoint) {
+                return driver;
+            }
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!(
+                    "the driver command exited with {status} before serving:\n{}",
+                    driver.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        driver.stop();
+        panic!("the Spark Connect port never opened:\n{}", driver.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("driver.log")).unwrap_or_default()
+    }
+
+    /// In the foreground (SPARK_NO_DAEMONIZE), the whole driver is this process group.
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `SELECT 1` at this driver with these connection-string parameters, or why not.
+    async fn select(&self, parameters: &[String]) -> Result<(), String> {
+        let mut connection = self.endpoint.clone();
+        for parameter in parameters {
+            connection = e2e::with_parameter(&connection, parameter);
+        }
+        let attempt = async {
+            let spark = spark_connect_rs::SparkSessionBuilder::remote(&connection)
+                .build()
+                .await?;
+            spark.sql("SELECT 1").await?.collect().await
+        };
+        match tokio::time::timeout(Duration::from_secs(120), attempt).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer within 120 s".to_owned()),
+        }
+    }
+}
+
+impl Drop for LocalDriver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The driver container of a normal engine's pod serves Spark Connect on the port its readiness
+/// probe checks, requires the engine's secret, and answers queries from a real Spark Connect
+/// client.
 #[tokio::test]
 async fn the_driver_container_command_starts_a_real_spark_connect_server() {
-    let spark_home = e2e::spark_home();
     let engine = engine(&[("spark.sql.shuffle.partitions", "4")]);
-    let spec = DriverSpec::from(&engine);
-    let pod = serde_json::to_value(objects::driver_pod(&spec, NS, &config())).expect("json");
-    let container = &pod["spec"]["containers"][0];
-    let strings = |value: &Value| -> Vec<String> {
-        value
-            .as_array()
-            .expect("a list")
-            .iter()
-            .map(|v| v.as_str().expect("a string").to_owned())
-            .collect()
-    };
-    // `/bin/sh -c SCRIPT rucat-driver ARGS…`: the script writes the executors' pod template,
-    // then runs Spark Connect from /opt/spark (here: SPARK_HOME) in the pod's /tmp (here: a
-    // directory of the test's own).
-    let home = tempfile::tempdir().expect("a home");
-    let command = strings(&container["command"]);
-    assert_eq!(command.len(), 4, "{command:?}");
-    let program = command[0].clone();
-    let script = command[2]
-        .replace("/opt/spark", &spark_home.to_string_lossy())
-        .replace("/tmp", &home.path().to_string_lossy());
-    let probe_port = container["readinessProbe"]["tcpSocket"]["port"]
-        .as_i64()
-        .expect("a probe port");
-    let connect_port = common::process::free_port();
-    let swaps = [
-        (
-            "k8s://https://kubernetes.default.svc:443".to_owned(),
-            "local[1]".to_owned(),
-        ),
-        (
-            format!(
-                "spark.driver.host=rucat-{}.{NS}.svc.cluster.local",
-                engine.id
-            ),
-            "spark.driver.host=127.0.0.1".to_owned(),
-        ),
-        (
-            format!("spark.connect.grpc.binding.port={probe_port}"),
-            format!("spark.connect.grpc.binding.port={connect_port}"),
-        ),
-        (
-            "spark.driver.port=7078".to_owned(),
-            "spark.driver.port=0".to_owned(),
-        ),
-        (
-            "spark.driver.blockManager.port=7079".to_owned(),
-            "spark.driver.blockManager.port=0".to_owned(),
-        ),
-        (
-            "spark.ui.port=4040".to_owned(),
-            "spark.ui.enabled=false".to_owned(),
-        ),
-    ];
-    let mut args = vec!["-c".to_owned(), script, command[3].clone()];
-    let pod_args = args.len();
-    args.extend(strings(&container["args"]));
-    for (from, to) in &swaps {
-        let at = args
-            .iter()
-            .position(|a| a == from)
-            .unwrap_or_else(|| panic!("{from} not in the pod's arguments {args:?}"));
-        args[at] = to.clone();
-    }
-    assert!(args.len() > pod_args);
-    let mut process = std::process::Command::new(&program);
-    process.args(&args).env("SPARK_HOME", &spark_home);
-    // The engine's Secret, as the kubelet would put it in the variable its reference names.
     let token = engine.secret.as_ref().expect("secret").expose().to_owned();
-    for var in container["env"].as_array().expect("env") {
-        let name = var["name"].as_str().expect("a name");
-        let value = match var["value"].as_str() {
-            // The pod's writable /tmp, here a directory of the test's own.
-            Some(value) => value.replacen("/tmp", &home.path().to_string_lossy(), 1),
-            None => {
-                assert_eq!(
-                    var["valueFrom"]["secretKeyRef"]["name"],
-                    objects::object_name(&engine.id)
-                );
-                token.clone()
-            }
-        };
-        process.env(name, value);
-    }
-    use std::os::unix::process::CommandExt;
-    let log = home.path().join("driver.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let mut child = process
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start the driver command");
-    let pgid = child.id() as i32;
-    let endpoint = format!("sc://127.0.0.1:{connect_port}");
-    let mut ready = false;
-    for _ in 0..1200 {
-        if e2e::port_open(&endpoint) {
-            ready = true;
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "the driver command exited with {status} before serving:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let result = if ready {
-        // It requires the engine's secret: without it Spark refuses; with it, it serves.
-        let denied = async {
-            let spark = spark_connect_rs::SparkSessionBuilder::remote(&format!(
-                "{endpoint}/;user_id=nobody"
-            ))
-            .build()
-            .await?;
-            spark.sql("SELECT 1").await?.collect().await
-        }
-        .await;
-        assert!(denied.is_err(), "served a client without the secret");
-        let with_token = e2e::with_parameter(&endpoint, &format!("token={token}"));
-        tokio::time::timeout(Duration::from_secs(120), e2e::query(&with_token))
-            .await
-            .map_err(|_| "the query did not finish within 120 s".to_owned())
-    } else {
-        Err("the Spark Connect port never opened".to_owned())
-    };
-    // In the foreground (SPARK_NO_DAEMONIZE), the whole driver is this process group.
-    unsafe { libc::kill(-pgid, libc::SIGTERM) };
-    let _ = child.wait();
+    let mut driver = LocalDriver::start(&engine).await;
+    // It requires the engine's secret: without it Spark refuses; with it, it serves.
+    let denied = driver.select(&["user_id=nobody".to_owned()]).await;
+    assert!(denied.is_err(), "served a client without the secret");
+    let with_token = e2e::with_parameter(&driver.endpoint, &format!("token={token}"));
+    let result = tokio::time::timeout(Duration::from_secs(120), e2e::query(&with_token))
+        .await
+        .map_err(|_| "the query did not finish within 120 s".to_owned());
+    driver.stop();
     if let Err(why) = result {
-        panic!(
-            "{why}:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        panic!("{why}:\n{}", driver.log());
     }
     // The executors' pod template is where Spark is told to read it, private, and as rendered.
-    let template = home.path().join(
+    let template = driver.home.path().join(
         objects::EXECUTOR_TEMPLATE_FILE
             .strip_prefix("/tmp/")
             .expect("under /tmp"),
@@ -1296,6 +1601,63 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o077, 0, "only the driver's user reads it");
+}
+
+/// The driver container of a warm engine's pod, with the handover interceptor in Spark's jars
+/// (as the engine image of `deploy/engine-image/` has it; here the setup script put it in
+/// SPARK_HOME): it serves the first token from its Secret, and after a take's handover (the
+/// first token with `x-rucat-rekey`, as the monitor and the proxy send it) only the new one.
+#[tokio::test]
+async fn a_warm_driver_container_command_hands_its_secret_over() {
+    let jar = e2e::spark_home()
+        .join("jars")
+        .join(rucat::platform::HANDOVER_JAR);
+    assert!(
+        jar.is_file(),
+        "{} is missing: run scripts/setup.sh",
+        jar.display()
+    );
+    let engine = warm_engine("small", &[("spark.sql.shuffle.partitions", "4")]);
+    let first = engine.secret.as_ref().expect("secret").expose().to_owned();
+    let new = rucat::engine::EngineSecret::generate().expose().to_owned();
+    let mut driver = LocalDriver::start(&engine).await;
+    let token = |t: &str| format!("token={t}");
+    let rekey = |t: &str| format!("{}={t}", rucat::engine::REKEY_HEADER);
+    let steps: [(&str, Vec<String>, bool); 6] = [
+        ("no token", vec![], false),
+        ("the first token", vec![token(&first)], true),
+        (
+            "the new token before the handover",
+            vec![token(&new)],
+            false,
+        ),
+        (
+            "the first token handing the new one over",
+            vec![token(&first), rekey(&new)],
+            true,
+        ),
+        (
+            "the first token after the handover",
+            vec![token(&first)],
+            false,
+        ),
+        ("the new token after the handover", vec![token(&new)], true),
+    ];
+    let mut wrong = Vec::new();
+    for (what, parameters, serves) in steps {
+        let result = driver.select(&parameters).await;
+        println!("{what}: {result:?}");
+        if result.is_ok() != serves {
+            wrong.push(format!("{what}: {result:?}"));
+        }
+    }
+    driver.stop();
+    assert!(wrong.is_empty(), "{wrong:#?}\n{}", driver.log());
+    let log = driver.log();
+    assert!(
+        !log.contains(&first) && !log.contains(&new),
+        "no token in the driver's log"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

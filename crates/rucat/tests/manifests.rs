@@ -1549,6 +1549,151 @@ fn resource_quota_rendering_is_valid() {
     );
 }
 
+/// Warm pools from values: one `[[pool]]` table each, which Rucat's loader reads back as
+/// configured; the warm engine's objects (`rucat engine render`'s, for a pool) from that rucat.toml
+/// validate, carry the pool label and the handover token check. A pool whose version the chart
+/// does not offer, a malformed name and a config that is not a string are refused.
+#[test]
+fn pools_rendering_is_valid() {
+    use rucat::engine::EngineId;
+    use rucat::platform::kubernetes::{objects, DriverSpec};
+    use rucat::platform::{HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV, INTERCEPTOR_CONF};
+    let tokens = token_sets();
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let values = dir.path().join("pools.yaml");
+    std::fs::write(
+        &values,
+        r#"
+kubernetes:
+  image: "registry.example.com/rucat-spark:{version}"
+  versions: ["4.0.1", "4.3.0"]
+pools:
+  - name: small
+    version: "4.0.1"
+    size: 2
+    configs:
+      spark.executor.instances: "2"
+      spark.sql.shuffle.partitions: "8"
+  - name: bare-43
+    version: "4.3.0"
+    size: 0
+"#,
+    )
+    .expect("write the values");
+    let values = values.to_str().expect("a UTF-8 path");
+    let r = render_with(
+        "rucat",
+        "rucat",
+        &with_sets(vec!["-f", values], &[DATABASE_URL, &tokens[0], PROXY_TLS]),
+    );
+    validate(&r.files).unwrap_or_else(|problems| panic!("{problems}"));
+    let toml = r.get("ConfigMap", "rucat-config")["data"]["rucat.toml"]
+        .as_str()
+        .expect("rucat.toml");
+    assert_eq!(toml.matches("[[pool]]").count(), 2, "{toml}");
+    let settings = rucat_settings(&r, "rucat-config");
+    let pools: Vec<_> = settings.pools.iter().collect();
+    assert_eq!(pools.len(), 2, "{pools:?}");
+    assert_eq!(
+        (
+            pools[0].name.as_str(),
+            pools[0].version.as_str(),
+            pools[0].size
+        ),
+        ("small", "4.0.1", 2)
+    );
+    assert_eq!(
+        pools[0].config_map(),
+        BTreeMap::from([
+            ("spark.executor.instances".to_owned(), "2".to_owned()),
+            ("spark.sql.shuffle.partitions".to_owned(), "8".to_owned()),
+        ])
+    );
+    assert_eq!(
+        (
+            pools[1].name.as_str(),
+            pools[1].version.as_str(),
+            pools[1].size
+        ),
+        ("bare-43", "4.3.0", 0)
+    );
+    assert!(pools[1].config_map().is_empty());
+
+    // A warm engine of the first pool, as the monitors start it with this configuration.
+    let id = EngineId::generate();
+    let configs = pools[0].config_map();
+    let spec = DriverSpec {
+        id: &id,
+        name: "warm-small",
+        version: &pools[0].version,
+        configs: &configs,
+        generation: 1,
+        pool: Some(&pools[0].name),
+    };
+    let namespace = settings
+        .kubernetes
+        .namespace
+        .clone()
+        .expect("the chart names the engine namespace");
+    let stream = dir.path().join("warm.yaml");
+    std::fs::write(
+        &stream,
+        objects::render(&spec, &namespace, &settings.kubernetes),
+    )
+    .expect("write the rendering");
+    validate(std::slice::from_ref(&stream)).unwrap_or_else(|problems| panic!("{problems}"));
+    let pod = serde_json::to_value(objects::driver_pod(&spec, &namespace, &settings.kubernetes))
+        .expect("json");
+    assert_eq!(pod["metadata"]["labels"]["rucat.io/pool"], "small");
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example.com/rucat-spark:4.0.1");
+    assert_eq!(
+        env(container, HANDOVER_SECRET_ENV)["valueFrom"]["secretKeyRef"]["key"],
+        "token"
+    );
+    assert!(
+        container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .all(|e| e["name"] != "SPARK_CONNECT_AUTHENTICATE_TOKEN"),
+        "Spark's own token check is off for a warm engine"
+    );
+    assert!(driver_args(&pod).contains(&format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}")));
+    check_restricted("warm driver", &pod["spec"]);
+
+    // Refused: a version not offered (by the chart), a name that is no label value and a
+    // config that is not a string (by the values schema).
+    let stderr = render_fails(&[
+        DATABASE_URL,
+        &tokens[0],
+        PROXY_TLS,
+        "pools[0].name=small,pools[0].version=9.9.9,pools[0].size=1",
+    ]);
+    assert!(
+        stderr.contains("pool \"small\" asks for Spark version \"9.9.9\""),
+        "{stderr}"
+    );
+    for (set, refused) in [
+        (
+            "auth.existingSecret=t,pools[0].name=Small,pools[0].version=4.0.1,pools[0].size=1",
+            "/pools/0/name",
+        ),
+        (
+            "auth.existingSecret=t,pools[0].name=small,pools[0].version=4.0.1,pools[0].size=65",
+            "/pools/0/size",
+        ),
+        (
+            "auth.existingSecret=t,pools[0].name=small,pools[0].version=4.0.1,pools[0].size=1,\
+             pools[0].configs.spark\\.executor\\.instances=2",
+            "/pools/0/configs/spark.executor.instances",
+        ),
+    ] {
+        let stderr = render_fails(&[set]);
+        assert!(stderr.contains(refused), "{set}: {stderr}");
+    }
+}
+
 /// OIDC JWTs only (no tokens file), with quotas and direct Spark Connect clients.
 #[test]
 fn jwt_only_rendering_is_valid() {

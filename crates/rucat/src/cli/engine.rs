@@ -248,6 +248,7 @@ async fn render(
         name: request.name.as_str(),
         version: &request.version,
         configs: &configs,
+        pool: None,
     };
     let mut out = std::io::stdout().lock();
     write!(out, "{}", objects::render(&spec, &namespace, &config))?;

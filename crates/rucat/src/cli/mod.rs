@@ -31,7 +31,8 @@ pub mod token;
 pub struct Cli {
     /// Configuration file (TOML) with any of the settings below, plus [auth] (API tokens, a
     /// tokens file, [auth.jwt] for OIDC), [quota], [database], [monitor], [local],
-    /// [kubernetes], [simulated] and [policy] tables (see the README).
+    /// [kubernetes], [simulated] and [policy] tables, and [[pool]] tables (warm pools; see the
+    /// README).
     #[arg(long, env = "RUCAT_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

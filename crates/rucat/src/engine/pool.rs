@@ -121,6 +121,14 @@ impl Pools {
         self.0.iter().find(|pool| pool.fits(request))
     }
 
+    /// Every pool a create asking for `request` may take from, in the order of the file.
+    pub fn all_fitting<'a>(
+        &'a self,
+        request: &'a EngineRequest,
+    ) -> impl Iterator<Item = &'a Pool> + 'a {
+        self.0.iter().filter(move |pool| pool.fits(request))
+    }
+
     pub fn get(&self, name: &str) -> Option<&Pool> {
         self.0.iter().find(|pool| pool.name == name)
     }

@@ -9,14 +9,18 @@
 //!   before the serving ones; each stop applies only while the engine is still warm, so a create
 //!   that took it meanwhile keeps it;
 //! - adds engines up to the size, each insert checking the pool's count in the same transaction,
-//!   so that monitors refilling one pool together never overfill it.
+//!   so that monitors refilling one pool together never overfill it. A pool whose engines fail
+//!   (end in `ErrorClean`: the platform refused them, or they died) is refilled with capped
+//!   exponential back-off (`retry_initial` doubled per failure in a row, up to `retry_max`),
+//!   kept by each monitor, until one of its engines serves again.
 //!
 //! A round runs when an engine becomes due anywhere (a take wakes the monitors, as does a warm
 //! engine's start), and at least every poll interval; without pools configured, every orphan
 //! scan interval only.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tracing::{info, warn};
@@ -25,11 +29,47 @@ use super::{Monitor, MonitorError};
 use crate::engine::pool::Pool;
 use crate::engine::state::CREATED;
 use crate::engine::{Cause, Engine, EngineId, EngineName, EngineSecret, EngineState, EngineType};
+use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 use crate::store::{Cas, Transition, WARM_STATES};
 
 /// The least time between two rounds, however often monitors are woken.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
+
+/// What a monitor remembers of its pools' failures: per pool, the warm engines that failed in a
+/// row, and when the pool may be refilled again.
+#[derive(Default)]
+pub(super) struct PoolFailures(Mutex<HashMap<String, (u32, Instant)>>);
+
+impl PoolFailures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `failed` more engines of `pool` failed: its refills wait longer.
+    fn failed(&self, pool: &str, failed: u32, initial: Duration, max: Duration) -> Duration {
+        let mut pools = self.lock();
+        let entry = pools.entry(pool.to_owned()).or_insert((0, Instant::now()));
+        entry.0 = entry.0.saturating_add(failed);
+        let wait = Backoff::nth(initial, max, entry.0 - 1);
+        entry.1 = Instant::now() + wait;
+        wait
+    }
+
+    /// An engine of `pool` serves: its refills wait no more.
+    fn served(&self, pool: &str) {
+        self.lock().remove(pool);
+    }
+
+    /// Whether `pool` may be refilled now.
+    fn may_refill(&self, pool: &str) -> bool {
+        self.lock()
+            .get(pool)
+            .is_none_or(|(_, not_before)| Instant::now() >= *not_before)
+    }
+}
 
 impl Monitor {
     /// The pool keeper's own loop (see the module documentation).
@@ -91,7 +131,10 @@ impl Monitor {
         engines: Vec<Engine>,
     ) -> Result<(), MonitorError> {
         let store = &self.inner.store;
+        let config = &self.inner.config;
+        let failures = &self.inner.pool_failures;
         let mut live = Vec::new();
+        let mut failed = 0;
         for engine in engines {
             if matches!(
                 engine.state,
@@ -99,10 +142,23 @@ impl Monitor {
             ) {
                 if store.remove(&engine.id, engine.state).await? == Cas::Done {
                     info!(engine = %engine.id, pool = name, state = %engine.state, "warm engine ended; removed");
+                    if engine.state == EngineState::ErrorClean {
+                        failed += 1;
+                    }
                 }
             } else if WARM_STATES.contains(&engine.state) {
                 live.push(engine);
             }
+        }
+        if live
+            .iter()
+            .any(|engine| engine.state == EngineState::Running)
+        {
+            failures.served(name);
+        }
+        if failed > 0 {
+            let wait = failures.failed(name, failed, config.retry_initial, config.retry_max);
+            warn!(pool = name, failed, retry_in = ?wait, "warm engines failed; refilling the pool later");
         }
         let (mut kept, stale): (Vec<Engine>, Vec<Engine>) = live
             .into_iter()
@@ -124,7 +180,7 @@ impl Monitor {
             .filter(|engine| engine.state == EngineState::Running)
             .count() as u64;
         let mut starting = kept.len() as u64 - running;
-        if let Some(pool) = pool {
+        if let Some(pool) = pool.filter(|_| failures.may_refill(name)) {
             for _ in kept.len()..size {
                 let engine = warm_engine(pool);
                 if store.insert_warm(&engine, pool.size, &self.actor()).await? {

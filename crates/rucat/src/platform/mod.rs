@@ -53,8 +53,6 @@ pub enum ResourceState {
 /// How long the monitor's Spark Connect request may take.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What the REST API reads of a platform: a running engine's driver log. Every [`Platform`]
-/// gives it (and is one), so that the API holds this and not the platform's operations.
 /// The Spark conf naming Spark Connect's extra gRPC interceptors (Rucat's alone: see the policy).
 pub const INTERCEPTOR_CONF: &str = "spark.connect.grpc.interceptor.classes";
 /// The interceptor a warm engine authenticates its clients with: it takes the secret the engine
@@ -67,6 +65,8 @@ pub const HANDOVER_SECRET_ENV: &str = "RUCAT_ENGINE_TOKEN";
 /// script builds and installs it; images for warm pools on Kubernetes must hold it too).
 pub const HANDOVER_JAR: &str = "rucat-engine-auth.jar";
 
+/// What the REST API reads of a platform: a running engine's driver log. Every [`Platform`]
+/// gives it (and is one), so that the API holds this and not the platform's operations.
 #[async_trait]
 pub trait DriverLogs: Send + Sync + 'static {
     /// The tail (at most `max_bytes`) of the engine's driver log, if there is one.

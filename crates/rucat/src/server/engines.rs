@@ -118,6 +118,9 @@ fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<EngineRequest, A
 }
 
 /// Create an engine, owned by the caller.
+///
+/// A create that fits a warm pool (the pool's version, and only configs the pool's engines run
+/// with, at the same values) takes one of the pool's warm engines and is `Running` at once.
 #[utoipa::path(
     post,
     path = "/engines",
@@ -142,7 +145,8 @@ async fn create(
     admission(&context).admit(&request)?;
     let idle_timeout_minutes = context.idle.resolve(request.idle_timeout_minutes)?;
     let limits = context.quotas.for_owner(&caller.user);
-    if let Some(pool) = context.pools.fitting(&request) {
+    // The first pool that fits and has an engine Running gives it.
+    for pool in context.pools.all_fitting(&request) {
         let take = Take {
             pool: pool.name.clone(),
             owner: caller.user.clone(),
@@ -161,7 +165,7 @@ async fn create(
                 return Ok((StatusCode::CREATED, Json(Created { id: engine.id })));
             }
             None => {
-                info!(pool = %pool.name, "no warm engine ready in the pool; starting one");
+                info!(pool = %pool.name, "no warm engine ready in the pool");
             }
         }
     }

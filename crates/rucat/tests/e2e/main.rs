@@ -10,6 +10,7 @@ mod harness;
 mod kept;
 mod metrics;
 mod openapi;
+mod pools;
 mod promises;
 mod proxy;
 mod ui;

@@ -8,5 +8,6 @@ mod common;
 mod api;
 mod auth;
 mod monitor;
+mod pools;
 mod store_postgres;
 mod store_sqlite;

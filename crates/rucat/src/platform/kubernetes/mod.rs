@@ -328,7 +328,8 @@ impl KubernetesPlatform {
 
     /// Creates the objects the driver pod owns: the headless Service, and the NetworkPolicy
     /// when configured; and makes the pod the owner of the engine's Secret.
-    async fn create_owned_objects(&self, id: &EngineId, pod: &Pod) -> Result<(), PlatformError> {
+    async fn create_owned_objects(&self, engine: &Engine, pod: &Pod) -> Result<(), PlatformError> {
+        let id = &engine.id;
         let name = objects::object_name(id);
         let uid = pod
             .metadata
@@ -344,7 +345,13 @@ impl KubernetesPlatform {
         self.call_retrying(|| self.secrets.patch(&name, &params, &merge))
             .await
             .map_err(|error| PlatformError::Create(format!("owner of secret {name}: {error}")))?;
-        let service = objects::driver_service(id, &self.namespace, &self.config, owner);
+        let service = objects::driver_service(
+            id,
+            &self.namespace,
+            &self.config,
+            engine.pool.as_deref(),
+            owner,
+        );
         self.create_owned(&self.services, "service", &name, &service, uid)
             .await?;
         if let Some(policy) = &self.config.network_policy {
@@ -576,7 +583,7 @@ impl Platform for KubernetesPlatform {
             }
             Err(error) => return Err(PlatformError::Create(format!("driver pod {name}: {error}"))),
         };
-        self.create_owned_objects(&engine.id, &created).await
+        self.create_owned_objects(engine, &created).await
     }
 
     async fn delete(

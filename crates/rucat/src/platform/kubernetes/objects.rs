@@ -2,6 +2,21 @@
 //!
 //! Everything here is pure: the same engine and settings always give the same objects, which is
 //! what `rucat engine render` prints and what the platform creates.
+//!
+//! A warm engine (one a monitor starts for a pool, [`DriverSpec::pool`]) differs in three
+//! things: its pod and Service carry [`POOL_LABEL`] (the pool's name), its Spark Connect server
+//! checks clients with the handover interceptor ([`HANDOVER_INTERCEPTOR`] in
+//! [`INTERCEPTOR_CONF`]; the image must hold [`crate::platform::HANDOVER_JAR`] in its `jars/`,
+//! see `deploy/engine-image/`), and the driver reads its token from [`HANDOVER_SECRET_ENV`]
+//! instead of [`SECRET_ENV`] (same Secret, same key). [`POOL_LABEL`] means "started warm for this
+//! pool", not "still in the pool": a take is one compare-and-swap in the store, made by the server,
+//! which never calls the platform. It changes the engine's owner, name and secret in the record,
+//! not its id, so the pod's name, its engine-id label and its Secret stay as they are, and no
+//! object names an owner (the owner is in the store only). The new secret reaches the running
+//! server through the interceptor on the first call after the take; the Secret keeps the first
+//! token, which the server then refuses, and is never read again (the pod is never restarted).
+//! Likewise the `rucat.io/engine-name` annotation and the Spark application name keep the warm
+//! engine's name.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +36,7 @@ use k8s_openapi::ByteString;
 
 use super::{KubernetesConfig, NetworkPolicyConfig};
 use crate::engine::{Engine, EngineId};
+use crate::platform::{HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV, INTERCEPTOR_CONF};
 
 /// Labels every object Rucat creates carries; the watch and the orphan scan select on them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rucat");
@@ -29,6 +45,9 @@ pub const ENGINE_ID_LABEL: &str = "rucat.io/engine-id";
 /// touches a later one's pod or Secret.
 pub const GENERATION_LABEL: &str = "rucat.io/generation";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// The pool a warm engine's pod and Service were started for (pool names are valid label values).
+/// Kept after a take: it says how the engine started, not who has it.
+pub const POOL_LABEL: &str = "rucat.io/pool";
 
 /// The Spark driver's ports, fixed inside the pod (each pod has its own network namespace).
 pub const CONNECT_PORT: i32 = 15002;
@@ -61,6 +80,9 @@ pub struct DriverSpec<'a> {
     pub configs: &'a BTreeMap<String, String>,
     /// The engine generation this start belongs to (1 for an engine's first start).
     pub generation: u64,
+    /// The pool of a warm engine (started ahead of any request, its secret handed over when a
+    /// create takes it); `None` for every other engine.
+    pub pool: Option<&'a str>,
 }
 
 impl<'a> From<&'a Engine> for DriverSpec<'a> {
@@ -71,6 +93,7 @@ impl<'a> From<&'a Engine> for DriverSpec<'a> {
             version: &engine.version,
             configs: &engine.configs,
             generation: engine.generation,
+            pool: engine.pool.as_deref(),
         }
     }
 }
@@ -203,6 +226,11 @@ pub fn driver_args(
             config.image_pull_secrets.join(",")
         ));
     }
+    if spec.pool.is_some() {
+        // A warm engine's secret is replaced when a create takes it: the handover interceptor
+        // checks it instead of Spark's fixed token (the policy reserves this key).
+        wiring.push(format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}"));
+    }
     let mut args = vec![
         "--master".to_owned(),
         IN_CLUSTER_MASTER.to_owned(),
@@ -304,10 +332,16 @@ pub fn engine_secret(
     }
 }
 
-/// The driver's token, by reference to the engine's Secret (never its value).
-fn secret_env(id: &EngineId) -> EnvVar {
+/// The driver's token, by reference to the engine's Secret (never its value): for Spark's own
+/// check, or for the handover interceptor of a warm engine.
+fn secret_env(id: &EngineId, warm: bool) -> EnvVar {
     EnvVar {
-        name: SECRET_ENV.to_owned(),
+        name: if warm {
+            HANDOVER_SECRET_ENV
+        } else {
+            SECRET_ENV
+        }
+        .to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: object_name(id),
@@ -368,7 +402,7 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
             env("SPARK_LOG_DIR", "/tmp/spark-logs"),
             env("SPARK_PID_DIR", "/tmp"),
             env("HOME", "/tmp"),
-            secret_env(spec.id),
+            secret_env(spec.id, spec.pool.is_some()),
         ]),
         ports: Some(vec![
             port("spark-connect", CONNECT_PORT),
@@ -398,6 +432,9 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
     });
     let mut pod_labels = labels(spec.id, config);
     pod_labels.insert(GENERATION_LABEL.to_owned(), spec.generation.to_string());
+    if let Some(pool) = spec.pool {
+        pod_labels.insert(POOL_LABEL.to_owned(), pool.to_owned());
+    }
     Pod {
         metadata: ObjectMeta {
             name: Some(object_name(spec.id)),
@@ -523,12 +560,14 @@ pub fn engine_network_policy(
     }
 }
 
-/// The headless Service that gives the driver its DNS name. With `owner` (the pod's name and
-/// uid), the pod owns it, so deleting the pod removes it.
+/// The headless Service that gives the driver its DNS name, labelled with the warm engine's
+/// `pool` like its pod. With `owner` (the pod's name and uid), the pod owns it, so deleting the
+/// pod removes it.
 pub fn driver_service(
     id: &EngineId,
     namespace: &str,
     config: &KubernetesConfig,
+    pool: Option<&str>,
     owner: Option<(&str, &str)>,
 ) -> Service {
     let owner_references = owned_by(owner);
@@ -537,11 +576,15 @@ pub fn driver_service(
         (INSTANCE_LABEL.to_owned(), config.instance.clone()),
         (ENGINE_ID_LABEL.to_owned(), id.to_string()),
     ]);
+    let mut service_labels = labels(id, config);
+    if let Some(pool) = pool {
+        service_labels.insert(POOL_LABEL.to_owned(), pool.to_owned());
+    }
     Service {
         metadata: ObjectMeta {
             name: Some(object_name(id)),
             namespace: Some(namespace.to_owned()),
-            labels: Some(labels(id, config)),
+            labels: Some(service_labels),
             owner_references,
             ..ObjectMeta::default()
         },
@@ -567,17 +610,24 @@ pub fn driver_service(
 /// creation.
 pub fn render(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesConfig) -> String {
     let pod = driver_pod(spec, namespace, config);
-    let service = driver_service(spec.id, namespace, config, None);
+    let service = driver_service(spec.id, namespace, config, spec.pool, None);
     let mut out = format!(
         "# The objects Rucat creates for engine {id} in namespace {namespace}.\n\
          # At creation the objects after the pod also get an ownerReference to it (its uid is\n\
          # known only then), so that deleting the pod removes them. Before the pod, Rucat\n\
          # creates the Secret {name} (key \"{SECRET_KEY}\": the token the engine's Spark Connect\n\
          # server requires, new at every start), which the pod reads by reference only; its value\n\
-         # is never shown.\n\
+         # is never shown.\n{warm}\
          ---\n{pod}\n---\n{service}\n",
         name = object_name(spec.id),
         id = spec.id,
+        warm = match spec.pool {
+            Some(pool) => format!(
+                "# A warm engine of pool {pool}: the pod reads that token as {HANDOVER_SECRET_ENV}, for\n\
+                 # the handover interceptor ({HANDOVER_INTERCEPTOR}), which the image must hold.\n"
+            ),
+            None => String::new(),
+        },
         pod = pretty(&pod),
         service = pretty(&service),
     );
@@ -592,4 +642,79 @@ pub fn render(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesConfig)
 /// structs cannot fail; were it to, the output says so instead of an object.
 fn pretty<T: serde::Serialize>(object: &T) -> String {
     serde_json::to_string_pretty(object).unwrap_or_else(|error| format!("# cannot render: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(
+        id: &'a EngineId,
+        configs: &'a BTreeMap<String, String>,
+        pool: Option<&'a str>,
+    ) -> DriverSpec<'a> {
+        DriverSpec {
+            id,
+            name: "warm-small",
+            version: "4.3.0",
+            configs,
+            generation: 1,
+            pool,
+        }
+    }
+
+    fn env_names(pod: &Pod) -> Vec<String> {
+        pod.spec.as_ref().expect("a spec").containers[0]
+            .env
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|var| var.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_warm_engine_runs_the_handover_check_and_carries_its_pool() {
+        let (id, configs, config) = (
+            EngineId::generate(),
+            BTreeMap::new(),
+            KubernetesConfig::default(),
+        );
+        let interceptor = format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}");
+
+        let warm = spec(&id, &configs, Some("small"));
+        let pod = driver_pod(&warm, "spark", &config);
+        let labels = pod.metadata.labels.clone().expect("labels");
+        assert_eq!(labels.get(POOL_LABEL).map(String::as_str), Some("small"));
+        let env = env_names(&pod);
+        assert!(env.contains(&HANDOVER_SECRET_ENV.to_owned()), "{env:?}");
+        assert!(!env.contains(&SECRET_ENV.to_owned()), "{env:?}");
+        assert!(driver_args(&warm, "spark", &config).contains(&interceptor));
+        let service = driver_service(&id, "spark", &config, warm.pool, None);
+        let labels = service.metadata.labels.expect("labels");
+        assert_eq!(labels.get(POOL_LABEL).map(String::as_str), Some("small"));
+        assert!(render(&warm, "spark", &config).contains("A warm engine of pool small"));
+
+        let cold = spec(&id, &configs, None);
+        let pod = driver_pod(&cold, "spark", &config);
+        assert!(!pod
+            .metadata
+            .labels
+            .as_ref()
+            .expect("labels")
+            .contains_key(POOL_LABEL));
+        let env = env_names(&pod);
+        assert!(!env.contains(&HANDOVER_SECRET_ENV.to_owned()), "{env:?}");
+        assert!(env.contains(&SECRET_ENV.to_owned()), "{env:?}");
+        assert!(!driver_args(&cold, "spark", &config)
+            .iter()
+            .any(|arg| arg.starts_with(INTERCEPTOR_CONF)));
+        let service = driver_service(&id, "spark", &config, cold.pool, None);
+        assert!(!service
+            .metadata
+            .labels
+            .expect("labels")
+            .contains_key(POOL_LABEL));
+        assert!(!render(&cold, "spark", &config).contains("warm engine"));
+    }
 }
