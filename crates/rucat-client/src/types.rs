@@ -167,6 +167,10 @@ pub struct Engine {
     /// Minutes without a Spark Connect call after which the engine is stopped; 0: never.
     #[serde(default)]
     pub idle_timeout_minutes: u32,
+    /// The warm pool it waits in, owned by no user, until a create takes it (admins see warm
+    /// engines; no other engine has a pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Fields this client does not know (from a newer server), kept as sent.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

@@ -796,7 +796,15 @@ impl Monitor {
                         }
                         return self.reschedule_with(engine, reschedule).await;
                     }
-                    Err(why) => why,
+                    Err(why) => {
+                        // A warm engine taken while it was probed has a new secret, which the
+                        // old one may already have been handed over to: probe it again as the
+                        // store has it now rather than count a failure against its new owner.
+                        if let Some(now) = self.taken_meanwhile(engine).await? {
+                            return self.reschedule(&now, Utc::now()).await;
+                        }
+                        why
+                    }
                 }
             }
             ResourceState::Starting => "its Spark Connect port does not answer".to_owned(),
@@ -841,6 +849,20 @@ impl Monitor {
             Cas::Done => Ok(Some(failure.retry_at)),
             Cas::Conflict(_) | Cas::NotFound => Ok(None),
         }
+    }
+
+    /// The engine as the store has it now, when it was a warm engine that a create has taken
+    /// since `engine` was read.
+    async fn taken_meanwhile(&self, engine: &Engine) -> Result<Option<Engine>, MonitorError> {
+        if engine.pool.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .store
+            .get(&engine.id)
+            .await?
+            .filter(|now| now.pool.is_none() && now.generation == engine.generation))
     }
 
     /// How long a Running engine with an idle timeout has been idle, when that is past its

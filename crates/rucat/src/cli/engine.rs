@@ -374,10 +374,14 @@ async fn engine_command(client: &Client, command: EngineCommand) -> anyhow::Resu
             } else {
                 let mut table = Table::new(["ID", "NAME", "OWNER", "STATE", "VERSION", "ENDPOINT"]);
                 for engine in page.engines {
+                    let owner = match &engine.pool {
+                        Some(pool) => format!("(pool {pool})"),
+                        None => engine.owner.clone(),
+                    };
                     table.row([
                         engine.id.as_str(),
                         &engine.name,
-                        &engine.owner,
+                        &owner,
                         engine.state.as_str(),
                         &engine.version,
                         engine.endpoint.as_deref().unwrap_or("-"),
