@@ -12,6 +12,7 @@ mod common;
 mod e2e;
 mod harness;
 mod local;
+mod pools;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
