@@ -1608,7 +1608,7 @@ async fn the_driver_container_command_starts_a_real_spark_connect_server() {
 /// SPARK_HOME): it serves the first token from its Secret, and after a take's handover (the
 /// first token with `x-rucat-rekey`, as the monitor and the proxy send it) only the new one.
 #[tokio::test]
-async fn a_warm_driver_container_command_hands_its_secret_over() {
+async fn a_warm_driver_container_command_on_real_spark_hands_its_secret_over() {
     let jar = e2e::spark_home()
         .join("jars")
         .join(rucat::platform::HANDOVER_JAR);
