@@ -25,8 +25,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    ActivityReport, Cas, Failure, ListQuery, Reschedule, Store, StoreError, Transition, MAX_EVENTS,
-    MAX_KEPT_LOG, MAX_PAGE,
+    ActivityReport, Cas, Failure, ListQuery, Reschedule, Store, StoreError, Take, Transition,
+    MAX_EVENTS, MAX_KEPT_LOG, MAX_PAGE, WARM_STATES,
 };
 use crate::engine::quota::{Limits, QuotaExceeded};
 use crate::engine::{
@@ -78,6 +78,13 @@ macro_rules! store_conformance_tests {
             claims_raise_the_generation_and_fenced_writes_need_it,
             failures_are_counted_recorded_and_reset,
             reschedule_restores_a_lost_endpoint,
+            warm_inserts_fill_a_pool_to_its_size,
+            warm_inserts_never_overfill_a_pool,
+            take_warm_gives_a_running_warm_engine_to_its_taker,
+            take_warm_respects_quotas,
+            concurrent_takes_give_each_warm_engine_once,
+            only_warm_transitions_skip_taken_engines,
+            a_new_secret_ends_the_handover,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1759,4 +1766,558 @@ pub async fn reschedule_restores_a_lost_endpoint(store: Arc<dyn Store>) {
         get(store, &engine.id).await.endpoint.as_deref(),
         Some("sc://127.0.0.1:15555")
     );
+}
+
+/// A warm engine of `pool` as a monitor makes one: owned by no user, named after its pool, with
+/// no idle timeout and its own secret.
+pub fn sample_warm_engine(pool: &str) -> Engine {
+    Engine {
+        name: EngineName::parse(&format!("warm-{pool}")).expect("a valid engine name"),
+        owner: String::new(),
+        idle_timeout_minutes: 0,
+        secret: Some(EngineSecret::generate()),
+        pool: Some(pool.to_owned()),
+        ..sample_engine("warm")
+    }
+}
+
+fn refiller() -> Actor {
+    Actor::Monitor("refiller".to_owned())
+}
+
+/// Inserts a warm engine of `pool` that the pool has room for.
+async fn insert_warm(store: &dyn Store, pool: &str) -> Engine {
+    let engine = sample_warm_engine(pool);
+    assert!(
+        store
+            .insert_warm(&engine, 64, &refiller())
+            .await
+            .expect("insert_warm"),
+        "pool {pool} refused a warm engine below its size"
+    );
+    engine
+}
+
+/// Moves a warm engine from `WaitToStart` to `to` as a monitor starting it would.
+async fn start_warm(store: &dyn Store, id: &EngineId, to: EngineState) {
+    let steps = [
+        Transition::new(WaitToStart, TriggerStart).claiming(),
+        Transition::new(TriggerStart, StartInProgress).fenced(1),
+        Transition::new(StartInProgress, Running)
+            .fenced(1)
+            .with_endpoint(Some(format!("sc://{id}.warm:15002"))),
+    ];
+    for step in steps {
+        if step.from == to {
+            return;
+        }
+        transition(store, id, step.by(refiller())).await;
+    }
+}
+
+/// A `Running` warm engine of `pool`, with an endpoint, as the store now holds it.
+async fn running_warm(store: &dyn Store, pool: &str) -> Engine {
+    let engine = insert_warm(store, pool).await;
+    start_warm(store, &engine.id, Running).await;
+    let running = get(store, &engine.id).await;
+    assert_eq!(running.state, Running);
+    assert!(running.endpoint.is_some());
+    running
+}
+
+/// A create of `owner`'s taking an engine of `pool`, without quotas.
+fn take_by(pool: &str, owner: &str) -> Take {
+    Take {
+        pool: pool.to_owned(),
+        owner: owner.to_owned(),
+        name: EngineName::parse(&format!("{owner}-engine")).expect("a valid engine name"),
+        secret: EngineSecret::generate(),
+        idle_timeout_minutes: 30,
+        limits: Limits::default(),
+    }
+}
+
+/// The warm engines of `pool`, oldest first.
+async fn warm_of(store: &dyn Store, pool: &str) -> Vec<Engine> {
+    store
+        .warm_engines()
+        .await
+        .expect("warm_engines")
+        .into_iter()
+        .filter(|e| e.pool.as_deref() == Some(pool))
+        .collect()
+}
+
+pub async fn warm_inserts_fill_a_pool_to_its_size(store: Arc<dyn Store>) {
+    let store = &*store;
+    let size = WARM_STATES.len() as u32;
+    let monitor = Actor::Monitor("m-1".to_owned());
+
+    // Stored whole, out of every user's hands, its first event the monitor's refill.
+    let first = sample_warm_engine("small");
+    assert!(store
+        .insert_warm(&first, size, &monitor)
+        .await
+        .expect("insert_warm"));
+    let got = get(store, &first.id).await;
+    assert_eq!(got, first);
+    assert_eq!(
+        (got.pool.as_deref(), got.owner.as_str()),
+        (Some("small"), "")
+    );
+    let history = events(store, &first.id).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(
+        (history[0].event_type, history[0].from, history[0].to),
+        (EventType::Created, None, WaitToStart)
+    );
+    assert_eq!(history[0].actor, Some(monitor.clone()));
+    assert_eq!(history[0].cause, Some(Cause::monitor("pool_refill")));
+
+    // An ended engine of the pool does not count.
+    transition(store, &first.id, Transition::new(WaitToStart, Terminated)).await;
+    // Engines starting or serving count, whatever their step.
+    let mut stored = vec![first.id.clone()];
+    for state in WARM_STATES {
+        let engine = sample_warm_engine("small");
+        assert!(
+            store
+                .insert_warm(&engine, size, &monitor)
+                .await
+                .expect("insert_warm"),
+            "refused below the size, with {} engines counted",
+            stored.len() - 1
+        );
+        start_warm(store, &engine.id, state).await;
+        assert_eq!(get(store, &engine.id).await.state, state);
+        stored.push(engine.id);
+    }
+
+    // At the size: refused, and nothing stored.
+    let extra = sample_warm_engine("small");
+    assert!(!store
+        .insert_warm(&extra, size, &monitor)
+        .await
+        .expect("insert_warm"));
+    assert_eq!(store.get(&extra.id).await.expect("get"), None);
+    assert_eq!(store.events(&extra.id).await.expect("events"), None);
+    assert_eq!(ids(&warm_of(store, "small").await), stored);
+
+    // Another pool has its own size: this one's engines do not count there, nor its there.
+    let other = sample_warm_engine("other");
+    assert!(store
+        .insert_warm(&other, 1, &monitor)
+        .await
+        .expect("insert_warm"));
+    assert!(!store
+        .insert_warm(&sample_warm_engine("other"), 1, &monitor)
+        .await
+        .expect("insert_warm"));
+    assert!(!store
+        .insert_warm(&extra, size, &monitor)
+        .await
+        .expect("insert_warm"));
+
+    // A serving engine being stopped leaves the count: there is room for one more.
+    let running = stored.last().expect("an engine").clone();
+    transition(store, &running, Transition::new(Running, WaitToTerminate)).await;
+    assert!(store
+        .insert_warm(&extra, size, &monitor)
+        .await
+        .expect("insert_warm"));
+    stored.push(extra.id.clone());
+    assert!(!store
+        .insert_warm(&sample_warm_engine("small"), size, &monitor)
+        .await
+        .expect("insert_warm"));
+
+    // A pool of size 0 takes nothing.
+    assert!(!store
+        .insert_warm(&sample_warm_engine("empty"), 0, &monitor)
+        .await
+        .expect("insert_warm"));
+
+    // Every engine in a pool, oldest first; no user's listing of its own has them.
+    let warm = store.warm_engines().await.expect("warm_engines");
+    let mut expected = stored.clone();
+    expected.insert(stored.len() - 1, other.id.clone());
+    assert_eq!(ids(&warm), expected);
+    let alice = store
+        .list(&ListQuery {
+            owner: Some("alice".to_owned()),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert!(alice.engines.is_empty());
+}
+
+pub async fn warm_inserts_never_overfill_a_pool(store: Arc<dyn Store>) {
+    warm_inserts_race(&[store]).await;
+}
+
+/// 16 warm inserts of one pool of size 3 at once, spread over `stores` (one store, or several
+/// on one database as several processes would be): exactly 3 are stored.
+pub async fn warm_inserts_race(stores: &[Arc<dyn Store>]) {
+    const TASKS: usize = 16;
+    const SIZE: u32 = 3;
+    let store = &*stores[0];
+    // Another pool's engines and this pool's ended ones take no room.
+    insert_warm(store, "elsewhere").await;
+    let ended = insert_warm(store, "raced").await;
+    transition(store, &ended.id, Transition::new(WaitToStart, Terminated)).await;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (store, barrier) = (Arc::clone(&stores[i % stores.len()]), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            let engine = sample_warm_engine("raced");
+            barrier.wait().await;
+            let stored = store
+                .insert_warm(&engine, SIZE, &refiller())
+                .await
+                .expect("insert_warm");
+            (engine.id, stored)
+        }));
+    }
+    let mut stored = HashSet::new();
+    let mut refused = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            (id, true) => {
+                stored.insert(id);
+            }
+            (id, false) => refused.push(id),
+        }
+    }
+    assert_eq!(stored.len(), SIZE as usize, "inserts that reported success");
+    let counted: HashSet<EngineId> = warm_of(store, "raced")
+        .await
+        .into_iter()
+        .filter(|e| e.state == WaitToStart)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        counted, stored,
+        "the pool holds exactly the inserts that won"
+    );
+    for id in refused {
+        assert_eq!(store.get(&id).await.expect("get"), None, "refused {id}");
+    }
+    assert_eq!(warm_of(store, "elsewhere").await.len(), 1);
+}
+
+pub async fn take_warm_gives_a_running_warm_engine_to_its_taker(store: Arc<dyn Store>) {
+    let store = &*store;
+    // Nothing to take: warm engines still starting, and a Running one of another pool.
+    let waiting = insert_warm(store, "pool-a").await;
+    let starting = insert_warm(store, "pool-a").await;
+    start_warm(store, &starting.id, StartInProgress).await;
+    let claimed = insert_warm(store, "pool-a").await;
+    start_warm(store, &claimed.id, TriggerStart).await;
+    let elsewhere = running_warm(store, "pool-b").await;
+    let before = store.warm_engines().await.expect("warm_engines");
+    assert_eq!(before.len(), 4);
+    let history: Vec<Vec<EngineEvent>> = {
+        let mut all = Vec::new();
+        for engine in &before {
+            all.push(events(store, &engine.id).await);
+        }
+        all
+    };
+    assert_eq!(
+        store
+            .take_warm(&take_by("pool-a", "bob"))
+            .await
+            .expect("take_warm"),
+        None
+    );
+    assert_eq!(
+        store
+            .take_warm(&take_by("pool-none", "bob"))
+            .await
+            .expect("take_warm"),
+        None
+    );
+    assert_eq!(store.warm_engines().await.expect("warm_engines"), before);
+    for (engine, history) in before.iter().zip(&history) {
+        assert_eq!(&events(store, &engine.id).await, history);
+    }
+
+    // One Running: taken, with the take's owner, name, idle timeout and secret, the secret it
+    // was started with kept for the handover, still Running at its endpoint.
+    let warm = running_warm(store, "pool-a").await;
+    store
+        .save_logs(&warm.id, "warm driver log\n")
+        .await
+        .expect("save logs");
+    store
+        .report_activity(
+            "proxy-a",
+            &[ActivityReport {
+                engine: warm.id.clone(),
+                in_flight: 1,
+                last_active: Some(now_ms()),
+            }],
+        )
+        .await
+        .expect("report");
+    let take = take_by("pool-a", "bob");
+    let started = now_ms();
+    let taken = store
+        .take_warm(&take)
+        .await
+        .expect("take_warm")
+        .expect("a Running warm engine is taken");
+    let after = Utc::now();
+    assert_eq!(taken.id, warm.id);
+    assert_eq!(taken.owner, "bob");
+    assert_eq!(taken.name, take.name);
+    assert_eq!(taken.idle_timeout_minutes, 30);
+    assert_eq!(taken.pool, None);
+    assert_eq!(taken.secret, Some(take.secret.clone()));
+    assert_ne!(taken.secret, warm.secret);
+    assert_eq!(taken.handover_secret, warm.secret);
+    assert_eq!(taken.state, Running);
+    assert_eq!(taken.endpoint, warm.endpoint);
+    assert_eq!(
+        (&taken.version, &taken.configs, taken.engine_type),
+        (&warm.version, &warm.configs, warm.engine_type)
+    );
+    assert_between(
+        taken.create_time,
+        started,
+        after,
+        "the taken engine's create_time",
+    );
+    assert_eq!(get(store, &warm.id).await, taken);
+
+    // Out of the pool; its warm life gone: one event, the user's create, naming the pool.
+    assert!(!ids(&store.warm_engines().await.expect("warm_engines")).contains(&warm.id));
+    let history = events(store, &warm.id).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    let event = &history[0];
+    assert_eq!(
+        (event.event_type, event.from, event.to),
+        (EventType::Created, None, Running)
+    );
+    assert_eq!(event.actor, Some(Actor::User("bob".to_owned())));
+    assert_eq!(event.cause, Some(Cause::user("create")));
+    let message = event.message.as_deref().unwrap_or_default();
+    assert!(message.contains("pool-a"), "{message:?}");
+    assert_eq!(store.logs(&warm.id).await.expect("logs"), None);
+    assert_eq!(
+        store
+            .activity(&warm.id, now_ms() - TimeDelta::hours(1))
+            .await
+            .expect("activity"),
+        super::Activity::default()
+    );
+    let bobs = store
+        .list(&ListQuery {
+            owner: Some("bob".to_owned()),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(&bobs.engines), vec![warm.id.clone()]);
+
+    // Taken once only; the engines not Running, and another pool's, are never taken.
+    assert_eq!(
+        store
+            .take_warm(&take_by("pool-a", "carol"))
+            .await
+            .expect("take_warm"),
+        None
+    );
+    assert_eq!(get(store, &warm.id).await.owner, "bob");
+    assert_eq!(store.warm_engines().await.expect("warm_engines"), before);
+    for id in [&waiting.id, &starting.id, &claimed.id, &elsewhere.id] {
+        assert_eq!(get(store, id).await.owner, "");
+    }
+}
+
+pub async fn take_warm_respects_quotas(store: Arc<dyn Store>) {
+    let store = &*store;
+    let warm = running_warm(store, "pool").await;
+    let history = events(store, &warm.id).await;
+    let mine = insert(store, owned_by("alice", Terminated)).await;
+
+    // At max_engines: refused, and the warm engine stays warm, unchanged.
+    let at_total = Take {
+        limits: Limits {
+            max_engines: Some(1),
+            max_active_engines: None,
+        },
+        ..take_by("pool", "alice")
+    };
+    match store.take_warm(&at_total).await {
+        Err(StoreError::OverQuota(exceeded)) => {
+            assert_eq!((exceeded.limit, exceeded.value), ("max_engines", 1))
+        }
+        other => panic!("a take beyond max_engines gave {other:?}"),
+    }
+    assert_eq!(get(store, &warm.id).await, warm);
+    assert_eq!(events(store, &warm.id).await, history);
+    assert_eq!(ids(&warm_of(store, "pool").await), vec![warm.id.clone()]);
+
+    // At max_active_engines: refused too (the taken engine is Running).
+    transition(store, &mine.id, Transition::new(Terminated, Running)).await;
+    let at_active = Take {
+        limits: Limits {
+            max_engines: Some(2),
+            max_active_engines: Some(1),
+        },
+        ..take_by("pool", "alice")
+    };
+    match store.take_warm(&at_active).await {
+        Err(StoreError::OverQuota(exceeded)) => {
+            assert_eq!((exceeded.limit, exceeded.value), ("max_active_engines", 1))
+        }
+        other => panic!("a take beyond max_active_engines gave {other:?}"),
+    }
+    assert_eq!(get(store, &warm.id).await, warm);
+    assert_eq!(ids(&warm_of(store, "pool").await), vec![warm.id.clone()]);
+
+    // Within the limits: taken. Other owners' engines (and warm ones) count for nobody.
+    let within = Take {
+        limits: Limits {
+            max_engines: Some(2),
+            max_active_engines: Some(2),
+        },
+        ..take_by("pool", "alice")
+    };
+    let taken = store
+        .take_warm(&within)
+        .await
+        .expect("take_warm")
+        .expect("taken within the limits");
+    assert_eq!((taken.id, taken.owner.as_str()), (warm.id, "alice"));
+}
+
+pub async fn concurrent_takes_give_each_warm_engine_once(store: Arc<dyn Store>) {
+    warm_takes_race(&[store]).await;
+}
+
+/// 10 takes of one pool with 3 Running warm engines at once, by different owners, spread over
+/// `stores`: exactly 3 succeed, each with its own engine, which the store gives to that taker.
+pub async fn warm_takes_race(stores: &[Arc<dyn Store>]) {
+    const TASKS: usize = 10;
+    let store = &*stores[0];
+    let mut running = HashSet::new();
+    for _ in 0..3 {
+        running.insert(running_warm(store, "raced").await.id);
+    }
+    let starting = insert_warm(store, "raced").await;
+    let elsewhere = running_warm(store, "elsewhere").await;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (store, barrier) = (Arc::clone(&stores[i % stores.len()]), Arc::clone(&barrier));
+        tasks.push(tokio::spawn(async move {
+            let take = take_by("raced", &format!("owner-{i}"));
+            barrier.wait().await;
+            let taken = store.take_warm(&take).await.expect("take_warm");
+            (take, taken)
+        }));
+    }
+    let mut taken = Vec::new();
+    for task in tasks {
+        if let (take, Some(engine)) = task.await.expect("task") {
+            taken.push((take, engine));
+        }
+    }
+    assert_eq!(taken.len(), 3, "takes that got an engine");
+    let got: HashSet<EngineId> = taken.iter().map(|(_, e)| e.id.clone()).collect();
+    assert_eq!(got, running, "each Running warm engine went to one take");
+    for (take, engine) in &taken {
+        let stored = get(store, &engine.id).await;
+        assert_eq!(&stored, engine, "the store holds what the take returned");
+        assert_eq!(
+            (stored.owner.as_str(), &stored.name, stored.pool.as_deref()),
+            (take.owner.as_str(), &take.name, None)
+        );
+        assert_eq!(stored.secret, Some(take.secret.clone()));
+        assert_eq!(events(store, &engine.id).await.len(), 1);
+    }
+    assert_eq!(
+        ids(&store.warm_engines().await.expect("warm_engines")),
+        vec![starting.id, elsewhere.id]
+    );
+}
+
+pub async fn only_warm_transitions_skip_taken_engines(store: Arc<dyn Store>) {
+    let store = &*store;
+    // A warm engine: applies.
+    let warm = insert_warm(store, "pool").await;
+    transition(
+        store,
+        &warm.id,
+        Transition::new(WaitToStart, Terminated).only_warm(),
+    )
+    .await;
+    assert_eq!(get(store, &warm.id).await.state, Terminated);
+
+    // A taken engine (and one never warm): conflict, nothing changed.
+    let warm = running_warm(store, "pool").await;
+    store
+        .take_warm(&take_by("pool", "bob"))
+        .await
+        .expect("take_warm")
+        .expect("taken");
+    let cold = insert(store, owned_by("alice", Running)).await;
+    for id in [&warm.id, &cold.id] {
+        let engine = get(store, id).await;
+        let history = events(store, id).await;
+        let stop = Transition::new(Running, WaitToTerminate)
+            .only_warm()
+            .by(refiller())
+            .with_message("pool shrinks");
+        assert_eq!(
+            store.update_state(id, &stop).await.expect("update_state"),
+            Cas::Conflict(Running)
+        );
+        assert_eq!(get(store, id).await, engine);
+        assert_eq!(events(store, id).await, history);
+    }
+    // Without only_warm, the same change applies to the taken engine.
+    transition(store, &warm.id, Transition::new(Running, WaitToTerminate)).await;
+}
+
+pub async fn a_new_secret_ends_the_handover(store: Arc<dyn Store>) {
+    let store = &*store;
+    let warm = running_warm(store, "pool").await;
+    let take = take_by("pool", "bob");
+    store
+        .take_warm(&take)
+        .await
+        .expect("take_warm")
+        .expect("taken");
+    // Transitions without a secret keep both: the engine still runs with the handover to do.
+    let mut state = Running;
+    for next in [
+        WaitToTerminate,
+        TriggerTermination,
+        TerminateInProgress,
+        Terminated,
+    ] {
+        transition(store, &warm.id, Transition::new(state, next)).await;
+        state = next;
+        let engine = get(store, &warm.id).await;
+        assert_eq!(engine.secret, Some(take.secret.clone()), "in {state}");
+        assert_eq!(engine.handover_secret, warm.secret, "in {state}");
+    }
+    // A restart's new secret: the old one is no longer handed over.
+    let fresh = EngineSecret::generate();
+    transition(
+        store,
+        &warm.id,
+        Transition::new(Terminated, WaitToStart).with_secret(fresh.clone()),
+    )
+    .await;
+    let engine = get(store, &warm.id).await;
+    assert_eq!(engine.secret, Some(fresh));
+    assert_eq!(engine.handover_secret, None);
 }

@@ -26,6 +26,24 @@ async fn fresh() -> (Arc<dyn Store>, ScratchDatabase) {
 
 rucat::store_conformance_tests!(fresh);
 
+/// Warm inserts and takes of one pool through two stores on one database (as two processes
+/// would make them): the pool is never overfilled, and each warm engine goes to one take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_pools_hold_across_processes() {
+    let db = common::scratch_postgres("pools").await;
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(open(db.url()).await),
+        Arc::new(open(db.url()).await),
+    ];
+    rucat::store::conformance::warm_inserts_race(&stores).await;
+    let db = common::scratch_postgres("takes").await;
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(open(db.url()).await),
+        Arc::new(open(db.url()).await),
+    ];
+    rucat::store::conformance::warm_takes_race(&stores).await;
+}
+
 async fn sql(url: &str, statement: &str) -> u64 {
     let pool = sqlx::PgPool::connect(url).await.expect("connect");
     let done = sqlx::query(statement)

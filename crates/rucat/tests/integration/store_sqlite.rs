@@ -78,6 +78,28 @@ async fn two_stores_on_one_file_share_compare_and_swap() {
     );
 }
 
+/// Warm inserts and takes of one pool through two stores on one file (as two processes would
+/// make them): the pool is never overfilled, and each warm engine goes to one take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_pools_hold_across_processes() {
+    let (a, b) = (
+        TempDir::new().expect("temp dir"),
+        TempDir::new().expect("temp dir"),
+    );
+    let two = |dir: &TempDir| {
+        let url = url(dir);
+        async move {
+            let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+            for _ in 0..2 {
+                stores.push(Arc::new(SqliteStore::open(&url).await.expect("open store")));
+            }
+            stores
+        }
+    };
+    rucat::store::conformance::warm_inserts_race(&two(&a).await).await;
+    rucat::store::conformance::warm_takes_race(&two(&b).await).await;
+}
+
 #[tokio::test]
 async fn reads_see_every_write_to_the_file_at_once() {
     let dir = TempDir::new().expect("temp dir");
