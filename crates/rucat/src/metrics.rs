@@ -920,6 +920,11 @@ impl Platform for InstrumentedPlatform {
         result
     }
 
+    /// Not counted: one per warm engine, and a query's time is not a probe's.
+    async fn warm_up(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
+        self.inner.warm_up(engine, endpoint).await
+    }
+
     async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError> {
         let started = Instant::now();
         let result = self.inner.logs(id, max_bytes).await;

@@ -703,7 +703,12 @@ impl Monitor {
         let failure = match self.inner.platform.state(engine).await? {
             ResourceState::Running { endpoint } => {
                 // Running means a Spark Connect request succeeded, not that a port opened.
-                match self.inner.platform.probe(engine, &endpoint).await {
+                let mut ready = self.inner.platform.probe(engine, &endpoint).await;
+                if ready.is_ok() && engine.pool.is_some() {
+                    // A warm engine runs a first query before it can be taken.
+                    ready = self.inner.platform.warm_up(engine, &endpoint).await;
+                }
+                match ready {
                     Ok(()) => {
                         let next = later(config.health_check_interval);
                         let advanced = self

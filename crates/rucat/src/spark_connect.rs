@@ -1,10 +1,13 @@
-//! The one Spark Connect call Rucat makes itself: a `Config` request (reading `spark.app.id`),
-//! with which the monitor decides that an engine is `Running` and stays healthy. It is a real
-//! gRPC call over HTTP/2 with the engine's secret, so it succeeds only when Spark Connect serves
-//! the engine's sessions, not merely when a port accepts connections.
+//! The Spark Connect calls Rucat makes itself: a `Config` request (reading `spark.app.id`),
+//! with which the monitor decides that an engine is `Running` and stays healthy, and, for a
+//! warm engine, one query (`SELECT 1` through `ExecutePlan`) before it counts as ready, so that
+//! Spark's first-query costs are paid before a user takes it. Each is a real gRPC call over
+//! HTTP/2 with the engine's secret, so it succeeds only when Spark Connect serves the engine's
+//! sessions, not merely when a port accepts connections.
 //!
-//! The request is written by hand (a few protobuf fields of `ConfigRequest` in Spark Connect's
-//! `base.proto`); the answer is judged by its gRPC status alone.
+//! The requests are written by hand (a few protobuf fields of `ConfigRequest` and
+//! `ExecutePlanRequest` in Spark Connect's `base.proto` and `relations.proto`); the answer is
+//! judged by its gRPC status alone.
 
 use std::time::Duration;
 
@@ -32,7 +35,11 @@ pub async fn probe(
     credentials: Option<Credentials<'_>>,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    match tokio::time::timeout(timeout, call(endpoint, engine, credentials)).await {
+    let request = Call {
+        method: "Config",
+        message: config_request(engine),
+    };
+    match tokio::time::timeout(timeout, call(endpoint, request, credentials)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "Spark Connect at {endpoint} did not answer within {timeout:?}"
@@ -40,11 +47,38 @@ pub async fn probe(
     }
 }
 
-async fn call(
+/// Runs `SELECT 1` in the engine's own session (the probes'), with its secret; `Ok` when the
+/// query ends with gRPC status OK within `timeout`.
+pub async fn warm_up(
     endpoint: &str,
     engine: &EngineId,
     credentials: Option<Credentials<'_>>,
+    timeout: Duration,
 ) -> Result<(), ProbeError> {
+    let request = Call {
+        method: "ExecutePlan",
+        message: select_one_request(engine),
+    };
+    match tokio::time::timeout(timeout, call(endpoint, request, credentials)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "Spark Connect at {endpoint} did not run a query within {timeout:?}"
+        )),
+    }
+}
+
+/// A unary or server-streaming call: the service's method and the request message.
+struct Call {
+    method: &'static str,
+    message: Vec<u8>,
+}
+
+async fn call(
+    endpoint: &str,
+    request: Call,
+    credentials: Option<Credentials<'_>>,
+) -> Result<(), ProbeError> {
+    let Call { method, message } = request;
     let address = endpoint
         .trim_start_matches("sc://")
         .split('/')
@@ -59,7 +93,7 @@ async fn call(
         .await
         .map_err(|e| format!("no HTTP/2 from {address}: {e}"))?;
     let driver = tokio::spawn(connection);
-    let uri: Uri = format!("http://{address}/spark.connect.SparkConnectService/Config")
+    let uri: Uri = format!("http://{address}/spark.connect.SparkConnectService/{method}")
         .parse()
         .map_err(|e| format!("bad Spark Connect address {address}: {e}"))?;
     let mut request = Request::builder()
@@ -80,7 +114,7 @@ async fn call(
         }
     }
     let request = request
-        .body(Full::new(Bytes::from(grpc_frame(&config_request(engine)))))
+        .body(Full::new(Bytes::from(grpc_frame(&message))))
         .map_err(|e| format!("cannot build the probe: {e}"))?;
     let response = sender
         .send_request(request)
@@ -145,6 +179,20 @@ fn config_request(engine: &EngineId) -> Vec<u8> {
     let mut message = field(1, session_id(engine).as_bytes());
     message.extend(field(2, &user_context));
     message.extend(field(3, &operation));
+    message.extend(field(4, b"rucat"));
+    message
+}
+
+/// `ExecutePlanRequest { session_id, user_context { user_id }, plan { root { sql { query:
+/// "SELECT 1" } } }, client_type }`, protobuf-encoded.
+fn select_one_request(engine: &EngineId) -> Vec<u8> {
+    let sql = field(1, b"SELECT 1");
+    let relation = field(10, &sql);
+    let plan = field(1, &relation);
+    let user_context = field(1, USER.as_bytes());
+    let mut message = field(1, session_id(engine).as_bytes());
+    message.extend(field(2, &user_context));
+    message.extend(field(3, &plan));
     message.extend(field(4, b"rucat"));
     message
 }

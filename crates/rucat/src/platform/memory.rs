@@ -315,6 +315,11 @@ impl Platform for MemoryPlatform {
             .then(|| format!("driver log of {id}\n")))
     }
 
+    /// A warm engine's first query answers as its probe does.
+    async fn warm_up(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
+        self.probe(engine, endpoint).await
+    }
+
     async fn probe(&self, engine: &Engine, _endpoint: &str) -> Result<(), String> {
         self.count(&engine.id);
         if self.lock().unhealthy.contains(&engine.id) {

@@ -52,6 +52,8 @@ pub enum ResourceState {
 
 /// How long the monitor's Spark Connect request may take.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a warm engine's first query may take.
+pub const WARM_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The Spark conf naming Spark Connect's extra gRPC interceptors (Rucat's alone: see the policy).
 pub const INTERCEPTOR_CONF: &str = "spark.connect.grpc.interceptor.classes";
@@ -120,6 +122,13 @@ pub trait Platform: DriverLogs {
     /// secret (see [`crate::spark_connect`]).
     async fn probe(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
         crate::spark_connect::probe(endpoint, &engine.id, engine.credentials(), PROBE_TIMEOUT).await
+    }
+
+    /// Runs one query on a warm engine serving at `endpoint` before it counts as ready, so that
+    /// Spark's first-query costs are not its user's (see [`crate::spark_connect::warm_up`]).
+    async fn warm_up(&self, engine: &Engine, endpoint: &str) -> Result<(), String> {
+        crate::spark_connect::warm_up(endpoint, &engine.id, engine.credentials(), WARM_UP_TIMEOUT)
+            .await
     }
 
     /// The tail (at most `max_bytes`) of the engine's driver log, if there is one.

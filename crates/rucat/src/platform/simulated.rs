@@ -345,6 +345,12 @@ impl Platform for SimulatedPlatform {
         Ok(())
     }
 
+    /// Nor runs a query: a warm engine's first one is taken to succeed.
+    async fn warm_up(&self, _engine: &Engine, _endpoint: &str) -> Result<(), String> {
+        self.latency().await;
+        Ok(())
+    }
+
     async fn logs(&self, id: &EngineId, max_bytes: usize) -> Result<Option<String>, PlatformError> {
         let live = self.live(id.as_str());
         let exists = tokio::fs::try_exists(&live)
