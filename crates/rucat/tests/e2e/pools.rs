@@ -39,7 +39,7 @@ fn with_pool(size: u32) -> (Options, Users) {
 
 /// The pool an engine is warm in, as an admin's listing shows it (none once taken).
 fn pool_of(engine: &Engine) -> Option<&str> {
-    engine.other.get("pool").and_then(|pool| pool.as_str())
+    engine.pool.as_deref()
 }
 
 /// The warm engines of pool `default`, as the admin lists them.
