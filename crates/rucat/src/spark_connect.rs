@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, TE};
+use hyper::header::{HeaderName, HeaderValue, InvalidHeaderValue, AUTHORIZATION, CONTENT_TYPE, TE};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -67,6 +67,32 @@ pub async fn warm_up(
     }
 }
 
+/// The headers that authenticate a call to an engine's Spark Connect server (the monitor's, and
+/// every call the proxy forwards): the secret as the bearer credential and, while a take's new
+/// secret is being handed over, the new one as [`REKEY_HEADER`]. Marked sensitive, so that no
+/// log shows them. `Err` when a secret is not a header value.
+pub fn auth_headers(
+    credentials: Credentials<'_>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, InvalidHeaderValue> {
+    let sensitive = |text: &str| {
+        HeaderValue::from_str(text).map(|mut value| {
+            value.set_sensitive(true);
+            value
+        })
+    };
+    let mut headers = vec![(
+        AUTHORIZATION,
+        sensitive(&format!("Bearer {}", credentials.bearer.expose()))?,
+    )];
+    if let Some(new) = credentials.rekey {
+        headers.push((
+            HeaderName::from_static(REKEY_HEADER),
+            sensitive(new.expose())?,
+        ));
+    }
+    Ok(headers)
+}
+
 /// A unary or server-streaming call: the service's method and the request message.
 struct Call {
     method: &'static str,
@@ -102,15 +128,10 @@ async fn call(
         .header(CONTENT_TYPE, "application/grpc")
         .header(TE, "trailers");
     if let Some(credentials) = credentials {
-        let malformed = |_| "the engine's secret is not a header value".to_owned();
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", credentials.bearer.expose()))
-            .map_err(malformed)?;
-        bearer.set_sensitive(true);
-        request = request.header(AUTHORIZATION, bearer);
-        if let Some(new) = credentials.rekey {
-            let mut rekey = HeaderValue::from_str(new.expose()).map_err(malformed)?;
-            rekey.set_sensitive(true);
-            request = request.header(REKEY_HEADER, rekey);
+        let headers = auth_headers(credentials)
+            .map_err(|_| "the engine's secret is not a header value".to_owned())?;
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
     }
     let request = request

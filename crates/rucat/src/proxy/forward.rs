@@ -26,6 +26,7 @@ use super::activity::{Activity, Call};
 use super::grpc::{Reason, Refusal};
 use crate::auth::{AuthError, Authenticator};
 use crate::engine::{EngineId, EngineState, ENGINE_PARAMETER, REKEY_HEADER};
+use crate::spark_connect::auth_headers;
 use crate::store::Store;
 
 /// How long opening a connection to an engine may take.
@@ -323,20 +324,13 @@ impl Router {
         for header in HOP_BY_HOP {
             parts.headers.remove(header);
         }
+        // A caller's own rekey header goes too: only Rucat hands an engine a new secret (an
+        // engine taken from a warm pool learns it with the first calls after the take).
         parts.headers.remove(HeaderName::from_static(REKEY_HEADER));
-        let malformed = || Refusal::new(Reason::NotReachable, "the engine's secret is malformed");
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", credentials.bearer.expose()))
-            .map_err(|_| malformed())?;
-        bearer.set_sensitive(true);
-        parts.headers.insert(AUTHORIZATION, bearer);
-        // An engine taken from a warm pool learns its new secret with the first calls after the
-        // take (see `Engine::credentials`).
-        if let Some(new) = credentials.rekey {
-            let mut rekey = HeaderValue::from_str(new.expose()).map_err(|_| malformed())?;
-            rekey.set_sensitive(true);
-            parts
-                .headers
-                .insert(HeaderName::from_static(REKEY_HEADER), rekey);
+        let headers = auth_headers(credentials)
+            .map_err(|_| Refusal::new(Reason::NotReachable, "the engine's secret is malformed"))?;
+        for (name, value) in headers {
+            parts.headers.insert(name, value);
         }
         parts.headers.remove(HOST);
         let path = parts
