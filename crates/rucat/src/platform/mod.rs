@@ -63,6 +63,37 @@ pub const INTERCEPTOR_CONF: &str = "spark.connect.grpc.interceptor.classes";
 pub const HANDOVER_INTERCEPTOR: &str = "io.rucat.engine.HandoverTokenInterceptor";
 /// Where a warm engine's first secret is, instead of Spark's own `SPARK_CONNECT_AUTHENTICATE_TOKEN`.
 pub const HANDOVER_SECRET_ENV: &str = "RUCAT_ENGINE_TOKEN";
+/// The environment variable through which Spark 4's Connect server takes the pre-shared token
+/// it requires of every client.
+pub const SECRET_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
+
+/// How a start of an engine has its Spark Connect server check its clients, on every platform:
+/// Spark's own fixed check of [`SECRET_ENV`], or for a warm engine (whose secret is replaced when
+/// a create takes it) the handover interceptor with [`HANDOVER_SECRET_ENV`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCheck {
+    /// The environment variable that holds the engine's secret.
+    pub env: &'static str,
+    /// The Spark conf (`KEY=VALUE`) that loads the interceptor; `None` for Spark's own check.
+    pub conf: Option<String>,
+}
+
+impl TokenCheck {
+    pub fn of(engine_is_warm: bool) -> Self {
+        if engine_is_warm {
+            TokenCheck {
+                env: HANDOVER_SECRET_ENV,
+                conf: Some(format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}")),
+            }
+        } else {
+            TokenCheck {
+                env: SECRET_ENV,
+                conf: None,
+            }
+        }
+    }
+}
+
 /// The jar that holds [`HANDOVER_INTERCEPTOR`], in a Spark distribution's `jars/` (the setup
 /// script builds and installs it; images for warm pools on Kubernetes must hold it too).
 pub const HANDOVER_JAR: &str = "rucat-engine-auth.jar";

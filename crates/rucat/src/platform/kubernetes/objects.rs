@@ -6,8 +6,8 @@
 //! A warm engine (one a monitor starts for a pool, [`DriverSpec::pool`]) differs in three
 //! things: its pod and Service carry [`POOL_LABEL`] (the pool's name), its Spark Connect server
 //! checks clients with the handover interceptor ([`HANDOVER_INTERCEPTOR`] in
-//! [`INTERCEPTOR_CONF`]; the image must hold [`crate::platform::HANDOVER_JAR`] in its `jars/`,
-//! see `deploy/engine-image/`), and the driver reads its token from [`HANDOVER_SECRET_ENV`]
+//! [`crate::platform::INTERCEPTOR_CONF`]; the image must hold
+//! [`crate::platform::HANDOVER_JAR`] in its `jars/`, see `deploy/engine-image/`), and the driver reads its token from [`HANDOVER_SECRET_ENV`]
 //! instead of [`SECRET_ENV`] (same Secret, same key). [`POOL_LABEL`] means "started warm for this
 //! pool", not "still in the pool": a take is one compare-and-swap in the store, made by the server,
 //! which never calls the platform. It changes the engine's owner, name and secret in the record,
@@ -36,7 +36,7 @@ use k8s_openapi::ByteString;
 
 use super::{KubernetesConfig, NetworkPolicyConfig};
 use crate::engine::{Engine, EngineId};
-use crate::platform::{HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV, INTERCEPTOR_CONF};
+use crate::platform::{TokenCheck, HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV};
 
 /// Labels every object Rucat creates carries; the watch and the orphan scan select on them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rucat");
@@ -60,7 +60,7 @@ pub const CONTAINER: &str = "spark-connect";
 /// The key of the engine's Secret that holds the token Spark Connect requires, and the
 /// environment variable Spark reads it from.
 pub const SECRET_KEY: &str = "token";
-pub const SECRET_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
+pub use crate::platform::SECRET_ENV;
 /// Where the Spark images keep Spark.
 pub const SPARK_HOME: &str = "/opt/spark";
 /// Rucat's own API server address as seen from inside the cluster.
@@ -226,11 +226,9 @@ pub fn driver_args(
             config.image_pull_secrets.join(",")
         ));
     }
-    if spec.pool.is_some() {
-        // A warm engine's secret is replaced when a create takes it: the handover interceptor
-        // checks it instead of Spark's fixed token (the policy reserves this key).
-        wiring.push(format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}"));
-    }
+    // A warm engine's secret is replaced when a create takes it: the handover interceptor checks
+    // it instead of Spark's fixed token (the policy reserves this key).
+    wiring.extend(TokenCheck::of(spec.pool.is_some()).conf);
     let mut args = vec![
         "--master".to_owned(),
         IN_CLUSTER_MASTER.to_owned(),
@@ -332,16 +330,11 @@ pub fn engine_secret(
     }
 }
 
-/// The driver's token, by reference to the engine's Secret (never its value): for Spark's own
-/// check, or for the handover interceptor of a warm engine.
-fn secret_env(id: &EngineId, warm: bool) -> EnvVar {
+/// The driver's token in `variable`, by reference to the engine's Secret (never its value): for
+/// Spark's own check, or for the handover interceptor of a warm engine (see [`TokenCheck`]).
+fn secret_env(id: &EngineId, variable: &str) -> EnvVar {
     EnvVar {
-        name: if warm {
-            HANDOVER_SECRET_ENV
-        } else {
-            SECRET_ENV
-        }
-        .to_owned(),
+        name: variable.to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: object_name(id),
@@ -402,7 +395,7 @@ pub fn driver_pod(spec: &DriverSpec<'_>, namespace: &str, config: &KubernetesCon
             env("SPARK_LOG_DIR", "/tmp/spark-logs"),
             env("SPARK_PID_DIR", "/tmp"),
             env("HOME", "/tmp"),
-            secret_env(spec.id, spec.pool.is_some()),
+            secret_env(spec.id, TokenCheck::of(spec.pool.is_some()).env),
         ]),
         ports: Some(vec![
             port("spark-connect", CONNECT_PORT),
@@ -647,6 +640,7 @@ fn pretty<T: serde::Serialize>(object: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform::INTERCEPTOR_CONF;
 
     fn spec<'a>(
         id: &'a EngineId,

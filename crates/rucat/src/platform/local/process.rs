@@ -26,14 +26,12 @@ use super::records::{
 };
 use super::{blocking, LocalPlatform, HOST};
 use crate::engine::{Engine, EngineId};
-use crate::platform::{PlatformError, HANDOVER_INTERCEPTOR, HANDOVER_SECRET_ENV, INTERCEPTOR_CONF};
+use crate::platform::{PlatformError, TokenCheck};
 
 /// The Spark conf (unknown to Spark, harmless) that names the engine generation of a process.
 const GENERATION_CONF: &str = "spark.rucat.generation";
 
-/// The environment variable through which Spark 4's Connect server takes the pre-shared token
-/// it requires of every client.
-pub const SECRET_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
+pub use crate::platform::SECRET_ENV;
 
 /// The main class of a Spark Connect server (what `sbin/start-connect-server.sh` submits).
 pub const CONNECT_SERVER_CLASS: &str = "org.apache.spark.sql.connect.service.SparkConnectServer";
@@ -118,12 +116,11 @@ impl LocalPlatform {
             format!("spark.driver.host={HOST}"),
             format!("spark.driver.bindAddress={HOST}"),
         ];
-        if engine.pool.is_some() {
-            // A warm engine's secret is replaced when a create takes it: the handover
-            // interceptor (`engine-auth/`, installed in SPARK_HOME's jars by the setup script)
-            // checks it instead of Spark's fixed one.
-            wiring.push(format!("{INTERCEPTOR_CONF}={HANDOVER_INTERCEPTOR}"));
-        }
+        // A warm engine's secret is replaced when a create takes it: the handover interceptor
+        // (`engine-auth/`, installed in SPARK_HOME's jars by the setup script) checks it instead
+        // of Spark's fixed check.
+        let token_check = TokenCheck::of(engine.pool.is_some());
+        wiring.extend(token_check.conf);
         if !engine.configs.contains_key("spark.ui.enabled") {
             wiring.push("spark.ui.enabled=false".to_owned());
         }
@@ -143,12 +140,7 @@ impl LocalPlatform {
         // Spark Connect then requires the engine's secret of every client: only the proxy
         // has it. Through the environment, so that it is in neither `ps` nor a file.
         if let Some(secret) = &engine.secret {
-            let variable = if engine.pool.is_some() {
-                HANDOVER_SECRET_ENV
-            } else {
-                SECRET_ENV
-            };
-            command.env(variable, secret.expose());
+            command.env(token_check.env, secret.expose());
         }
         command
             .env("SPARK_HOME", &self.spark_home)
