@@ -116,13 +116,8 @@ impl Pools {
         }
     }
 
-    /// The first pool a create asking for `request` may take from.
-    pub fn fitting(&self, request: &EngineRequest) -> Option<&Pool> {
-        self.0.iter().find(|pool| pool.fits(request))
-    }
-
     /// Every pool a create asking for `request` may take from, in the order of the file.
-    pub fn all_fitting<'a>(
+    pub fn fitting<'a>(
         &'a self,
         request: &'a EngineRequest,
     ) -> impl Iterator<Item = &'a Pool> + 'a {
@@ -206,17 +201,20 @@ mod tests {
             &ConfPolicy::default(),
         )
         .expect("valid pools");
-        assert!(pools.fitting(&request("4.3.0", &[])).is_some());
+        assert!(pools.fitting(&request("4.3.0", &[])).next().is_some());
         assert!(pools
             .fitting(&request("4.3.0", &[("spark.driver.memory", "1g")]))
+            .next()
             .is_some());
         assert!(pools
             .fitting(&request("4.3.0", &[("spark.driver.memory", "2g")]))
+            .next()
             .is_none());
         assert!(pools
             .fitting(&request("4.3.0", &[("spark.executor.cores", "2")]))
+            .next()
             .is_none());
-        assert!(pools.fitting(&request("4.2.0", &[])).is_none());
+        assert!(pools.fitting(&request("4.2.0", &[])).next().is_none());
     }
 
     #[test]

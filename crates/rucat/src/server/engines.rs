@@ -146,7 +146,7 @@ async fn create(
     let idle_timeout_minutes = context.idle.resolve(request.idle_timeout_minutes)?;
     let limits = context.quotas.for_owner(&caller.user);
     // The first pool that fits and has an engine Running gives it.
-    for pool in context.pools.all_fitting(&request) {
+    for pool in context.pools.fitting(&request) {
         let take = Take {
             pool: pool.name.clone(),
             owner: caller.user.clone(),
