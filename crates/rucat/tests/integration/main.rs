@@ -7,6 +7,7 @@ mod common;
 
 mod api;
 mod auth;
+mod hooked_store;
 mod monitor;
 mod pools;
 mod store_postgres;

@@ -8,11 +8,11 @@ use crate::common::{
     assert_delete_escalated, assert_failed_after_health_timeout, engine_events, run, spawn_api,
     stop_monitor, until, TestApp, VERSION,
 };
+use crate::hooked_store::HookedStore;
 use rucat::engine::{EngineId, EngineState};
 use rucat::monitor::{Monitor, MonitorConfig};
 use rucat::platform::memory::MemoryPlatform;
 use rucat::platform::Platform;
-use rucat::store::StoreError;
 
 fn fast_config() -> MonitorConfig {
     MonitorConfig {
@@ -734,144 +734,6 @@ async fn a_hung_orphan_scan_does_not_hold_up_engines() {
         .expect("stopped while the orphan scan hangs");
     // And the hung scan does not keep the monitor from stopping.
     stop_monitor(running).await;
-}
-
-/// The real store, seen by a test: `save_logs` fails while `refuse_logs` is set (an outage of
-/// the store while the monitor keeps a driver log), and every `list_due` that returned is
-/// counted in `due_reads` (a monitor's pass has read its due list). Everything else goes to
-/// the real store.
-struct HookedStore {
-    inner: Arc<dyn rucat::store::Store>,
-    refuse_logs: std::sync::atomic::AtomicBool,
-    due_reads: tokio::sync::watch::Sender<usize>,
-}
-
-impl HookedStore {
-    fn new(inner: Arc<dyn rucat::store::Store>) -> Self {
-        HookedStore {
-            inner,
-            refuse_logs: std::sync::atomic::AtomicBool::new(false),
-            due_reads: tokio::sync::watch::Sender::new(0),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl rucat::store::Store for HookedStore {
-    async fn insert_within(
-        &self,
-        engine: &rucat::engine::Engine,
-        limits: &rucat::engine::quota::Limits,
-    ) -> Result<(), StoreError> {
-        self.inner.insert_within(engine, limits).await
-    }
-    async fn get(&self, id: &EngineId) -> Result<Option<rucat::engine::Engine>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn insert_warm(
-        &self,
-        engine: &rucat::engine::Engine,
-        size: u32,
-        actor: &rucat::engine::Actor,
-    ) -> Result<bool, StoreError> {
-        self.inner.insert_warm(engine, size, actor).await
-    }
-    async fn take_warm(
-        &self,
-        take: &rucat::store::Take,
-    ) -> Result<Option<rucat::engine::Engine>, StoreError> {
-        self.inner.take_warm(take).await
-    }
-    async fn warm_engines(&self) -> Result<Vec<rucat::engine::Engine>, StoreError> {
-        self.inner.warm_engines().await
-    }
-    async fn list(
-        &self,
-        query: &rucat::store::ListQuery,
-    ) -> Result<rucat::store::Page, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn update_state(
-        &self,
-        id: &EngineId,
-        transition: &rucat::store::Transition,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.update_state(id, transition).await
-    }
-    async fn reschedule(
-        &self,
-        id: &EngineId,
-        reschedule: &rucat::store::Reschedule,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.reschedule(id, reschedule).await
-    }
-    async fn record_failure(
-        &self,
-        id: &EngineId,
-        failure: &rucat::store::Failure,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.record_failure(id, failure).await
-    }
-    async fn remove(
-        &self,
-        id: &EngineId,
-        expected: EngineState,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.remove(id, expected).await
-    }
-    async fn list_due(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-        limit: u32,
-    ) -> Result<Vec<rucat::engine::Engine>, StoreError> {
-        let due = self.inner.list_due(now, limit).await;
-        self.due_reads.send_modify(|n| *n += 1);
-        due
-    }
-    async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError> {
-        self.inner.all_states().await
-    }
-    async fn count_by_state(&self) -> Result<Vec<(EngineState, u64)>, StoreError> {
-        self.inner.count_by_state().await
-    }
-    async fn events(
-        &self,
-        id: &EngineId,
-    ) -> Result<Option<Vec<rucat::engine::EngineEvent>>, StoreError> {
-        self.inner.events(id).await
-    }
-    async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError> {
-        if self.refuse_logs.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Unreachable {
-                url: "sqlite://test".into(),
-                reason: "disk I/O error while keeping the log".into(),
-            });
-        }
-        self.inner.save_logs(id, logs).await
-    }
-    async fn logs(&self, id: &EngineId) -> Result<Option<String>, StoreError> {
-        self.inner.logs(id).await
-    }
-    async fn report_activity(
-        &self,
-        proxy: &str,
-        reports: &[rucat::store::ActivityReport],
-    ) -> Result<(), StoreError> {
-        self.inner.report_activity(proxy, reports).await
-    }
-    async fn activity(
-        &self,
-        id: &EngineId,
-        fresh_after: chrono::DateTime<chrono::Utc>,
-    ) -> Result<rucat::store::Activity, StoreError> {
-        self.inner.activity(id, fresh_after).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    fn wake_ups(&self) -> Arc<tokio::sync::Notify> {
-        self.inner.wake_ups()
-    }
 }
 
 /// Item 7. While the driver log cannot be kept (the store fails to save it), the resource is

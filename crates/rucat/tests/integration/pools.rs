@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{open_store, run, stop_monitor, until, VERSION};
+use crate::hooked_store::HookedStore;
 use reqwest::{Method, StatusCode};
 use rucat::app::{Application, Roles};
 use rucat::auth::token::{self, TokenEntry};
@@ -19,7 +20,7 @@ use rucat::monitor::{Monitor, MonitorConfig};
 use rucat::platform::memory::MemoryPlatform;
 use rucat::platform::Platform;
 use rucat::shutdown::{self, Trigger};
-use rucat::store::{Store, StoreError};
+use rucat::store::Store;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -759,142 +760,6 @@ async fn a_taken_engine_restarts_and_does_not_go_back_to_the_pool() {
     stop_monitor(monitor).await;
 }
 
-/// The real store, but a keeper round's read of the pools ([`Store::warm_engines`]) waits, once
-/// it has read them, until the test lets it go on: what it read is then stale.
-struct PausedStore {
-    inner: Arc<dyn Store>,
-    gate: std::sync::Mutex<Option<Gate>>,
-    /// How many warm engines were added through it.
-    inserted: std::sync::atomic::AtomicUsize,
-}
-
-type Gate = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::sync::oneshot::Receiver<()>,
-);
-
-#[async_trait::async_trait]
-impl Store for PausedStore {
-    async fn insert_within(
-        &self,
-        engine: &Engine,
-        limits: &rucat::engine::quota::Limits,
-    ) -> Result<(), StoreError> {
-        self.inner.insert_within(engine, limits).await
-    }
-    async fn get(&self, id: &EngineId) -> Result<Option<Engine>, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn insert_warm(
-        &self,
-        engine: &Engine,
-        size: u32,
-        actor: &Actor,
-    ) -> Result<bool, StoreError> {
-        let added = self.inner.insert_warm(engine, size, actor).await;
-        if matches!(added, Ok(true)) {
-            self.inserted
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        added
-    }
-    async fn take_warm(&self, take: &rucat::store::Take) -> Result<Option<Engine>, StoreError> {
-        self.inner.take_warm(take).await
-    }
-    async fn warm_engines(&self) -> Result<Vec<Engine>, StoreError> {
-        let warm = self.inner.warm_engines().await;
-        let gate = self
-            .gate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some((read, go)) = gate {
-            let _ = read.send(());
-            let _ = go.await;
-        }
-        warm
-    }
-    async fn list(
-        &self,
-        query: &rucat::store::ListQuery,
-    ) -> Result<rucat::store::Page, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn update_state(
-        &self,
-        id: &EngineId,
-        transition: &rucat::store::Transition,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.update_state(id, transition).await
-    }
-    async fn reschedule(
-        &self,
-        id: &EngineId,
-        reschedule: &rucat::store::Reschedule,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.reschedule(id, reschedule).await
-    }
-    async fn record_failure(
-        &self,
-        id: &EngineId,
-        failure: &rucat::store::Failure,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.record_failure(id, failure).await
-    }
-    async fn remove(
-        &self,
-        id: &EngineId,
-        expected: EngineState,
-    ) -> Result<rucat::store::Cas, StoreError> {
-        self.inner.remove(id, expected).await
-    }
-    async fn list_due(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-        limit: u32,
-    ) -> Result<Vec<Engine>, StoreError> {
-        self.inner.list_due(now, limit).await
-    }
-    async fn all_states(&self) -> Result<Vec<(EngineId, EngineState, u64)>, StoreError> {
-        self.inner.all_states().await
-    }
-    async fn count_by_state(&self) -> Result<Vec<(EngineState, u64)>, StoreError> {
-        self.inner.count_by_state().await
-    }
-    async fn events(
-        &self,
-        id: &EngineId,
-    ) -> Result<Option<Vec<rucat::engine::EngineEvent>>, StoreError> {
-        self.inner.events(id).await
-    }
-    async fn save_logs(&self, id: &EngineId, logs: &str) -> Result<(), StoreError> {
-        self.inner.save_logs(id, logs).await
-    }
-    async fn logs(&self, id: &EngineId) -> Result<Option<String>, StoreError> {
-        self.inner.logs(id).await
-    }
-    async fn report_activity(
-        &self,
-        proxy: &str,
-        reports: &[rucat::store::ActivityReport],
-    ) -> Result<(), StoreError> {
-        self.inner.report_activity(proxy, reports).await
-    }
-    async fn activity(
-        &self,
-        id: &EngineId,
-        fresh_after: chrono::DateTime<chrono::Utc>,
-    ) -> Result<rucat::store::Activity, StoreError> {
-        self.inner.activity(id, fresh_after).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    fn wake_ups(&self) -> Arc<tokio::sync::Notify> {
-        self.inner.wake_ups()
-    }
-}
-
 /// Test 8 (b). A keeper round that read the pool just before a create took one of its engines
 /// stops only the engines still warm: the taken one runs on, its history untouched.
 #[tokio::test]
@@ -906,11 +771,11 @@ async fn a_keeper_round_that_read_the_pool_before_a_take_spares_the_taken_engine
 
     let (read_tx, read_rx) = tokio::sync::oneshot::channel();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel();
-    let store = Arc::new(PausedStore {
-        inner: h.store.clone(),
-        gate: std::sync::Mutex::new(Some((read_tx, go_rx))),
-        inserted: Default::default(),
-    });
+    let store = Arc::new(HookedStore::new(h.store.clone()));
+    *store
+        .warm_gate
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((read_tx, go_rx));
     let shrunk = Monitor::new(
         store,
         Arc::new(h.platform.clone()),
@@ -946,11 +811,7 @@ async fn a_keeper_round_that_read_the_pool_before_a_take_spares_the_taken_engine
 async fn a_pool_whose_engines_fail_is_refilled_with_back_off() {
     let h = harness(2, "").await;
     h.platform.fail_creates(Some("exceeded quota: pods"));
-    let store = Arc::new(PausedStore {
-        inner: h.store.clone(),
-        gate: std::sync::Mutex::new(None),
-        inserted: Default::default(),
-    });
+    let store = Arc::new(HookedStore::new(h.store.clone()));
     let monitor = run(Monitor::new(
         store.clone(),
         Arc::new(h.platform.clone()),
@@ -961,7 +822,9 @@ async fn a_pool_whose_engines_fail_is_refilled_with_back_off() {
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop_monitor(monitor).await;
-    let added = store.inserted.load(std::sync::atomic::Ordering::SeqCst);
+    let added = store
+        .warm_inserted
+        .load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         added <= 10,
         "{added} warm engines added in 3 s to a pool of 2 whose engines all fail"
