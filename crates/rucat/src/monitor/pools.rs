@@ -140,7 +140,7 @@ impl Monitor {
                 engine.state,
                 EngineState::Terminated | EngineState::ErrorClean
             ) {
-                if store.remove(&engine.id, engine.state).await? == Cas::Done {
+                if store.remove_warm(&engine.id, engine.state).await? == Cas::Done {
                     info!(engine = %engine.id, pool = name, state = %engine.state, "warm engine ended; removed");
                     if engine.state == EngineState::ErrorClean {
                         failed += 1;

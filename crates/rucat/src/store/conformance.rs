@@ -2259,6 +2259,15 @@ pub async fn only_warm_transitions_skip_taken_engines(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(get(store, &warm.id).await.state, Terminated);
+    // An ended warm engine is removed only while warm.
+    assert_eq!(
+        store
+            .remove_warm(&warm.id, Terminated)
+            .await
+            .expect("remove_warm"),
+        Cas::Done
+    );
+    assert_eq!(store.get(&warm.id).await.expect("get"), None);
 
     // A taken engine (and one never warm): conflict, nothing changed.
     let warm = running_warm(store, "pool").await;
@@ -2309,6 +2318,16 @@ pub async fn a_new_secret_ends_the_handover(store: Arc<dyn Store>) {
         assert_eq!(engine.secret, Some(take.secret.clone()), "in {state}");
         assert_eq!(engine.handover_secret, warm.secret, "in {state}");
     }
+    // Ended, but taken: a monitor clearing out ended warm engines leaves it.
+    let ended = get(store, &warm.id).await;
+    assert_eq!(
+        store
+            .remove_warm(&warm.id, Terminated)
+            .await
+            .expect("remove_warm"),
+        Cas::Conflict(Terminated)
+    );
+    assert_eq!(get(store, &warm.id).await, ended);
     // A restart's new secret: the old one is no longer handed over.
     let fresh = EngineSecret::generate();
     transition(

@@ -348,6 +348,10 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the engine (with its events and logs) if it is in `expected`.
     async fn remove(&self, id: &EngineId, expected: EngineState) -> Result<Cas, StoreError>;
 
+    /// [`Store::remove`], only while the engine is still in a pool: a monitor clearing out an
+    /// ended warm engine it read earlier must not remove one a create took since.
+    async fn remove_warm(&self, id: &EngineId, expected: EngineState) -> Result<Cas, StoreError>;
+
     /// Engines whose `next_update_time` is at or before `now`, soonest first.
     async fn list_due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Engine>, StoreError>;
 

@@ -216,6 +216,39 @@ macro_rules! sql_store {
                 Self::announce(conn, engine.next_update_time).await
             }
 
+            /// Removes the engine if it is in `expected` (and, when `only_warm`, still in a
+            /// pool).
+            async fn remove_if(
+                &self,
+                id: &EngineId,
+                expected: EngineState,
+                only_warm: bool,
+            ) -> Result<Cas, StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Events and logs go with the engine (ON DELETE CASCADE).
+                let removed = sqlx::query(
+                    "DELETE FROM engines WHERE id = $1 AND state = $2 \
+                     AND ($3 = 0 OR pool IS NOT NULL)",
+                )
+                .bind(id.as_str())
+                .bind(expected.as_str())
+                .bind(i64::from(only_warm))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if removed == 0 {
+                    let cas = Self::failed_cas(&mut tx, id).await?;
+                    tx.rollback().await?;
+                    return Ok(cas);
+                }
+                sqlx::query("DELETE FROM engine_activity WHERE engine_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Cas::Done)
+            }
+
             /// Checks `limits` for `owner` inside a write transaction, which keeps the counts
             /// from changing before it commits. `other_than` is the engine being changed.
             async fn check_limits(
@@ -551,25 +584,15 @@ macro_rules! sql_store {
             }
 
             async fn remove(&self, id: &EngineId, expected: EngineState) -> Result<Cas, StoreError> {
-                let mut tx = self.begin_write().await?;
-                // Events and logs go with the engine (ON DELETE CASCADE).
-                let removed = sqlx::query("DELETE FROM engines WHERE id = $1 AND state = $2")
-                    .bind(id.as_str())
-                    .bind(expected.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if removed == 0 {
-                    let cas = Self::failed_cas(&mut tx, id).await?;
-                    tx.rollback().await?;
-                    return Ok(cas);
-                }
-                sqlx::query("DELETE FROM engine_activity WHERE engine_id = $1")
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(Cas::Done)
+                self.remove_if(id, expected, false).await
+            }
+
+            async fn remove_warm(
+                &self,
+                id: &EngineId,
+                expected: EngineState,
+            ) -> Result<Cas, StoreError> {
+                self.remove_if(id, expected, true).await
             }
 
             async fn list_due(

@@ -116,6 +116,13 @@ impl rucat::store::Store for HookedStore {
     ) -> Result<rucat::store::Cas, StoreError> {
         self.inner.remove(id, expected).await
     }
+    async fn remove_warm(
+        &self,
+        id: &EngineId,
+        expected: EngineState,
+    ) -> Result<rucat::store::Cas, StoreError> {
+        self.inner.remove_warm(id, expected).await
+    }
     async fn list_due(
         &self,
         now: chrono::DateTime<chrono::Utc>,
