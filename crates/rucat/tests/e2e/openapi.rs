@@ -21,6 +21,9 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// The fewest generated cases the runs must add up to.
 const MIN_CASES: u64 = 2000;
 
+/// The most stateful runs made until one of them has seen every step of an engine's life.
+const STATEFUL_RUNS: u32 = 4;
+
 /// The public operations: everything else requires a credential.
 const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
@@ -424,7 +427,7 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
     // at random, and a run of all phases makes only a score of them (once none happened to
     // delete an engine it could delete): a stateful run of its own repeats them for 20 s. Even
     // that once drew no valid create in 561 scenarios, so further runs (each checked in full)
-    // are added until every step of the life has been seen, at most four in all.
+    // are added until every step of the life has been seen, at most STATEFUL_RUNS in all.
     let lifecycle = [
         ("POST /engines", 201),
         ("GET /engines/{id}", 200),
@@ -433,7 +436,7 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
         ("DELETE /engines/{id}", 204),
     ];
     let mut stateful = BTreeSet::new();
-    for round in 1..=4 {
+    for round in 1..=STATEFUL_RUNS {
         let run = run_schemathesis(
             &rucat,
             &format!("stateful-{round}"),
@@ -454,8 +457,8 @@ async fn schemathesis_finds_no_server_error_and_no_departure_from_the_document()
             break;
         }
         assert!(
-            round < 4,
-            "four stateful runs never got {missing:?}: {stateful:?}"
+            round < STATEFUL_RUNS,
+            "{STATEFUL_RUNS} stateful runs never got {missing:?}: {stateful:?}"
         );
         eprintln!("stateful run {round} never got {missing:?}; another run");
     }
